@@ -1,0 +1,24 @@
+//! `bad-flood`: ignores every output cap. Payload `{"mode": "chunks"}`
+//! (default) streams 64 KiB chunks forever and, when one is refused as too
+//! large, a flood of small ones; `{"mode": "output"}` returns an 8 MiB result.
+
+use citadel_guest::{Guest, HandlerError, Job, stream};
+
+struct Flood;
+
+impl Guest for Flood {
+    fn handle(job: Job) -> Result<String, HandlerError> {
+        if job.payload.contains("\"output\"") {
+            return Ok(format!("\"{}\"", "x".repeat(8 << 20)));
+        }
+        let big = "x".repeat(64 << 10);
+        let small = "y".repeat(512);
+        loop {
+            if stream::emit(&big).is_err() {
+                let _ = stream::emit(&small);
+            }
+        }
+    }
+}
+
+citadel_guest::export_handler!(Flood);

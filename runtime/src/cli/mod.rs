@@ -1,0 +1,112 @@
+//! The `citadel` command line: one clap definition, one module per command.
+//!
+//! Exit codes: 0 success; 1 the job ran and failed; 2 bad input (flags,
+//! configuration, payload, component) before anything ran.
+
+mod inspect;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, NoOverrides};
+
+pub use inspect::InspectArgs;
+pub use run::RunArgs;
+
+/// citadel: a WebAssembly-sandboxed job runtime for GPU compute nodes.
+#[derive(Debug, Parser)]
+#[command(name = "citadel", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Node configuration file (TOML); `CITADEL_<SECTION>__<KEY>` variables
+    /// override its keys, flags override both.
+    #[arg(long, global = true, env = "CITADEL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log filter for the node's own log on stderr (`warn`, `info`, `debug`,
+    /// or a tracing filter such as `citadel=debug`).
+    #[arg(
+        long,
+        global = true,
+        env = "CITADEL_LOG",
+        default_value = "warn",
+        value_name = "FILTER"
+    )]
+    pub log: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one job locally through a component (no Redis needed).
+    Run(RunArgs),
+    /// Inspect, and later publish, handler components.
+    #[command(subcommand)]
+    Component(ComponentCommand),
+}
+
+/// `citadel component ...`.
+#[derive(Debug, Subcommand)]
+pub enum ComponentCommand {
+    /// Print a component's digest, size, imports (and the capabilities they
+    /// need) and exports.
+    Inspect(InspectArgs),
+}
+
+/// A failure with its exit code and one-line reason.
+#[derive(Debug)]
+pub struct Failure {
+    /// Process exit code.
+    pub code: u8,
+    /// The reason, printed as `citadel: <reason>`.
+    pub reason: String,
+}
+
+impl Failure {
+    /// Bad input: exit 2.
+    pub fn input(reason: impl std::fmt::Display) -> Failure {
+        Failure {
+            code: 2,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The job failed: exit 1.
+    pub fn job(reason: impl std::fmt::Display) -> Failure {
+        Failure {
+            code: 1,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl Cli {
+    /// Run the chosen command.
+    pub async fn execute(self) -> Result<(), Failure> {
+        match self.command {
+            Command::Run(args) => {
+                let config = Config::load(self.config.as_deref(), args.overrides()).map_err(Failure::input)?;
+                run::run(args, &config).await
+            }
+            Command::Component(ComponentCommand::Inspect(args)) => {
+                let config = Config::load(self.config.as_deref(), NoOverrides {}).map_err(Failure::input)?;
+                inspect::inspect(args, &config)
+            }
+        }
+    }
+}
+
+/// Exit code for a result of [`Cli::execute`], printing the reason.
+pub fn exit_code(result: Result<(), Failure>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("citadel: {}", failure.reason);
+            ExitCode::from(failure.code)
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The one place wasmtime is configured: the node's `Engine` (component
+//! model, Cranelift, pooling allocator sized from config, wasm stack limit,
+//! epoch interruption) and the epoch ticker thread that drives deadlines.
+//!
+//! Every job runs in its own `Store` on this engine; see `executor.rs`.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::thread;
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::config::SandboxConfig;
+
+/// Guard pages and host frames need room beyond the wasm stack on the fiber
+/// each job runs on.
+const HOST_STACK_HEADROOM: usize = 1 << 20;
+
+/// How the engine allocates instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocation {
+    /// Pre-reserved slots (the node's default: instantiation is a slot reuse).
+    Pooling,
+    /// mmap per instance (slower; used as a benchmark baseline).
+    OnDemand,
+}
+
+/// The node's wasmtime engine and what is needed to key artifacts compiled
+/// by it.
+#[derive(Clone)]
+pub struct SandboxEngine {
+    engine: Engine,
+    compatibility: String,
+    tick: Duration,
+}
+
+impl SandboxEngine {
+    /// Build the engine and start its epoch ticker. The ticker thread ends
+    /// by itself when the last clone of the engine is dropped.
+    pub fn new(config: &SandboxConfig, allocation: Allocation) -> wasmtime::Result<SandboxEngine> {
+        let mut wasm = Config::new();
+        let max_wasm_stack = config.max_wasm_stack_kib as usize * 1024;
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(max_wasm_stack)
+            .async_stack_size(max_wasm_stack + HOST_STACK_HEADROOM)
+            .parallel_compilation(true);
+        if allocation == Allocation::Pooling {
+            wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(config)));
+        }
+        let engine = Engine::new(&wasm)?;
+        let mut hasher = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let compatibility = format!("{:016x}", hasher.finish());
+        let tick = Duration::from_millis(config.epoch_tick_ms);
+        spawn_ticker(&engine, tick)?;
+        Ok(SandboxEngine {
+            engine,
+            compatibility,
+            tick,
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// A short hash of everything that makes compiled artifacts of this
+    /// engine incompatible with another's (wasmtime version, settings).
+    pub fn compatibility(&self) -> &str {
+        &self.compatibility
+    }
+
+    /// The epoch tick.
+    pub fn tick(&self) -> Duration {
+        self.tick
+    }
+}
+
+/// Pool sizes: every component instance a job creates takes one component
+/// slot, a handful of core-instance slots (the guest module plus
+/// canonical-ABI shims), and at most a couple of memories and tables.
+fn pooling(config: &SandboxConfig) -> PoolingAllocationConfig {
+    let instances = config.max_instances;
+    let mut pooling = PoolingAllocationConfig::new();
+    pooling
+        .total_component_instances(instances)
+        .total_core_instances(instances * 16)
+        .max_core_instances_per_component(16)
+        .total_memories(instances * 2)
+        .max_memories_per_component(2)
+        .total_tables(instances * 4)
+        .max_tables_per_component(4)
+        .total_stacks(instances)
+        .max_memory_size(config.max_memory_mib as usize * 1024 * 1024);
+    pooling
+}
+
+/// Increment the engine's epoch every `tick` until the engine is gone.
+fn spawn_ticker(engine: &Engine, tick: Duration) -> std::io::Result<()> {
+    let weak = engine.weak();
+    thread::Builder::new()
+        .name("citadel-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                thread::sleep(tick);
+            }
+        })
+        .map(drop)
+}

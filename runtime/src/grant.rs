@@ -1,0 +1,89 @@
+//! A job's grant: what its tenant's policy allows, computed once per job.
+//! Every gated host call goes through [`Grant::check`]; nothing else decides
+//! whether a capability may be used.
+
+use std::sync::Arc;
+
+use crate::capability::{Capabilities, Capability};
+use crate::policy::{Policy, TenantPolicy};
+
+/// A refused capability: the data a gated call returns as its `denied` case.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("tenant `{tenant}` is not granted capability `{capability}`")]
+pub struct Denied {
+    /// The capability asked for.
+    pub capability: Capability,
+    /// The tenant (as its policy names it).
+    pub tenant: String,
+}
+
+/// What one job may do.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    tenant: String,
+    policy: Arc<TenantPolicy>,
+    capabilities: Capabilities,
+    /// Denials already logged for this job (each is logged once).
+    logged: Capabilities,
+}
+
+impl Grant {
+    /// The grant for a job of `tenant` under `policy`.
+    pub fn for_tenant(policy: &Policy, tenant: &str) -> Grant {
+        let (name, tenant_policy) = policy.tenant(tenant);
+        Grant {
+            tenant: name.to_string(),
+            capabilities: tenant_policy.capability_set(),
+            policy: Arc::clone(tenant_policy),
+            logged: Capabilities::NONE,
+        }
+    }
+
+    /// The tenant as its policy names it (`default` for unnamed tenants).
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// The tenant's policy (limits).
+    pub fn policy(&self) -> &TenantPolicy {
+        &self.policy
+    }
+
+    /// The granted capabilities.
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    /// May this job use `capability`? A denial is logged once per job and
+    /// capability, at WARN, naming both.
+    pub fn check(&mut self, capability: Capability, job_id: &str) -> Result<(), Denied> {
+        if self.capabilities.contains(capability) {
+            return Ok(());
+        }
+        if !self.logged.contains(capability) {
+            self.logged = self.logged.with(capability);
+            tracing::warn!(job_id, tenant = %self.tenant, capability = %capability, "capability denied");
+        }
+        Err(Denied {
+            capability,
+            tenant: self.tenant.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_against_the_tenant_policy() {
+        let policy = Policy::from_toml("[tenants.acme]\ncapabilities = [\"log\"]\n", "test").unwrap();
+        let mut grant = Grant::for_tenant(&policy, "acme");
+        assert!(grant.check(Capability::Log, "j1").is_ok());
+        let denied = grant.check(Capability::Stream, "j1").unwrap_err();
+        assert_eq!(denied.to_string(), "tenant `acme` is not granted capability `stream`");
+        let stranger = Grant::for_tenant(&policy, "stranger");
+        assert_eq!(stranger.tenant(), "default");
+        assert!(stranger.capabilities().contains(Capability::Stream));
+    }
+}

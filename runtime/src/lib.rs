@@ -1,0 +1,40 @@
+//! citadel's wasmtime host: runs untrusted, multi-tenant job handlers
+//! (WebAssembly components written against `wit/`) under hard limits, with
+//! capability-gated host calls.
+//!
+//! Layout:
+//! - [`config`]: the node's configuration (file, `CITADEL_*` env, flags);
+//! - [`policy`], [`capability`], [`grant`]: which tenant may use what;
+//! - [`engine`]: the one wasmtime `Engine` and its epoch ticker;
+//! - [`components`]: components by digest, validated, compiled once, cached;
+//! - [`executor`]: one job = one `Store`, limits, deadline, classification;
+//! - [`capabilities`]: host sides of the WIT interfaces (`log`, `stream`);
+//! - [`job`], [`joblog`], [`output`], [`limits`], [`capture`], [`state`]:
+//!   what a job is, logs, output accounting, limits, stdio capture, store data;
+//! - [`bindings`]: the one `bindgen!`;
+//! - [`cli`]: the `citadel` command line (`main.rs` is its table of contents).
+
+pub mod bindings;
+pub mod capabilities;
+pub mod capability;
+pub mod capture;
+pub mod cli;
+pub mod components;
+pub mod config;
+pub mod engine;
+pub mod executor;
+pub mod grant;
+pub mod job;
+pub mod joblog;
+pub mod limits;
+pub mod output;
+pub mod policy;
+pub mod state;
+
+pub use capability::{Capabilities, Capability};
+pub use components::{ComponentError, ComponentStore, Digest, LoadedComponent};
+pub use config::{Config, SandboxConfig};
+pub use engine::{Allocation, SandboxEngine};
+pub use executor::Executor;
+pub use job::{Chunk, JobError, JobReport, JobSpec};
+pub use policy::Policy;

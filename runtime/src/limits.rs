@@ -1,0 +1,123 @@
+//! Per-job resource limits and the store limiter that enforces linear
+//! memory and table growth.
+//!
+//! wasmtime's plain `StoreLimits` makes a memory-limit hit look like any
+//! guest abort (a Rust guest turns a failed allocation into `unreachable`),
+//! so this limiter records that the limit was hit and the executor reports
+//! the job as a memory-limit failure, not as a generic trap.
+
+use std::time::Duration;
+
+use wasmtime::ResourceLimiter;
+
+use crate::policy::TenantPolicy;
+
+/// Table elements a job may grow its tables to.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// The limits one job runs under, from its tenant's policy and the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobLimits {
+    /// Linear memory, bytes.
+    pub memory_bytes: usize,
+    /// Wall-clock budget.
+    pub timeout: Duration,
+    /// Output (chunks and result together), bytes.
+    pub max_output_bytes: u64,
+    /// One chunk, bytes.
+    pub max_chunk_bytes: u32,
+    /// Chunks per second.
+    pub max_chunks_per_second: u32,
+    /// Log kept, bytes.
+    pub max_log_bytes: u32,
+}
+
+impl JobLimits {
+    /// The tenant's limits, with the timeout shortened to the job's own
+    /// `timeout` when it asks for less.
+    pub fn new(policy: &TenantPolicy, timeout: Option<Duration>) -> JobLimits {
+        let ceiling = Duration::from_millis(policy.timeout_ms);
+        JobLimits {
+            memory_bytes: policy.memory_mib as usize * 1024 * 1024,
+            timeout: timeout.map_or(ceiling, |asked| asked.min(ceiling)),
+            max_output_bytes: policy.max_output_bytes,
+            max_chunk_bytes: policy.max_chunk_bytes,
+            max_chunks_per_second: policy.max_chunks_per_second,
+            max_log_bytes: policy.max_log_bytes,
+        }
+    }
+}
+
+/// Caps memory and table growth of one store and remembers a memory hit.
+#[derive(Debug)]
+pub struct StoreLimiter {
+    memory_bytes: usize,
+    memory_hit: bool,
+}
+
+impl StoreLimiter {
+    /// A limiter allowing `memory_bytes` of linear memory.
+    pub fn new(memory_bytes: usize) -> StoreLimiter {
+        StoreLimiter {
+            memory_bytes,
+            memory_hit: false,
+        }
+    }
+
+    /// Whether the guest asked for more memory than allowed.
+    pub fn memory_hit(&self) -> bool {
+        self.memory_hit
+    }
+
+    /// The memory limit, bytes.
+    pub fn memory_bytes(&self) -> usize {
+        self.memory_bytes
+    }
+}
+
+impl ResourceLimiter for StoreLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            // Refuse the growth (the guest sees a failed allocation and
+            // usually aborts); remember why for the job's error.
+            self.memory_hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_timeout_only_shortens_the_tenant_ceiling() {
+        let policy = TenantPolicy {
+            timeout_ms: 1_000,
+            ..TenantPolicy::default()
+        };
+        assert_eq!(JobLimits::new(&policy, None).timeout, Duration::from_secs(1));
+        assert_eq!(
+            JobLimits::new(&policy, Some(Duration::from_millis(10))).timeout,
+            Duration::from_millis(10)
+        );
+        assert_eq!(
+            JobLimits::new(&policy, Some(Duration::from_secs(60))).timeout,
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn limiter_refuses_and_records_growth_past_the_limit() {
+        let mut limiter = StoreLimiter::new(1 << 20);
+        assert!(limiter.memory_growing(0, 1 << 20, None).unwrap());
+        assert!(!limiter.memory_hit());
+        assert!(!limiter.memory_growing(1 << 20, 2 << 20, None).unwrap());
+        assert!(limiter.memory_hit());
+    }
+}

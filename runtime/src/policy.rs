@@ -1,0 +1,297 @@
+//! Tenant policy: which capabilities and limits each tenant gets.
+//!
+//! A TOML file maps tenant names to grants (`[tenants.<name>]`), deny by
+//! default: a capability not listed is refused. Jobs from tenants the file
+//! does not name run under `[tenants.default]`, and when the file has no
+//! `default` section, under the built-in one (`log` and `stream`, default
+//! limits). Unknown keys and unknown capability names are errors that name
+//! them, so a typo can never silently widen or narrow a grant.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::capability::{Capabilities, Capability};
+
+/// The tenant whose policy applies to tenants a policy does not name.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// A policy that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The file could not be read.
+    #[error("cannot read policy file {path}: {source}")]
+    Read {
+        /// The policy file.
+        path: PathBuf,
+        /// Why it could not be read.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown keys or values.
+    #[error("invalid policy {origin}: {message}")]
+    Parse {
+        /// The file (or `inline`) the policy came from.
+        origin: String,
+        /// The parser's message, naming the key.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid policy {origin}: tenants.{tenant}.{key} {problem}")]
+    Invalid {
+        /// The file (or `inline`) the policy came from.
+        origin: String,
+        /// The tenant whose section is wrong.
+        tenant: String,
+        /// The key that is wrong.
+        key: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+/// The whole policy file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    tenants: BTreeMap<String, TenantPolicy>,
+}
+
+/// What one tenant may do and use.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantPolicy {
+    /// Capabilities the tenant's handlers may import and call.
+    #[serde(default)]
+    pub capabilities: Vec<Capability>,
+    /// Linear memory per job, MiB.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u32,
+    /// Longest wall-clock time a job may run, ms (a job's own `timeout_ms`
+    /// can only shorten it).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Most bytes a job may output, streamed chunks and result together.
+    #[serde(default = "default_max_output_bytes")]
+    pub max_output_bytes: u64,
+    /// Largest single chunk, bytes.
+    #[serde(default = "default_max_chunk_bytes")]
+    pub max_chunk_bytes: u32,
+    /// Chunks per second a job may stream (faster emits wait).
+    #[serde(default = "default_max_chunks_per_second")]
+    pub max_chunks_per_second: u32,
+    /// Bytes of log (log records and captured stdout/stderr) kept per job.
+    #[serde(default = "default_max_log_bytes")]
+    pub max_log_bytes: u32,
+    /// Jobs of this tenant running at once on one node.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
+}
+
+fn default_memory_mib() -> u32 {
+    64
+}
+fn default_timeout_ms() -> u64 {
+    30_000
+}
+fn default_max_output_bytes() -> u64 {
+    1 << 20
+}
+fn default_max_chunk_bytes() -> u32 {
+    64 << 10
+}
+fn default_max_chunks_per_second() -> u32 {
+    1_000
+}
+fn default_max_log_bytes() -> u32 {
+    64 << 10
+}
+fn default_max_in_flight() -> u32 {
+    4
+}
+
+impl Default for TenantPolicy {
+    /// The built-in default tenant: `log` and `stream`, default limits.
+    fn default() -> Self {
+        TenantPolicy {
+            capabilities: vec![Capability::Log, Capability::Stream],
+            memory_mib: default_memory_mib(),
+            timeout_ms: default_timeout_ms(),
+            max_output_bytes: default_max_output_bytes(),
+            max_chunk_bytes: default_max_chunk_bytes(),
+            max_chunks_per_second: default_max_chunks_per_second(),
+            max_log_bytes: default_max_log_bytes(),
+            max_in_flight: default_max_in_flight(),
+        }
+    }
+}
+
+impl TenantPolicy {
+    /// The granted capabilities as a set.
+    pub fn capability_set(&self) -> Capabilities {
+        self.capabilities.iter().copied().collect()
+    }
+
+    fn validate(&self, origin: &str, tenant: &str) -> Result<(), PolicyError> {
+        let invalid = |key: &'static str, problem: String| PolicyError::Invalid {
+            origin: origin.to_string(),
+            tenant: tenant.to_string(),
+            key,
+            problem,
+        };
+        if self.memory_mib == 0 {
+            return Err(invalid("memory_mib", "must be at least 1".into()));
+        }
+        if self.timeout_ms == 0 {
+            return Err(invalid("timeout_ms", "must be at least 1".into()));
+        }
+        if self.max_chunk_bytes == 0 {
+            return Err(invalid("max_chunk_bytes", "must be at least 1".into()));
+        }
+        if u64::from(self.max_chunk_bytes) > self.max_output_bytes {
+            return Err(invalid(
+                "max_chunk_bytes",
+                format!(
+                    "({}) exceeds max_output_bytes ({})",
+                    self.max_chunk_bytes, self.max_output_bytes
+                ),
+            ));
+        }
+        if self.max_chunks_per_second == 0 {
+            return Err(invalid("max_chunks_per_second", "must be at least 1".into()));
+        }
+        if self.max_in_flight == 0 {
+            return Err(invalid("max_in_flight", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Every tenant's policy, validated.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    tenants: BTreeMap<String, Arc<TenantPolicy>>,
+    default: Arc<TenantPolicy>,
+}
+
+impl Default for Policy {
+    /// Only the built-in default tenant.
+    fn default() -> Self {
+        Policy {
+            tenants: BTreeMap::new(),
+            default: Arc::new(TenantPolicy::default()),
+        }
+    }
+}
+
+impl Policy {
+    /// Read and validate a policy file.
+    pub fn from_file(path: &Path) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Policy::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parse and validate policy TOML; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Policy, PolicyError> {
+        let file: PolicyFile = toml::from_str(text).map_err(|err| PolicyError::Parse {
+            origin: origin.to_string(),
+            message: err.to_string(),
+        })?;
+        let mut tenants = BTreeMap::new();
+        for (name, tenant) in file.tenants {
+            tenant.validate(origin, &name)?;
+            tenants.insert(name, Arc::new(tenant));
+        }
+        let default = tenants
+            .remove(DEFAULT_TENANT)
+            .unwrap_or_else(|| Arc::new(TenantPolicy::default()));
+        Ok(Policy { tenants, default })
+    }
+
+    /// The policy that applies to `tenant`, and the name it is known by
+    /// (`default` for tenants the policy does not name).
+    pub fn tenant(&self, tenant: &str) -> (&str, &Arc<TenantPolicy>) {
+        match self.tenants.get_key_value(tenant) {
+            Some((name, policy)) => (name.as_str(), policy),
+            None => (DEFAULT_TENANT, &self.default),
+        }
+    }
+
+    /// Every tenant's policy, `default` included.
+    pub fn tenants(&self) -> impl Iterator<Item = (&str, &TenantPolicy)> {
+        std::iter::once((DEFAULT_TENANT, self.default.as_ref())).chain(
+            self.tenants
+                .iter()
+                .map(|(name, policy)| (name.as_str(), policy.as_ref())),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_grants_and_fills_defaults() {
+        let policy = Policy::from_toml(
+            r#"
+            [tenants.default]
+            capabilities = ["log"]
+            [tenants.acme]
+            capabilities = ["log", "stream", "inference"]
+            memory_mib = 128
+            max_in_flight = 2
+            "#,
+            "test",
+        )
+        .unwrap();
+        let (name, acme) = policy.tenant("acme");
+        assert_eq!(name, "acme");
+        assert_eq!(acme.memory_mib, 128);
+        assert_eq!(acme.timeout_ms, 30_000);
+        assert!(acme.capability_set().contains(Capability::Inference));
+        let (name, other) = policy.tenant("stranger");
+        assert_eq!(name, DEFAULT_TENANT);
+        assert_eq!(other.capabilities, vec![Capability::Log]);
+    }
+
+    #[test]
+    fn missing_default_section_means_builtin_default() {
+        let policy = Policy::from_toml("[tenants.acme]\ncapabilities = []\n", "test").unwrap();
+        assert_eq!(
+            policy.tenant("nobody").1.capabilities,
+            vec![Capability::Log, Capability::Stream]
+        );
+        assert!(policy.tenant("acme").1.capabilities.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Policy::from_toml("[tenants.acme]\nmemory_mb = 64\n", "policy.toml").unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("memory_mb"), "{message}");
+        assert!(message.contains("policy.toml"), "{message}");
+        let err = Policy::from_toml("[tenant.acme]\n", "policy.toml").unwrap_err();
+        assert!(err.to_string().contains("tenant"), "{err}");
+    }
+
+    #[test]
+    fn unknown_capability_is_named() {
+        let err = Policy::from_toml("[tenants.acme]\ncapabilities = [\"log\", \"root\"]\n", "p").unwrap_err();
+        assert!(err.to_string().contains("root"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_value_names_tenant_and_key() {
+        let err = Policy::from_toml("[tenants.acme]\nmemory_mib = 0\n", "p").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid policy p: tenants.acme.memory_mib must be at least 1"
+        );
+    }
+}

@@ -1,0 +1,64 @@
+//! The per-job store data: everything a job's host calls can touch. One
+//! `JobState` per `Store`, one `Store` per job, dropped when the job ends
+//! (which is also how a job is cancelled).
+
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::grant::Grant;
+use crate::joblog::JobLog;
+use crate::limits::StoreLimiter;
+use crate::output::{OutputBudget, StreamState};
+
+/// One job's host-side state.
+pub struct JobState {
+    /// The job's id, for logs.
+    pub(crate) job_id: Arc<str>,
+    /// What the tenant may use; every gated call checks it.
+    pub(crate) grant: Grant,
+    /// Memory/table limits.
+    pub(crate) limiter: StoreLimiter,
+    /// The job's log.
+    pub(crate) log: JobLog,
+    /// Output bytes left (chunks and result).
+    pub(crate) output: OutputBudget,
+    /// Where chunks go, their numbering and pacing.
+    pub(crate) stream: StreamState,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl JobState {
+    /// Assemble a job's state.
+    pub(crate) fn new(
+        job_id: Arc<str>,
+        grant: Grant,
+        limiter: StoreLimiter,
+        log: JobLog,
+        output: OutputBudget,
+        stream: StreamState,
+        wasi: WasiCtx,
+    ) -> JobState {
+        JobState {
+            job_id,
+            grant,
+            limiter,
+            log,
+            output,
+            stream,
+            wasi,
+            table: ResourceTable::new(),
+        }
+    }
+}
+
+impl WasiView for JobState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}

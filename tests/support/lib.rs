@@ -1,0 +1,151 @@
+//! Shared test harness: where the built guests and the `citadel` binary
+//! are, a component store shared by every test of a binary (so each guest is
+//! compiled once per run), and helpers to run a job and collect its chunks.
+//!
+//! Guests are built by `scripts/build-guests` and the binary by
+//! `cargo build`; `scripts/test` does both before running the tests.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use citadel_runtime::components::LoadedComponent;
+use citadel_runtime::{
+    Allocation, Chunk, ComponentStore, Executor, JobReport, JobSpec, Policy, SandboxConfig, SandboxEngine,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The built component of guest `name` (`guests/<name>`).
+pub fn guest(name: &str) -> PathBuf {
+    let path = workspace().join("target/guests").join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/build-guests (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// The `citadel` binary of this build profile.
+pub fn citadel_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/citadel
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .join("citadel");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --bins` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// Sandbox settings for tests: a short epoch tick, a private cache.
+pub fn sandbox_config(cache_dir: Option<&Path>) -> SandboxConfig {
+    SandboxConfig {
+        epoch_tick_ms: 2,
+        cache_dir: cache_dir.map(Path::to_path_buf),
+        ..SandboxConfig::default()
+    }
+}
+
+/// One component store per test binary (compiled guests are shared), with
+/// its disk cache in a temporary directory that lives as long as the process.
+pub fn shared_store() -> Arc<ComponentStore> {
+    static STORE: OnceLock<(tempfile::TempDir, Arc<ComponentStore>)> = OnceLock::new();
+    let (_, store) = STORE.get_or_init(|| {
+        let cache = tempfile::tempdir().expect("temp dir");
+        let config = sandbox_config(Some(cache.path()));
+        let engine = SandboxEngine::new(&config, Allocation::Pooling).expect("engine");
+        let store = ComponentStore::new(engine, Some(cache.path())).expect("component store");
+        (cache, Arc::new(store))
+    });
+    Arc::clone(store)
+}
+
+/// An executor on the shared store under `policy` (TOML; empty = default).
+pub fn executor(policy: &str) -> Executor {
+    let policy = if policy.is_empty() {
+        Policy::default()
+    } else {
+        Policy::from_toml(policy, "test policy").expect("policy")
+    };
+    Executor::new(shared_store(), policy)
+}
+
+/// Load guest `name` into the shared store.
+pub fn load(name: &str) -> Arc<LoadedComponent> {
+    shared_store()
+        .load_file(&guest(name))
+        .unwrap_or_else(|err| panic!("loading {name}: {err}"))
+}
+
+/// A job of `tenant` with `payload` and an optional budget.
+pub fn job(tenant: &str, payload: &str, timeout: Option<Duration>) -> JobSpec {
+    JobSpec {
+        id: "test-job".into(),
+        job_type: "test".into(),
+        tenant: tenant.into(),
+        payload: payload.into(),
+        ray_id: None,
+        attempt: 1,
+        timeout,
+    }
+}
+
+/// Run `job` on `component` to the end, returning the report and every chunk.
+pub async fn run(executor: &Executor, component: &LoadedComponent, job: JobSpec) -> (JobReport, Vec<Chunk>) {
+    run_cancellable(executor, component, job, &CancellationToken::new()).await
+}
+
+/// Like [`run`], with a cancellation token.
+pub async fn run_cancellable(
+    executor: &Executor,
+    component: &LoadedComponent,
+    job: JobSpec,
+    cancel: &CancellationToken,
+) -> (JobReport, Vec<Chunk>) {
+    let (sink, mut chunks) = mpsc::channel(1024);
+    let collect = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Some(chunk) = chunks.recv().await {
+            all.push(chunk);
+        }
+        all
+    });
+    let report = executor.run(component, job, Some(sink), cancel).await;
+    let chunks = collect.await.expect("chunk collector");
+    (report, chunks)
+}
+
+/// The error class of a report, or `ok`.
+pub fn class(report: &JobReport) -> &'static str {
+    match &report.outcome {
+        Ok(_) => "ok",
+        Err(err) => err.class(),
+    }
+}
+
+/// Wait for `condition` to hold, checking every few ms, failing after `within`.
+pub async fn eventually<F: FnMut() -> bool>(within: Duration, what: &str, mut condition: F) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
