@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use citadel_runtime::components::ComponentError;
+use citadel_runtime::joblog::Source;
 use citadel_runtime::{Allocation, ComponentStore, JobError, SandboxEngine};
 use citadel_tests::{class, executor, guest, job, load, run, run_cancellable, sandbox_config, shared_store};
 use serde_json::{Value, json};
@@ -203,6 +204,56 @@ async fn ungranted_capability_is_refused_before_the_component_runs() {
     let (report, _) = run(&executor(policy), &load("bad-sneaky"), job("acme", "{}", None)).await;
     let message = report.outcome.unwrap_err().to_string();
     assert!(message.contains("does not provide"), "{message}");
+}
+
+#[tokio::test]
+async fn the_sandbox_inherits_nothing_from_the_node() {
+    // A live port on loopback: the guest must not reach it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let payload = json!({"connect": listener.local_addr().unwrap().to_string()}).to_string();
+    // The check means something: the node's own environment is not empty.
+    assert!(std::env::vars().next().is_some());
+    let (report, _) = run(&executor(""), &load("bad-snoop"), job("default", &payload, None)).await;
+    let found = result(&report);
+    assert_eq!(found["env"], json!([]), "no environment variables");
+    assert_eq!(found["args"], json!([]), "no arguments");
+    for door in ["read_root", "read_passwd", "write_tmp", "connect"] {
+        assert!(found[door]["error"].is_string(), "{door} must fail: {found}");
+    }
+    assert_eq!(
+        listener.accept().unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "no connection arrived"
+    );
+    let said: Vec<(Source, &str)> = report
+        .log
+        .iter()
+        .map(|record| (record.source, record.message.as_str()))
+        .collect();
+    assert!(said.contains(&(Source::Stdout, "snooping on job test-job")), "{said:?}");
+    assert!(said.contains(&(Source::Stderr, "stderr is captured too")), "{said:?}");
+}
+
+#[tokio::test]
+async fn a_stdout_flood_is_cut_in_the_log_not_fatal() {
+    let (report, _) = run(
+        &executor(""),
+        &load("bad-flood"),
+        job("default", r#"{"mode":"stdout"}"#, None),
+    )
+    .await;
+    assert_eq!(result(&report), &json!("printed"));
+    let kept: usize = report
+        .log
+        .iter()
+        .filter(|record| record.source == Source::Stdout)
+        .map(|r| r.message.len())
+        .sum();
+    assert!(kept > 0 && kept <= 64 << 10, "kept {kept} bytes");
+    let note = report.log.last().unwrap();
+    assert_eq!(note.source, Source::Node);
+    assert!(note.message.starts_with("log cut:"), "{}", note.message);
 }
 
 #[tokio::test(flavor = "current_thread")]

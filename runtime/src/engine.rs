@@ -8,13 +8,22 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::thread;
 use std::time::Duration;
 
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::config::SandboxConfig;
 
 /// Guard pages and host frames need room beyond the wasm stack on the fiber
 /// each job runs on.
 const HOST_STACK_HEADROOM: usize = 1 << 20;
+
+/// Dirty linear-memory bytes reset in place (memset) when a pooling slot is
+/// reused, instead of being dropped with `madvise` and faulted back in by the
+/// next job. With `PAGEMAP_SCAN` (Linux 6.7+) only pages the guest actually
+/// wrote are reset; on a 2-core VM this halves the per-job cost of a small
+/// handler (page faults and TLB shootdowns dominate otherwise).
+const MEMORY_KEEP_RESIDENT: usize = 1 << 20;
+/// The same for tables.
+const TABLE_KEEP_RESIDENT: usize = 64 << 10;
 
 /// How the engine allocates instances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +40,6 @@ pub enum Allocation {
 pub struct SandboxEngine {
     engine: Engine,
     compatibility: String,
-    tick: Duration,
 }
 
 impl SandboxEngine {
@@ -54,11 +62,7 @@ impl SandboxEngine {
         let compatibility = format!("{:016x}", hasher.finish());
         let tick = Duration::from_millis(config.epoch_tick_ms);
         spawn_ticker(&engine, tick)?;
-        Ok(SandboxEngine {
-            engine,
-            compatibility,
-            tick,
-        })
+        Ok(SandboxEngine { engine, compatibility })
     }
 
     /// The wasmtime engine.
@@ -70,11 +74,6 @@ impl SandboxEngine {
     /// engine incompatible with another's (wasmtime version, settings).
     pub fn compatibility(&self) -> &str {
         &self.compatibility
-    }
-
-    /// The epoch tick.
-    pub fn tick(&self) -> Duration {
-        self.tick
     }
 }
 
@@ -93,7 +92,10 @@ fn pooling(config: &SandboxConfig) -> PoolingAllocationConfig {
         .total_tables(instances * 4)
         .max_tables_per_component(4)
         .total_stacks(instances)
-        .max_memory_size(config.max_memory_mib as usize * 1024 * 1024);
+        .max_memory_size(config.max_memory_mib as usize * 1024 * 1024)
+        .pagemap_scan(Enabled::Auto)
+        .linear_memory_keep_resident(MEMORY_KEEP_RESIDENT)
+        .table_keep_resident(TABLE_KEEP_RESIDENT);
     pooling
 }
 

@@ -45,6 +45,16 @@ enum Interrupted {
     Cancelled,
 }
 
+/// A job cleared to run: its component's pre-instantiation, grant, limits
+/// and log, and when it started.
+struct Admission {
+    pre: HandlerPre<JobState>,
+    grant: Grant,
+    limits: JobLimits,
+    log: JobLog,
+    started: Instant,
+}
+
 /// How the call ended, before classification.
 enum Ended {
     Returned(wasmtime::Result<Result<String, HandlerError>>),
@@ -144,9 +154,14 @@ impl Executor {
                 };
             }
         };
-        self.execute(pre, job, grant, limits, log, chunks, cancel, started)
-            .instrument(span)
-            .await
+        let admission = Admission {
+            pre,
+            grant,
+            limits,
+            log,
+            started,
+        };
+        self.execute(admission, job, chunks, cancel).instrument(span).await
     }
 
     /// Check the component's imports against the grant and what the node
@@ -190,18 +205,21 @@ impl Executor {
         Ok(pre)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Instantiate and call the admitted component in a fresh store.
     async fn execute(
         &self,
-        pre: HandlerPre<JobState>,
+        admission: Admission,
         job: JobSpec,
-        grant: Grant,
-        limits: JobLimits,
-        log: JobLog,
         chunks: Option<mpsc::Sender<Chunk>>,
         cancel: &CancellationToken,
-        started: Instant,
     ) -> JobReport {
+        let Admission {
+            pre,
+            grant,
+            limits,
+            log,
+            started,
+        } = admission;
         let deadline = started + limits.timeout;
         let stdout = Captured::new(log.clone(), Source::Stdout);
         let stderr = Captured::new(log.clone(), Source::Stderr);

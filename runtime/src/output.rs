@@ -7,7 +7,9 @@
 //! guest can act on (split it), so it is the `too-large` error instead.
 
 use std::num::NonZeroU32;
+use std::sync::LazyLock;
 
+use governor::clock::DefaultClock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::mpsc;
 
@@ -50,6 +52,10 @@ impl OutputBudget {
     }
 }
 
+/// One clock for every job's pacer: creating a clock calibrates it (CPUID,
+/// which traps to the hypervisor on VMs) and would cost several µs per job.
+static PACER_CLOCK: LazyLock<DefaultClock> = LazyLock::new(DefaultClock::default);
+
 /// Why a chunk could not be delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendError {
@@ -76,7 +82,7 @@ impl StreamState {
             next_index: 0,
             bytes: 0,
             max_chunk_bytes,
-            pacer: RateLimiter::direct(Quota::per_second(rate)),
+            pacer: RateLimiter::direct_with_clock(Quota::per_second(rate), PACER_CLOCK.clone()),
         }
     }
 

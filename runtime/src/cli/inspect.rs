@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 use serde_json::json;
 
-use super::Failure;
+use super::{Failure, output};
 use crate::components::ComponentStore;
 use crate::config::Config;
 use crate::engine::{Allocation, SandboxEngine};
@@ -48,20 +48,20 @@ pub(super) fn inspect(args: InspectArgs, config: &Config) -> Result<(), Failure>
             "capabilities": needs,
             "exports": exports,
         });
-        println!("{out:#}");
+        output::line(format_args!("{out:#}"));
         return Ok(());
     }
-    println!("component     {}", args.file.display());
-    println!("digest        {}", loaded.digest);
-    println!("size          {} bytes", loaded.size);
-    println!("capabilities  {}", interface.required);
-    println!("imports");
+    output::line(format_args!("component     {}", args.file.display()));
+    output::line(format_args!("digest        {}", loaded.digest));
+    output::line(format_args!("size          {} bytes", loaded.size));
+    output::line(format_args!("capabilities  {}", interface.required));
+    output::line(format_args!("imports"));
     for (name, kind) in &interface.imports {
-        println!("  {name:<44} {kind}");
+        output::line(format_args!("  {name:<44} {kind}"));
     }
-    println!("exports");
+    output::line(format_args!("exports"));
     for (name, kind) in &interface.exports {
-        println!("  {name:<44} {kind}");
+        output::line(format_args!("  {name:<44} {kind}"));
     }
     Ok(())
 }

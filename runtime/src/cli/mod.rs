@@ -4,6 +4,7 @@
 //! configuration, payload, component) before anything ran.
 
 mod inspect;
+mod output;
 mod run;
 
 use std::path::PathBuf;

@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::Failure;
+use super::{Failure, output};
 use crate::config::Config;
 use crate::engine::Allocation;
 use crate::executor::Executor;
@@ -113,12 +113,12 @@ pub(super) async fn run(args: RunArgs, config: &Config) -> Result<(), Failure> {
 
 fn print_chunk(chunk: &Chunk, json: bool) {
     if json {
-        println!(
+        output::line(format_args!(
             "{}",
             json!({"type": "chunk", "data": {"content": chunk.content, "index": chunk.index}})
-        );
+        ));
     } else {
-        println!("chunk {}: {}", chunk.index, chunk.content);
+        output::line(format_args!("chunk {}: {}", chunk.index, chunk.content));
     }
 }
 
@@ -144,20 +144,20 @@ fn finish(report: JobReport, json: bool) -> Result<(), Failure> {
     match report.outcome {
         Ok(result) => {
             if json {
-                println!("{}", json!({"type": "end", "data": {"result": result}}));
+                output::line(format_args!("{}", json!({"type": "end", "data": {"result": result}})));
             } else {
                 let pretty = serde_json::to_string_pretty(&result).unwrap_or_else(|_| result.to_string());
-                println!("result: {pretty}");
+                output::line(format_args!("result: {pretty}"));
                 eprintln!("ok: {} chunks, {elapsed_ms:.1} ms", report.chunks);
             }
             Ok(())
         }
         Err(error) => {
             if json {
-                println!(
+                output::line(format_args!(
                     "{}",
                     json!({"type": "error", "data": {"error": error.to_string(), "class": error.class(), "recoverable": error.recoverable()}})
-                );
+                ));
             }
             Err(Failure::job(format!("job failed ({}): {error}", error.class())))
         }

@@ -1,0 +1,103 @@
+//! Per-job overhead of a trivial `echo` job (`{"text":"hello world"}`: parse
+//! the payload, stream two chunks, return the payload), four ways:
+//! - `pooling`: the node's path (pooling allocator, cached InstancePre, a
+//!   fresh Store per job, limits, captured stdio, chunk channel);
+//! - `on_demand`: the same with mmap-per-instance allocation;
+//! - `native`: the same work as a plain Rust function (the floor);
+//! - `process_per_job`: spawning `citadel run` for each job (what isolation
+//!   by process costs).
+
+use std::process::Command;
+use std::time::Duration;
+
+use citadel_benches::{citadel_bin, executor, guest};
+use citadel_runtime::{Allocation, Chunk, JobSpec};
+use criterion::{Criterion, criterion_group, criterion_main};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const PAYLOAD: &str = r#"{"text":"hello world"}"#;
+
+fn job() -> JobSpec {
+    JobSpec {
+        id: "bench".into(),
+        job_type: "echo".into(),
+        tenant: "default".into(),
+        payload: PAYLOAD.into(),
+        ray_id: None,
+        attempt: 1,
+        timeout: None,
+    }
+}
+
+/// What echo does, natively: parse, emit each word, return the payload.
+async fn native_echo(payload: &str, sink: &mpsc::Sender<Chunk>) -> serde_json::Value {
+    let parsed: serde_json::Value = serde_json::from_str(payload).expect("payload");
+    if let Some(text) = parsed.get("text").and_then(|text| text.as_str()) {
+        for (index, word) in text.split_whitespace().enumerate() {
+            sink.send(Chunk {
+                index: index as u32,
+                content: word.to_string(),
+            })
+            .await
+            .expect("sink");
+        }
+    }
+    serde_json::from_str(payload).expect("result")
+}
+
+fn per_job(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let mut group = c.benchmark_group("echo_job");
+
+    for (name, allocation) in [("pooling", Allocation::Pooling), ("on_demand", Allocation::OnDemand)] {
+        let executor = executor(allocation);
+        let echo = executor.components().load_file(&guest("echo")).unwrap();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                runtime.block_on(async {
+                    let (sink, mut chunks) = mpsc::channel(16);
+                    let report = executor.run(&echo, job(), Some(sink), &cancel).await;
+                    assert!(report.outcome.is_ok());
+                    while chunks.try_recv().is_ok() {}
+                })
+            })
+        });
+    }
+
+    group.bench_function("native", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let (sink, mut chunks) = mpsc::channel(16);
+                let result = native_echo(std::hint::black_box(PAYLOAD), &sink).await;
+                std::hint::black_box(result);
+                while chunks.try_recv().is_ok() {}
+            })
+        })
+    });
+
+    let binary = citadel_bin();
+    let echo = guest("echo");
+    let cache = tempfile::tempdir().unwrap();
+    group.sample_size(20).measurement_time(Duration::from_secs(10));
+    group.bench_function("process_per_job", |b| {
+        b.iter(|| {
+            let out = Command::new(&binary)
+                .args(["run", "--component"])
+                .arg(&echo)
+                .args(["--payload", PAYLOAD])
+                .env("CITADEL_SANDBOX__CACHE_DIR", cache.path())
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, per_job);
+criterion_main!(benches);
