@@ -6,6 +6,7 @@
 //! is `sandbox.epoch_tick_ms`, `CITADEL_POLICY` is `policy`. Later subsystems
 //! add their own sections (`[[engines]]`, `[[services]]`, ...) here.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
@@ -47,8 +48,104 @@ pub struct NoOverrides {}
 pub struct Config {
     /// Tenant policy file (see `policy.rs`); the built-in default policy when absent.
     pub policy: Option<PathBuf>,
+    /// Redis (`redis://host:port/db`, `rediss://…`, `redis+unix:///path`).
+    pub redis_url: Option<String>,
+    /// The node's identity.
+    pub node: NodeConfig,
     /// The wasmtime sandbox.
     pub sandbox: SandboxConfig,
+    /// The Redis Streams worker (`citadel work`).
+    pub worker: WorkerConfig,
+    /// Job type → handler component (`.wasm`).
+    pub handlers: BTreeMap<String, PathBuf>,
+}
+
+/// Who this node is.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Node id (`^[a-zA-Z0-9._-]{1,64}$`); the host name when absent.
+    pub id: Option<String>,
+    /// Display name; the id when absent.
+    pub name: Option<String>,
+}
+
+/// How workers share queues.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupMode {
+    /// One consumer group for all nodes: each job runs on one node.
+    #[default]
+    Shared,
+    /// One group per node (`<group>-<node id>`): every node sees every job
+    /// and runs those whose `target_node` names it (Citadel's fan-out).
+    PerNode,
+}
+
+/// The Redis Streams worker.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Queues to consume (`jobs:v1:<queue>`).
+    pub queues: Vec<String>,
+    /// Consumer group.
+    pub group: String,
+    /// Shared group or one per node.
+    pub group_mode: GroupMode,
+    /// Jobs run at once on this node.
+    pub concurrency: u32,
+    /// Deliveries of one job before it goes to the dead-letter queue.
+    pub max_attempts: u32,
+    /// How long one read waits for new jobs, ms.
+    pub block_ms: u64,
+    /// Lifetime of this worker's liveness key, ms; its jobs are reclaimed
+    /// by others once it has been dead this long.
+    pub liveness_ttl_ms: u64,
+    /// How often pending jobs of dead workers are looked for, ms.
+    pub reclaim_interval_ms: u64,
+    /// Wait before a recoverable failure is retried, ms.
+    pub retry_delay_ms: u64,
+    /// Backstop: a job pending this long is reclaimed even from a live
+    /// worker (a wedged one), ms.
+    pub abandon_after_ms: u64,
+    /// On SIGTERM/SIGINT, how long running jobs may take to finish, ms.
+    pub shutdown_grace_ms: u64,
+    /// How often running jobs' cancel flags are checked, ms.
+    pub cancel_poll_ms: u64,
+    /// Lifetime of `job:{jobId}:status`, s.
+    pub status_ttl_s: u64,
+    /// Largest payload accepted, bytes (larger entries are dead-lettered).
+    pub max_payload_bytes: usize,
+    /// Also append every event to `stream:v1:{jobId}:events` for replay.
+    pub events_stream: bool,
+    /// Events kept in that stream (approximately).
+    pub events_stream_max: usize,
+    /// Lifetime of that stream, s.
+    pub events_stream_ttl_s: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            queues: vec!["gpu-general".into()],
+            group: "citadel-workers".into(),
+            group_mode: GroupMode::Shared,
+            concurrency: 8,
+            max_attempts: 3,
+            block_ms: 2_000,
+            liveness_ttl_ms: 5_000,
+            reclaim_interval_ms: 1_000,
+            retry_delay_ms: 1_000,
+            abandon_after_ms: 2 * 60 * 60 * 1000,
+            shutdown_grace_ms: 30_000,
+            cancel_poll_ms: 250,
+            status_ttl_s: 24 * 60 * 60,
+            max_payload_bytes: 1 << 20,
+            events_stream: false,
+            events_stream_max: 1_000,
+            events_stream_ttl_s: 60 * 60,
+        }
+    }
 }
 
 /// Engine-wide sandbox settings (per-tenant limits live in the policy).
@@ -79,6 +176,73 @@ impl Default for SandboxConfig {
             max_wasm_stack_kib: 512,
             cache_dir: default_cache_dir(),
         }
+    }
+}
+
+/// Node ids are `^[a-zA-Z0-9._-]{1,64}$` (DESIGN §3).
+fn valid_node_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+impl WorkerConfig {
+    fn validate(&self, sandbox: &SandboxConfig) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, problem: String| Err(ConfigError::Invalid { key, problem });
+        if self.queues.is_empty() {
+            return invalid("worker.queues", "must name at least one queue".into());
+        }
+        if let Some(queue) = self
+            .queues
+            .iter()
+            .find(|queue| queue.is_empty() || queue.contains(char::is_whitespace))
+        {
+            return invalid("worker.queues", format!("{queue:?} is not a queue name"));
+        }
+        if self.group.is_empty() {
+            return invalid("worker.group", "must not be empty".into());
+        }
+        if self.concurrency == 0 {
+            return invalid("worker.concurrency", "must be at least 1".into());
+        }
+        if self.concurrency > sandbox.max_instances {
+            return invalid(
+                "worker.concurrency",
+                format!(
+                    "({}) exceeds sandbox.max_instances ({}): raise the pool or lower the concurrency",
+                    self.concurrency, sandbox.max_instances
+                ),
+            );
+        }
+        if self.max_attempts == 0 {
+            return invalid("worker.max_attempts", "must be at least 1".into());
+        }
+        if self.liveness_ttl_ms < 1_000 {
+            return invalid(
+                "worker.liveness_ttl_ms",
+                format!("must be at least 1000, got {}", self.liveness_ttl_ms),
+            );
+        }
+        if self.reclaim_interval_ms == 0 || self.reclaim_interval_ms >= self.liveness_ttl_ms {
+            return invalid(
+                "worker.reclaim_interval_ms",
+                format!(
+                    "must be between 1 and worker.liveness_ttl_ms ({}), got {}",
+                    self.liveness_ttl_ms, self.reclaim_interval_ms
+                ),
+            );
+        }
+        if self.block_ms == 0 || self.cancel_poll_ms == 0 {
+            return invalid(
+                "worker.block_ms",
+                "block_ms and cancel_poll_ms must be at least 1".into(),
+            );
+        }
+        if self.abandon_after_ms < self.liveness_ttl_ms {
+            return invalid(
+                "worker.abandon_after_ms",
+                "must not be shorter than worker.liveness_ttl_ms".into(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -140,7 +304,41 @@ impl Config {
                 problem: format!("must be between 64 and 16384, got {}", sandbox.max_wasm_stack_kib),
             });
         }
-        Ok(())
+        if let Some(id) = &self.node.id
+            && !valid_node_id(id)
+        {
+            return Err(ConfigError::Invalid {
+                key: "node.id",
+                problem: format!("{id:?} must match ^[a-zA-Z0-9._-]{{1,64}}$"),
+            });
+        }
+        self.worker.validate(sandbox)
+    }
+
+    /// The node id: `node.id`, else the host name (made valid).
+    pub fn node_id(&self) -> String {
+        if let Some(id) = &self.node.id {
+            return id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let id: String = host
+            .trim()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(64)
+            .collect();
+        if id.is_empty() { "citadel-node".into() } else { id }
+    }
+
+    /// The node's display name: `node.name`, else its id.
+    pub fn node_name(&self) -> String {
+        self.node.name.clone().unwrap_or_else(|| self.node_id())
     }
 
     /// The tenant policy named by `policy`, checked against the sandbox
@@ -185,13 +383,35 @@ mod tests {
         let config = Config::load(
             Some(&file),
             Flags {
-                sandbox: Partial { max_instances: 3 },
+                sandbox: Partial { max_instances: 12 },
             },
         )
         .unwrap();
         assert_eq!(config.sandbox.epoch_tick_ms, 7);
-        assert_eq!(config.sandbox.max_instances, 3);
+        assert_eq!(config.sandbox.max_instances, 12);
         assert_eq!(config.sandbox.max_memory_mib, SandboxConfig::default().max_memory_mib);
+    }
+
+    #[test]
+    fn worker_concurrency_must_fit_the_instance_pool() {
+        let mut config = Config::default();
+        config.sandbox.max_instances = 3;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("worker.concurrency") && err.contains("sandbox.max_instances"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn node_ids_are_checked() {
+        let mut config = Config::default();
+        config.node.id = Some("gpu 7!".into());
+        assert!(config.validate().unwrap_err().to_string().contains("node.id"));
+        config.node.id = Some("gpu-7.rack_2".into());
+        config.validate().unwrap();
+        assert_eq!(config.node_id(), "gpu-7.rack_2");
+        assert_eq!(config.node_name(), "gpu-7.rack_2");
     }
 
     #[test]

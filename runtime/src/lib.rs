@@ -30,6 +30,7 @@ pub mod limits;
 pub mod output;
 pub mod policy;
 pub mod state;
+pub mod worker;
 
 pub use capability::{Capabilities, Capability};
 pub use components::{ComponentError, ComponentStore, Digest, LoadedComponent};

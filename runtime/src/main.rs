@@ -2,6 +2,7 @@
 //! run the command on a tokio runtime, exit with its code. Everything else
 //! lives in the library (`cli` for the commands).
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use citadel_runtime::cli::{Cli, Failure, exit_code};
@@ -10,18 +11,15 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = match EnvFilter::try_new(&cli.log) {
+    let log = cli.log_filter();
+    let filter = match EnvFilter::try_new(&log) {
         Ok(filter) => filter,
-        Err(err) => {
-            return exit_code(Err(Failure::input(format!(
-                "--log {:?} is not a log filter: {err}",
-                cli.log
-            ))));
-        }
+        Err(err) => return exit_code(Err(Failure::input(format!("--log {log:?} is not a log filter: {err}")))),
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,

@@ -1,9 +1,17 @@
 //! Shared test harness: where the built guests and the `citadel` binary
 //! are, a component store shared by every test of a binary (so each guest is
-//! compiled once per run), and helpers to run a job and collect its chunks.
+//! compiled once per run), helpers to run a job and collect its chunks, a
+//! private `redis-server` per test (`redis.rs`) and a Redis Streams worker
+//! with its producer side (`worker.rs`).
 //!
 //! Guests are built by `scripts/build-guests` and the binary by
 //! `cargo build`; `scripts/test` does both before running the tests.
+
+mod redis;
+mod worker;
+
+pub use redis::RedisServer;
+pub use worker::*;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -147,5 +155,17 @@ pub async fn eventually<F: FnMut() -> bool>(within: Duration, what: &str, mut co
             "timed out after {within:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// [`eventually`] for code outside a tokio runtime.
+pub fn wait_until<F: FnMut() -> bool>(within: Duration, what: &str, mut condition: F) {
+    let deadline = std::time::Instant::now() + within;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }

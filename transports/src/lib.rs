@@ -1,1 +1,12 @@
-//! placeholder
+//! citadel's transports: how jobs reach a node and how results, tokens and
+//! status leave it. Knows nothing of wasmtime; the runtime drives it.
+//!
+//! Layout:
+//! - [`wire`]: Citadel's Redis wire format (keys, job entries, event
+//!   envelope, dead letters, status hash), pure and golden-tested;
+//! - [`redis`]: Streams consumer groups, events, liveness, cancel flags;
+//! - [`backoff`]: the one jittered retry policy every transport uses.
+
+pub mod backoff;
+pub mod redis;
+pub mod wire;

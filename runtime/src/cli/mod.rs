@@ -6,6 +6,8 @@
 mod inspect;
 mod output;
 mod run;
+mod submit;
+mod work;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,6 +18,8 @@ use crate::config::{Config, NoOverrides};
 
 pub use inspect::InspectArgs;
 pub use run::RunArgs;
+pub use submit::SubmitArgs;
+pub use work::WorkArgs;
 
 /// citadel: a WebAssembly-sandboxed job runtime for GPU compute nodes.
 #[derive(Debug, Parser)]
@@ -26,15 +30,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "CITADEL_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Log filter for the node's own log on stderr (`warn`, `info`, `debug`,
-    /// or a tracing filter such as `citadel=debug`).
-    #[arg(
-        long,
-        global = true,
-        env = "CITADEL_LOG",
-        default_value = "warn",
-        value_name = "FILTER"
-    )]
-    pub log: String,
+    /// or a tracing filter such as `citadel=debug`). Default: `info` for
+    /// `work`, `warn` otherwise.
+    #[arg(long, global = true, env = "CITADEL_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -45,6 +44,10 @@ pub struct Cli {
 pub enum Command {
     /// Run one job locally through a component (no Redis needed).
     Run(RunArgs),
+    /// Work jobs from Redis Streams until SIGTERM/SIGINT.
+    Work(WorkArgs),
+    /// Enqueue a job on Redis and optionally follow its events.
+    Submit(SubmitArgs),
     /// Inspect, and later publish, handler components.
     #[command(subcommand)]
     Component(ComponentCommand),
@@ -86,12 +89,30 @@ impl Failure {
 }
 
 impl Cli {
+    /// The log filter to use.
+    pub fn log_filter(&self) -> String {
+        let default = if matches!(self.command, Command::Work(_)) {
+            "info"
+        } else {
+            "warn"
+        };
+        self.log.clone().unwrap_or_else(|| default.to_string())
+    }
+
     /// Run the chosen command.
     pub async fn execute(self) -> Result<(), Failure> {
         match self.command {
             Command::Run(args) => {
                 let config = Config::load(self.config.as_deref(), args.overrides()).map_err(Failure::input)?;
                 run::run(args, &config).await
+            }
+            Command::Work(args) => {
+                let config = Config::load(self.config.as_deref(), args.overrides()).map_err(Failure::input)?;
+                work::work(&config).await
+            }
+            Command::Submit(args) => {
+                let config = Config::load(self.config.as_deref(), args.overrides()).map_err(Failure::input)?;
+                submit::submit(args, &config).await
             }
             Command::Component(ComponentCommand::Inspect(args)) => {
                 let config = Config::load(self.config.as_deref(), NoOverrides {}).map_err(Failure::input)?;

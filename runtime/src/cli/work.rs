@@ -1,0 +1,135 @@
+//! `citadel work`: run the Redis Streams worker until SIGTERM/SIGINT. The
+//! first signal drains (stop reading, let running jobs finish within
+//! `worker.shutdown_grace_ms`, leave the rest pending) and exits 0; a second
+//! signal exits at once.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+use serde::Serialize;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use super::Failure;
+use crate::config::Config;
+use crate::engine::Allocation;
+use crate::executor::Executor;
+use crate::worker::{HandlerTable, Worker};
+
+/// Arguments of `citadel work` (each overrides its config key).
+#[derive(Debug, Args)]
+pub struct WorkArgs {
+    /// Redis URL (`redis_url`).
+    #[arg(long, value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// A queue to consume, `jobs:v1:<QUEUE>` (`worker.queues`; repeatable).
+    #[arg(long = "queue", value_name = "QUEUE")]
+    pub queues: Vec<String>,
+    /// Consumer group (`worker.group`).
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+    /// Jobs run at once (`worker.concurrency`).
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<u32>,
+    /// A handler: job type and component (`[handlers]`; repeatable).
+    #[arg(long = "handler", value_name = "TYPE=FILE.wasm", value_parser = parse_handler)]
+    pub handlers: Vec<(String, PathBuf)>,
+    /// Tenant policy file (`policy`).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Node id (`node.id`).
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+}
+
+fn parse_handler(text: &str) -> Result<(String, PathBuf), String> {
+    match text.split_once('=') {
+        Some((job_type, file)) if !job_type.is_empty() && !file.is_empty() => Ok((job_type.to_string(), file.into())),
+        _ => Err(format!("expected TYPE=FILE.wasm, got {text:?}")),
+    }
+}
+
+#[derive(Serialize)]
+struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy: Option<PathBuf>,
+    node: NodeOverrides,
+    worker: WorkerOverrides,
+    handlers: BTreeMap<String, PathBuf>,
+}
+
+#[derive(Serialize)]
+struct NodeOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+}
+
+#[derive(Serialize)]
+struct WorkerOverrides {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    queues: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    concurrency: Option<u32>,
+}
+
+impl WorkArgs {
+    /// The config keys these flags set.
+    pub(super) fn overrides(&self) -> impl Serialize + use<> {
+        Overrides {
+            redis_url: self.redis_url.clone(),
+            policy: self.policy.clone(),
+            node: NodeOverrides {
+                id: self.node_id.clone(),
+            },
+            worker: WorkerOverrides {
+                queues: self.queues.clone(),
+                group: self.group.clone(),
+                concurrency: self.concurrency,
+            },
+            handlers: self.handlers.iter().cloned().collect(),
+        }
+    }
+}
+
+pub(super) async fn work(config: &Config) -> Result<(), Failure> {
+    let executor = Executor::from_config(config, Allocation::Pooling).map_err(Failure::input)?;
+    let handlers = HandlerTable::load(executor.components(), &config.handlers).map_err(Failure::input)?;
+    let worker = Worker::new(Arc::new(executor), handlers, config).map_err(Failure::input)?;
+    let stop = CancellationToken::new();
+    let mut terminate = signal(SignalKind::terminate()).map_err(Failure::input)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(Failure::input)?;
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! { _ = terminate.recv() => {}, _ = interrupt.recv() => {} }
+        tracing::info!("signal received: draining (send it again to exit at once)");
+        on_signal.cancel();
+        tokio::select! { _ = terminate.recv() => {}, _ = interrupt.recv() => {} }
+        eprintln!("citadel: second signal: exiting without draining; unfinished jobs stay pending");
+        std::process::exit(130);
+    });
+    worker
+        .run(stop)
+        .await
+        .map_err(|err| Failure::job(format!("worker failed: {err}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handler_flags_are_type_equals_file() {
+        assert_eq!(
+            parse_handler("echo=guests/echo.wasm").unwrap(),
+            ("echo".into(), PathBuf::from("guests/echo.wasm"))
+        );
+        assert!(parse_handler("echo").is_err());
+        assert!(parse_handler("=x.wasm").is_err());
+    }
+}

@@ -1,0 +1,471 @@
+//! `citadel work`: the Redis Streams worker. It reads jobs from
+//! `jobs:v1:<queue>` through a consumer group, runs each in the sandbox and
+//! publishes its events, with these guarantees (DESIGN §4):
+//!
+//! - **each job to one worker**, and only as many read as there are free
+//!   slots (node-wide `worker.concurrency`, per tenant `max_in_flight`);
+//! - **settled means recorded**: a job's final status and its `XACK` are one
+//!   `MULTI`; a redelivered entry whose status is already final is skipped;
+//! - **dead workers' jobs resume in seconds, live workers' jobs never run
+//!   twice**: every worker keeps a liveness key; the sweeper reclaims pending
+//!   entries only from consumers whose key is gone (plus a long backstop for
+//!   wedged ones);
+//! - **poison jobs end in the DLQ**: an entry delivered more than
+//!   `worker.max_attempts` times, or one that is not a job at all, is moved
+//!   to `dlq:v1:<queue>` with the reason;
+//! - **recoverable failures are retried** after `worker.retry_delay_ms`;
+//! - **shutdown loses nothing**: on SIGTERM the worker stops reading, lets
+//!   running jobs finish within the grace period, leaves the rest pending
+//!   (never acknowledged) and retires its liveness key so others take them at
+//!   once;
+//! - **Redis outages are ridden out**: reads, beats and settlements retry with
+//!   the shared backoff while running jobs carry on.
+//!
+//! `dispatch.rs` is one job's life, `slots.rs` the backpressure,
+//! `handlers.rs` the job type → component table.
+
+mod dispatch;
+mod handlers;
+mod slots;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use citadel_transports::backoff::{Backoff, RetryError, retry, worth_logging};
+use citadel_transports::redis::{
+    self as transport, CancelFlags, EventPublisher, JobQueues, Liveness, QueueConfig, ReplayConfig,
+};
+use citadel_transports::wire::{self, NodeMeta};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use handlers::{HandlerLoadError, HandlerTable};
+use slots::Slots;
+
+use crate::config::{Config, GroupMode, WorkerConfig};
+use crate::executor::Executor;
+
+/// The worker's version, in `claimed` events.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Pending entries younger than this are never reclaimed (they were just
+/// delivered, and a concurrent claim by another worker resets to zero).
+const RECLAIM_MIN_IDLE: Duration = Duration::from_millis(250);
+/// Pending entries looked at per queue and sweep.
+const RECLAIM_BATCH: usize = 64;
+/// After the grace period, how long interrupted jobs get to record that.
+const SETTLE_GRACE: Duration = Duration::from_secs(5);
+
+/// The worker cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// No Redis URL is configured.
+    #[error("no Redis URL: give --redis-url or set redis_url in the config")]
+    NoRedisUrl,
+    /// The Redis URL is malformed.
+    #[error("invalid redis_url {url:?}: {source}")]
+    RedisUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        source: transport::RedisError,
+    },
+    /// No handlers are configured.
+    #[error("no handlers: give --handler TYPE=FILE.wasm or a [handlers] table in the config")]
+    NoHandlers,
+    /// A handler's component is unusable.
+    #[error(transparent)]
+    Handler(#[from] HandlerLoadError),
+    /// Redis refused to create the consumer groups (not a connection problem).
+    #[error("cannot create consumer groups: {0}")]
+    Groups(transport::RedisError),
+}
+
+/// Counters of what the worker has done.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Jobs that ended with a result.
+    pub completed: AtomicU64,
+    /// Jobs that ended with an error (including dead-lettered ones).
+    pub failed: AtomicU64,
+}
+
+/// Durations and limits derived from the configuration.
+#[derive(Debug, Clone)]
+struct Settings {
+    max_attempts: u64,
+    liveness_ttl: Duration,
+    reclaim_interval: Duration,
+    retry_delay: Duration,
+    abandon_after: Duration,
+    shutdown_grace: Duration,
+    cancel_poll: Duration,
+    status_ttl: Duration,
+    max_payload_bytes: usize,
+    concurrency: usize,
+}
+
+impl Settings {
+    fn from(config: &WorkerConfig) -> Settings {
+        Settings {
+            max_attempts: u64::from(config.max_attempts),
+            liveness_ttl: Duration::from_millis(config.liveness_ttl_ms),
+            reclaim_interval: Duration::from_millis(config.reclaim_interval_ms),
+            retry_delay: Duration::from_millis(config.retry_delay_ms),
+            abandon_after: Duration::from_millis(config.abandon_after_ms),
+            shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+            cancel_poll: Duration::from_millis(config.cancel_poll_ms),
+            status_ttl: Duration::from_secs(config.status_ttl_s),
+            max_payload_bytes: config.max_payload_bytes,
+            concurrency: config.concurrency as usize,
+        }
+    }
+}
+
+/// A job this process holds: running, or waiting for a slot.
+struct Held {
+    job_id: Option<String>,
+    cancel: CancellationToken,
+}
+
+/// Tokens that end jobs at shutdown.
+#[derive(Clone, Default)]
+struct Lifecycle {
+    /// Interrupt running jobs (grace period over); they stay pending.
+    abort: CancellationToken,
+    /// Stop retrying settlements (the process is about to exit).
+    give_up: CancellationToken,
+}
+
+/// State shared by the worker's tasks.
+struct Shared {
+    executor: Arc<Executor>,
+    handlers: HandlerTable,
+    queues: JobQueues,
+    events: EventPublisher,
+    liveness: Liveness,
+    cancel_flags: CancelFlags,
+    settings: Settings,
+    node: NodeMeta,
+    consumer: String,
+    slots: Slots,
+    held: Mutex<HashMap<String, Held>>,
+    stats: Stats,
+}
+
+/// A Redis Streams worker.
+pub struct Worker {
+    shared: Arc<Shared>,
+}
+
+impl Worker {
+    /// A worker for `config`, running jobs on `executor` with `handlers`.
+    /// Nothing connects yet: Redis may come up after the worker.
+    pub fn new(executor: Arc<Executor>, handlers: HandlerTable, config: &Config) -> Result<Worker, WorkerError> {
+        if handlers.is_empty() {
+            return Err(WorkerError::NoHandlers);
+        }
+        let url = config.redis_url.as_deref().ok_or(WorkerError::NoRedisUrl)?;
+        let invalid = |source| WorkerError::RedisUrl {
+            url: url.to_string(),
+            source,
+        };
+        let client = transport::client(url).map_err(invalid)?;
+        let conn = transport::command_connection(&client).map_err(invalid)?;
+        let block = Duration::from_millis(config.worker.block_ms);
+        let reader = transport::blocking_connection(&client, block).map_err(invalid)?;
+        let node_id = config.node_id();
+        let node = NodeMeta {
+            node_id: node_id.clone(),
+            node_name: config.node_name(),
+        };
+        let consumer = format!("{node_id}-{}-{:04x}", std::process::id(), rand::random::<u16>());
+        let worker = &config.worker;
+        let group = match worker.group_mode {
+            GroupMode::Shared => worker.group.clone(),
+            GroupMode::PerNode => format!("{}-{node_id}", worker.group),
+        };
+        let keys = worker.queues.iter().map(|queue| wire::queue_key(queue)).collect();
+        let queues = JobQueues::new(
+            conn.clone(),
+            reader,
+            QueueConfig {
+                keys,
+                group: group.clone(),
+                consumer: consumer.clone(),
+                block,
+            },
+        );
+        let settings = Settings::from(worker);
+        let replay = worker.events_stream.then(|| ReplayConfig {
+            max_events: worker.events_stream_max,
+            ttl: Duration::from_secs(worker.events_stream_ttl_s),
+        });
+        Ok(Worker {
+            shared: Arc::new(Shared {
+                events: EventPublisher::new(conn.clone(), node.clone(), replay, settings.status_ttl),
+                liveness: Liveness::new(conn.clone(), &group, &consumer, settings.liveness_ttl),
+                cancel_flags: CancelFlags::new(conn),
+                slots: Slots::new(settings.concurrency),
+                executor,
+                handlers,
+                queues,
+                settings,
+                node,
+                consumer,
+                held: Mutex::default(),
+                stats: Stats::default(),
+            }),
+        })
+    }
+
+    /// This process's consumer name (`{nodeId}-{pid}-{rand}`).
+    pub fn consumer(&self) -> &str {
+        &self.shared.consumer
+    }
+
+    /// What the worker has done so far.
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// Jobs held right now (running or waiting for a slot).
+    pub fn in_flight(&self) -> usize {
+        self.shared.held.lock().expect("held jobs poisoned").len()
+    }
+
+    /// Work until `stop` fires, then drain: running jobs get the grace
+    /// period to finish, the rest are interrupted and left pending.
+    pub async fn run(&self, stop: CancellationToken) -> Result<(), WorkerError> {
+        let shared = &self.shared;
+        match retry("create consumer groups", Backoff::DEFAULT, &stop, || {
+            shared.queues.ensure_groups()
+        })
+        .await
+        {
+            Ok(()) => {}
+            Err(RetryError::Stopped(_)) => return Ok(()),
+            Err(RetryError::Permanent(err)) => return Err(WorkerError::Groups(err)),
+        }
+        let lifecycle = Lifecycle::default();
+        let background = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let liveness = tokio::spawn(Arc::clone(shared).keep_alive(background.clone()));
+        let watcher = tokio::spawn(Arc::clone(shared).watch_cancel_flags(background.clone()));
+        let sweeper = tokio::spawn(Arc::clone(shared).sweep_loop(stop.clone(), tracker.clone(), lifecycle.clone()));
+        let config = shared.queues.config();
+        tracing::info!(
+            consumer = %shared.consumer,
+            group = %config.group,
+            queues = ?config.keys,
+            handlers = ?shared.handlers.types(),
+            concurrency = shared.settings.concurrency,
+            "worker ready"
+        );
+
+        Arc::clone(shared).read_loop(&stop, &tracker, &lifecycle).await;
+
+        let _ = sweeper.await;
+        tracker.close();
+        if !tracker.is_empty() {
+            tracing::info!(running = tracker.len(), grace = ?shared.settings.shutdown_grace, "stopping: letting running jobs finish");
+        }
+        if tokio::time::timeout(shared.settings.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                interrupted = tracker.len(),
+                "grace period over: interrupting running jobs; they stay pending for another worker"
+            );
+            lifecycle.abort.cancel();
+            if tokio::time::timeout(SETTLE_GRACE, tracker.wait()).await.is_err() {
+                lifecycle.give_up.cancel();
+                tracker.wait().await;
+            }
+        }
+        background.cancel();
+        let _ = liveness.await;
+        let _ = watcher.await;
+        if let Err(err) = shared.liveness.retire().await {
+            tracing::warn!(error = %err, "could not remove the liveness key; other workers take this one's jobs when it expires");
+        }
+        tracing::info!(
+            completed = shared.stats.completed.load(Ordering::Relaxed),
+            failed = shared.stats.failed.load(Ordering::Relaxed),
+            "worker stopped"
+        );
+        Ok(())
+    }
+}
+
+impl Shared {
+    /// Read as many new entries as there are free slots, until `stop`.
+    async fn read_loop(self: Arc<Self>, stop: &CancellationToken, tracker: &TaskTracker, lifecycle: &Lifecycle) {
+        let queues = self.queues.config().keys.len();
+        let mut waits = Backoff::DEFAULT.start();
+        while let Some(free) = self.slots.wait_free(stop).await {
+            let read = tokio::select! {
+                _ = stop.cancelled() => break,
+                read = self.queues.read(free.div_ceil(queues)) => read,
+            };
+            match read {
+                Ok(deliveries) => {
+                    if waits.attempts() > 0 {
+                        tracing::info!("reading jobs again after a Redis outage");
+                    }
+                    waits.reset();
+                    for delivery in deliveries {
+                        // Normally a slot is free for each entry; when the
+                        // sweep took one meanwhile (or several queues
+                        // returned entries), the job waits for a slot.
+                        let permit = self.slots.try_reserve();
+                        tracker.spawn(Arc::clone(&self).handle(delivery, permit, lifecycle.clone()));
+                    }
+                }
+                Err(err) => {
+                    if worth_logging(waits.attempts()) {
+                        tracing::warn!(error = %err, "cannot read jobs from Redis; retrying with backoff");
+                    }
+                    if !waits.wait(stop).await {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Refresh the liveness key every third of its lifetime until `done`.
+    async fn keep_alive(self: Arc<Self>, done: CancellationToken) {
+        let holder = format!("{} pid {}", self.node.node_id, std::process::id());
+        let mut failures = 0u32;
+        loop {
+            match self.liveness.beat(&holder).await {
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!("liveness key refreshed again");
+                    }
+                    failures = 0;
+                }
+                Err(err) => {
+                    if worth_logging(failures) {
+                        tracing::warn!(error = %err, "cannot refresh the liveness key; others may reclaim this worker's jobs if it expires");
+                    }
+                    failures += 1;
+                }
+            }
+            tokio::select! {
+                _ = done.cancelled() => return,
+                _ = tokio::time::sleep(self.settings.liveness_ttl / 3) => {}
+            }
+        }
+    }
+
+    /// Poll the cancel flags of held jobs and stop those cancelled.
+    async fn watch_cancel_flags(self: Arc<Self>, done: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = done.cancelled() => return,
+                _ = tokio::time::sleep(self.settings.cancel_poll) => {}
+            }
+            let watched: Vec<(String, CancellationToken)> = {
+                let held = self.held.lock().expect("held jobs poisoned");
+                held.values()
+                    .filter(|job| !job.cancel.is_cancelled())
+                    .filter_map(|job| job.job_id.clone().map(|id| (id, job.cancel.clone())))
+                    .collect()
+            };
+            if watched.is_empty() {
+                continue;
+            }
+            let ids: Vec<&str> = watched.iter().map(|(id, _)| id.as_str()).collect();
+            match self.cancel_flags.check(&ids).await {
+                Ok(flags) => {
+                    for ((job_id, cancel), flagged) in watched.iter().zip(flags) {
+                        if flagged {
+                            tracing::info!(job_id = %job_id, "cancel flag set: stopping the job");
+                            cancel.cancel();
+                        }
+                    }
+                }
+                Err(err) => tracing::debug!(error = %err, "cannot read cancel flags"),
+            }
+        }
+    }
+
+    /// Every `reclaim_interval`, take over pending jobs of dead consumers
+    /// (and this worker's own jobs left for a retry), until `stop`.
+    async fn sweep_loop(self: Arc<Self>, stop: CancellationToken, tracker: TaskTracker, lifecycle: Lifecycle) {
+        let mut failures = 0u32;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(self.settings.reclaim_interval) => {}
+            }
+            match self.sweep(&stop, &tracker, &lifecycle).await {
+                Ok(()) => failures = 0,
+                Err(err) => {
+                    if worth_logging(failures) {
+                        tracing::warn!(error = %err, "cannot scan pending jobs");
+                    }
+                    failures += 1;
+                }
+            }
+        }
+    }
+
+    async fn sweep(
+        self: &Arc<Self>,
+        stop: &CancellationToken,
+        tracker: &TaskTracker,
+        lifecycle: &Lifecycle,
+    ) -> transport::RedisResult<()> {
+        let mut alive: HashMap<String, bool> = HashMap::new();
+        for queue in &self.queues.config().keys {
+            for entry in self.queues.pending(queue, RECLAIM_MIN_IDLE, RECLAIM_BATCH).await? {
+                if stop.is_cancelled() {
+                    return Ok(());
+                }
+                let reason = if entry.consumer == self.consumer {
+                    let held = self.held.lock().expect("held jobs poisoned").contains_key(&entry.id);
+                    if held || entry.idle < self.settings.retry_delay {
+                        continue;
+                    }
+                    "retry"
+                } else {
+                    let live = match alive.get(&entry.consumer) {
+                        Some(live) => *live,
+                        None => {
+                            let live = self.liveness.is_alive(&entry.consumer).await?;
+                            alive.insert(entry.consumer.clone(), live);
+                            live
+                        }
+                    };
+                    if !live {
+                        "owner dead"
+                    } else if entry.idle >= self.settings.abandon_after {
+                        "owner wedged (abandon_after_ms)"
+                    } else {
+                        continue;
+                    }
+                };
+                let Some(permit) = self.slots.try_reserve() else {
+                    return Ok(());
+                };
+                if let Some(delivery) = self.queues.claim(&entry, RECLAIM_MIN_IDLE).await? {
+                    tracing::info!(
+                        entry = %delivery.id,
+                        job_id = delivery.fields.get("jobId").map(String::as_str).unwrap_or("?"),
+                        from = %entry.consumer,
+                        attempt = delivery.attempt,
+                        reason,
+                        "reclaimed pending job"
+                    );
+                    tracker.spawn(Arc::clone(self).handle(delivery, Some(permit), lifecycle.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,258 @@
+//! Workers for tests — in-process ([`TestWorker`]) or a real `citadel work`
+//! process ([`WorkerProcess`]) — configured with short timings, replayable
+//! events and the test guests as handlers; and the producer side: enqueue
+//! jobs and read back their status, events, pending entries and dead letters.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use citadel_runtime::worker::{HandlerTable, Worker, WorkerError};
+use citadel_runtime::{Config, Executor};
+use redis::Commands;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{RedisServer, citadel_bin, guest, sandbox_config, shared_store, wait_until};
+
+/// The queue tests use.
+pub const QUEUE: &str = "jobs:v1:gpu-general";
+/// Its dead-letter queue.
+pub const DLQ: &str = "dlq:v1:gpu-general";
+/// The node id of test workers.
+pub const NODE: &str = "test-node";
+
+/// A worker configuration for `redis`: 2 s liveness TTL, fast sweeps and
+/// polls, replayable events, handlers `echo`, `extract`, `slow`, `flaky`,
+/// `trap` (bad-trap) and `spin` (bad-spin).
+pub fn worker_config(redis: &RedisServer) -> Config {
+    let mut config = Config {
+        redis_url: Some(redis.url()),
+        ..Config::default()
+    };
+    config.node.id = Some(NODE.into());
+    let worker = &mut config.worker;
+    worker.concurrency = 4;
+    worker.block_ms = 200;
+    worker.liveness_ttl_ms = 2_000;
+    worker.reclaim_interval_ms = 200;
+    worker.retry_delay_ms = 200;
+    worker.cancel_poll_ms = 50;
+    worker.shutdown_grace_ms = 10_000;
+    worker.events_stream = true;
+    for (job_type, name) in [
+        ("echo", "echo"),
+        ("extract", "extract"),
+        ("slow", "slow"),
+        ("flaky", "flaky"),
+        ("trap", "bad-trap"),
+        ("spin", "bad-spin"),
+    ] {
+        config.handlers.insert(job_type.into(), guest(name));
+    }
+    config
+}
+
+/// A worker running on the test's tokio runtime, over the shared component
+/// store.
+pub struct TestWorker {
+    /// The worker.
+    pub worker: Arc<Worker>,
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), WorkerError>>,
+}
+
+impl TestWorker {
+    /// Start a worker for `config`.
+    pub fn start(config: &Config) -> TestWorker {
+        let policy = config.load_policy().expect("policy");
+        let executor = Arc::new(Executor::new(shared_store(), policy));
+        let handlers = HandlerTable::load(&shared_store(), &config.handlers).expect("handlers");
+        let worker = Arc::new(Worker::new(executor, handlers, config).expect("worker"));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let worker = Arc::clone(&worker);
+            let stop = stop.clone();
+            async move { worker.run(stop).await }
+        });
+        TestWorker { worker, stop, task }
+    }
+
+    /// Stop it (as SIGTERM does) and wait until it has drained.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.expect("worker task").expect("worker run");
+    }
+}
+
+/// A `citadel work` process.
+pub struct WorkerProcess {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl WorkerProcess {
+    /// Start `citadel --config <file> work` with `config` (its compiled
+    /// cache in the test's temp dir), and wait until it is ready.
+    pub fn start(config: &Config) -> WorkerProcess {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = config.clone();
+        config.sandbox = sandbox_config(Some(&dir.path().join("cache")));
+        let file = dir.path().join("citadel.toml");
+        std::fs::write(&file, toml::to_string(&config).expect("config serializes")).expect("write config");
+        let log = std::fs::File::create(dir.path().join("worker.log")).expect("worker log");
+        let child = Command::new(citadel_bin())
+            .arg("--config")
+            .arg(&file)
+            .args(["--log", "info", "work"])
+            .env_remove("CITADEL_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn citadel work");
+        let process = WorkerProcess {
+            child: Some(child),
+            dir,
+        };
+        wait_until(Duration::from_secs(60), "the worker process to be ready", || {
+            process.log().contains("worker ready")
+        });
+        process
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("worker.log")).unwrap_or_default()
+    }
+
+    /// Its consumer name, from the `worker ready` line.
+    pub fn consumer(&self) -> String {
+        let log = self.log();
+        let at = log.find("consumer=").expect("ready line names the consumer") + "consumer=".len();
+        log[at..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_matches(|c: char| !c.is_ascii_graphic())
+            .to_string()
+    }
+
+    /// SIGKILL: the worker dies without any chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9");
+            let _ = child.wait();
+        }
+    }
+
+    /// Send SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+    }
+
+    /// Wait for it to exit.
+    pub fn wait(&mut self, within: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let mut status = None;
+        wait_until(within, "the worker process to exit", || {
+            status = child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        self.child = None;
+        status.expect("exited")
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// XADD a job in the wire format; returns the entry id.
+pub fn enqueue(conn: &mut redis::Connection, job_id: &str, job_type: &str, payload: &str) -> String {
+    enqueue_fields(conn, &[("jobId", job_id), ("type", job_type), ("payload", payload)])
+}
+
+/// XADD an entry with arbitrary fields; returns the entry id.
+pub fn enqueue_fields(conn: &mut redis::Connection, fields: &[(&str, &str)]) -> String {
+    redis::cmd("XADD")
+        .arg(QUEUE)
+        .arg("*")
+        .arg(fields)
+        .query(conn)
+        .expect("XADD")
+}
+
+/// `job:{id}:status` as a map (empty when absent).
+pub fn status(conn: &mut redis::Connection, job_id: &str) -> HashMap<String, String> {
+    conn.hgetall(format!("job:{job_id}:status")).expect("HGETALL")
+}
+
+/// The job's events from its replay stream, in order.
+pub fn events(conn: &mut redis::Connection, job_id: &str) -> Vec<Value> {
+    let entries: redis::streams::StreamRangeReply =
+        conn.xrange_all(format!("stream:v1:{job_id}:events")).expect("XRANGE");
+    entries
+        .ids
+        .iter()
+        .map(|entry| {
+            let text: String = entry.get("event").expect("event field");
+            serde_json::from_str(&text).expect("event is JSON")
+        })
+        .collect()
+}
+
+/// The `type` of each of the job's events, in order.
+pub fn event_types(conn: &mut redis::Connection, job_id: &str) -> Vec<String> {
+    events(conn, job_id)
+        .iter()
+        .map(|event| event["type"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Entries delivered and not acknowledged, across the group.
+pub fn pending(conn: &mut redis::Connection) -> usize {
+    let summary: redis::streams::StreamPendingReply = conn.xpending(QUEUE, "citadel-workers").expect("XPENDING");
+    summary.count()
+}
+
+/// The dead-letter entries, in order.
+pub fn dead_letters(conn: &mut redis::Connection) -> Vec<HashMap<String, String>> {
+    let entries: redis::streams::StreamRangeReply = conn.xrange_all(DLQ).expect("XRANGE dlq");
+    entries
+        .ids
+        .iter()
+        .map(|entry| {
+            entry
+                .map
+                .keys()
+                .map(|key| (key.clone(), entry.get::<String>(key).unwrap()))
+                .collect()
+        })
+        .collect()
+}
+
+/// Wait until `job:{id}:status` has `status` = `want`.
+pub async fn wait_status(redis: &RedisServer, job_id: &str, want: &str, within: Duration) -> HashMap<String, String> {
+    let mut conn = redis.conn();
+    let mut last = HashMap::new();
+    crate::eventually(within, &format!("job {job_id} to be {want}"), || {
+        last = status(&mut conn, job_id);
+        last.get("status").map(String::as_str) == Some(want)
+    })
+    .await;
+    last
+}

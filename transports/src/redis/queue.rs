@@ -1,0 +1,317 @@
+//! Job queues on Redis Streams, read through one consumer group.
+//!
+//! Delivery semantics (DESIGN §4), as this module provides them:
+//! - each entry goes to one consumer of the group (`XREADGROUP … >`), and
+//!   the caller asks only for as many as it has free slots;
+//! - an entry stays pending until it is settled: the job's final status and
+//!   the `XACK` are written in one `MULTI`, so a job is never acknowledged
+//!   without its result being recorded, and a redelivered entry whose status
+//!   is final can be recognised and skipped;
+//! - pending entries can be listed with their owner, idle time and delivery
+//!   count, and claimed (`XCLAIM`, which counts a delivery) by the caller's
+//!   reclaim policy (liveness-based, see `liveness.rs`);
+//! - a dead letter is written and acknowledged in one `MULTI`.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamPendingCountReply, StreamReadReply};
+use redis::{RedisResult, Value};
+
+use super::events::status_fields;
+use crate::wire::{self, Fields, JobStatus};
+
+/// Which streams, as whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Stream keys (`jobs:v1:<queue>`).
+    pub keys: Vec<String>,
+    /// The consumer group.
+    pub group: String,
+    /// This process's consumer name (unique per process).
+    pub consumer: String,
+    /// How long one read blocks waiting for entries.
+    pub block: Duration,
+}
+
+/// One delivered entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The stream it came from.
+    pub queue: String,
+    /// Its entry id.
+    pub id: String,
+    /// Its fields.
+    pub fields: Fields,
+    /// How many times it has been delivered, this time included.
+    pub attempt: u64,
+}
+
+/// An entry delivered to some consumer and not yet acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingEntry {
+    /// The stream.
+    pub queue: String,
+    /// Its entry id.
+    pub id: String,
+    /// The consumer that holds it.
+    pub consumer: String,
+    /// Time since it was last delivered.
+    pub idle: Duration,
+    /// Deliveries so far.
+    pub deliveries: u64,
+}
+
+/// The job queues of one consumer.
+#[derive(Clone)]
+pub struct JobQueues {
+    conn: ConnectionManager,
+    reader: ConnectionManager,
+    config: QueueConfig,
+}
+
+impl JobQueues {
+    /// Queues using `conn` for commands and `reader` for blocking reads.
+    pub fn new(conn: ConnectionManager, reader: ConnectionManager, config: QueueConfig) -> JobQueues {
+        JobQueues { conn, reader, config }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    /// Create the consumer group on every stream (and the streams) if
+    /// missing. The group starts at the beginning of the stream, so jobs
+    /// enqueued before the first worker ever started are not skipped.
+    pub async fn ensure_groups(&self) -> RedisResult<()> {
+        let mut conn = self.conn.clone();
+        for key in &self.config.keys {
+            let created: RedisResult<()> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(key)
+                .arg(&self.config.group)
+                .arg("0")
+                .arg("MKSTREAM")
+                .exec_async(&mut conn)
+                .await;
+            match created {
+                Err(err) if err.code() == Some("BUSYGROUP") => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Read up to `count` new entries per stream, blocking up to the
+    /// configured time. A group that vanished (Redis restarted without its
+    /// data) is recreated.
+    pub async fn read(&self, count: usize) -> RedisResult<Vec<Delivery>> {
+        match self.read_once(count).await {
+            Err(err) if err.code() == Some("NOGROUP") => {
+                tracing::warn!(group = %self.config.group, "consumer group missing (Redis lost its data?); recreating it");
+                self.ensure_groups().await?;
+                self.read_once(count).await
+            }
+            other => other,
+        }
+    }
+
+    async fn read_once(&self, count: usize) -> RedisResult<Vec<Delivery>> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.config.group)
+            .arg(&self.config.consumer)
+            .arg("COUNT")
+            .arg(count.max(1))
+            .arg("BLOCK")
+            .arg(self.config.block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.config.keys);
+        for _ in &self.config.keys {
+            cmd.arg(">");
+        }
+        let mut reader = self.reader.clone();
+        let reply: Option<StreamReadReply> = cmd.query_async(&mut reader).await?;
+        let mut deliveries = Vec::new();
+        for stream in reply.map(|reply| reply.keys).unwrap_or_default() {
+            for entry in stream.ids {
+                deliveries.push(Delivery {
+                    queue: stream.key.clone(),
+                    id: entry.id,
+                    fields: texts(entry.map),
+                    attempt: 1,
+                });
+            }
+        }
+        Ok(deliveries)
+    }
+
+    /// Up to `count` pending entries of `queue` idle for at least `min_idle`.
+    pub async fn pending(&self, queue: &str, min_idle: Duration, count: usize) -> RedisResult<Vec<PendingEntry>> {
+        let mut conn = self.conn.clone();
+        let reply: StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(queue)
+            .arg(&self.config.group)
+            .arg("IDLE")
+            .arg(min_idle.as_millis() as u64)
+            .arg("-")
+            .arg("+")
+            .arg(count)
+            .query_async(&mut conn)
+            .await?;
+        Ok(reply
+            .ids
+            .into_iter()
+            .map(|pending| PendingEntry {
+                queue: queue.to_string(),
+                id: pending.id,
+                consumer: pending.consumer,
+                idle: Duration::from_millis(pending.last_delivered_ms as u64),
+                deliveries: pending.times_delivered as u64,
+            })
+            .collect())
+    }
+
+    /// Take over a pending entry (if it is still pending and idle for
+    /// `min_idle`; another worker may have been faster). The claim counts as
+    /// a delivery. An entry deleted from the stream meanwhile is dropped
+    /// from the pending list and `None` is returned.
+    pub async fn claim(&self, entry: &PendingEntry, min_idle: Duration) -> RedisResult<Option<Delivery>> {
+        let mut conn = self.conn.clone();
+        let reply: redis::streams::StreamClaimReply = redis::cmd("XCLAIM")
+            .arg(&entry.queue)
+            .arg(&self.config.group)
+            .arg(&self.config.consumer)
+            .arg(min_idle.as_millis() as u64)
+            .arg(&entry.id)
+            .query_async(&mut conn)
+            .await?;
+        match reply.ids.into_iter().next() {
+            Some(claimed) if !claimed.map.is_empty() => Ok(Some(Delivery {
+                queue: entry.queue.clone(),
+                id: claimed.id,
+                fields: texts(claimed.map),
+                attempt: entry.deliveries + 1,
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    /// Keep a pending entry but restart its idle time (`XCLAIM … JUSTID`,
+    /// which does not count a delivery): the entry is left for a retry that
+    /// the reclaim sweep makes after the retry delay.
+    pub async fn touch(&self, delivery: &Delivery) -> RedisResult<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("XCLAIM")
+            .arg(&delivery.queue)
+            .arg(&self.config.group)
+            .arg(&self.config.consumer)
+            .arg(0)
+            .arg(&delivery.id)
+            .arg("JUSTID")
+            .exec_async(&mut conn)
+            .await
+    }
+
+    /// Acknowledge without recording anything (an entry that is not this
+    /// node's to run, or one already settled).
+    pub async fn ack(&self, delivery: &Delivery) -> RedisResult<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("XACK")
+            .arg(&delivery.queue)
+            .arg(&self.config.group)
+            .arg(&delivery.id)
+            .exec_async(&mut conn)
+            .await
+    }
+
+    /// Record the job's final `status` (with `extra` fields such as `result`
+    /// or `error`) and acknowledge the entry, atomically.
+    pub async fn settle(
+        &self,
+        delivery: &Delivery,
+        job_id: &str,
+        status: JobStatus,
+        extra: &[(&str, String)],
+        status_ttl: Duration,
+    ) -> RedisResult<()> {
+        let key = wire::status_key(job_id);
+        let mut fields = status_fields(status, &delivery.id, &self.config.consumer);
+        fields.extend(extra.iter().map(|(name, value)| (*name, value.clone())));
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .hset_multiple(&key, &fields)
+            .ignore()
+            .expire(&key, status_ttl.as_secs() as i64)
+            .ignore()
+            .cmd("XACK")
+            .arg(&delivery.queue)
+            .arg(&self.config.group)
+            .arg(&delivery.id)
+            .ignore()
+            .exec_async(&mut conn)
+            .await
+    }
+
+    /// Move the entry to `dlq:v1:<queue>` with `reason`, record the job as
+    /// dead-lettered (when it has an id) and acknowledge it, atomically.
+    pub async fn dead_letter(&self, delivery: &Delivery, reason: &str, status_ttl: Duration) -> RedisResult<()> {
+        let dlq = wire::dlq_key(&delivery.queue);
+        let entry = wire::dlq_fields(
+            &delivery.id,
+            &delivery.queue,
+            reason,
+            &self.config.consumer,
+            &delivery.fields,
+            delivery.attempt,
+            SystemTime::now(),
+        );
+        let mut pipe = redis::pipe();
+        pipe.atomic().xadd(&dlq, "*", &entry).ignore();
+        if let Some(job_id) = delivery.fields.get("jobId").filter(|id| !id.is_empty()) {
+            let key = wire::status_key(job_id);
+            let mut fields = status_fields(JobStatus::DeadLettered, &delivery.id, &self.config.consumer);
+            fields.push(("error", reason.to_string()));
+            pipe.hset_multiple(&key, &fields)
+                .ignore()
+                .expire(&key, status_ttl.as_secs() as i64)
+                .ignore();
+        }
+        pipe.cmd("XACK")
+            .arg(&delivery.queue)
+            .arg(&self.config.group)
+            .arg(&delivery.id)
+            .ignore();
+        let mut conn = self.conn.clone();
+        pipe.exec_async(&mut conn).await
+    }
+}
+
+/// `XADD` a job entry (the producer side, used by `citadel submit` and the
+/// tests); returns the entry id.
+pub async fn enqueue(conn: &mut ConnectionManager, queue_key: &str, fields: &[(&str, &str)]) -> RedisResult<String> {
+    redis::cmd("XADD")
+        .arg(queue_key)
+        .arg("*")
+        .arg(fields)
+        .query_async(conn)
+        .await
+}
+
+/// Entry field values as text (binary values are decoded lossily).
+fn texts(map: HashMap<String, Value>) -> Fields {
+    map.into_iter()
+        .map(|(name, value)| {
+            let text = match value {
+                Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                Value::SimpleString(text) => text,
+                Value::Int(number) => number.to_string(),
+                other => format!("{other:?}"),
+            };
+            (name, text)
+        })
+        .collect()
+}
