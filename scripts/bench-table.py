@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Print the README benchmark table from criterion's estimates.
+"""Print the README benchmark tables from criterion's estimates and the
+queue benchmark's JSON summary.
 
 Each row is a measurement of this run with its ratio to the baseline of its
 group, measured in the same run (never a lone absolute time).
@@ -9,7 +10,7 @@ import pathlib
 import sys
 
 # group -> (baseline, [(bench, label)])
-GROUPS = {
+CRITERION = {
     "echo_job": ("pooling", [
         ("native", "native Rust function, same work (floor)"),
         ("pooling", "citadel: pooling + cached InstancePre"),
@@ -21,6 +22,14 @@ GROUPS = {
         ("compile", "compile `extract` (775 KB)"),
     ]),
 }
+
+QUEUES = [
+    ("celery", "Celery 5.7, prefork, 2 processes"),
+    ("rq", "RQ 3.0, 2 workers (default: fork per job)"),
+    ("rq_simple", "RQ 3.0, 2 SimpleWorkers (no fork)"),
+    ("dramatiq", "Dramatiq 2.2, 2 processes × 8 threads"),
+    ("citadel", "citadel work, 16 concurrent jobs, one process"),
+]
 
 
 def median_ns(root, group, bench):
@@ -37,19 +46,46 @@ def human(ns):
     return f"{ns:.3g} ns"
 
 
-def main():
-    root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/criterion")
+def criterion_table(root):
     print("| measurement | median | vs baseline |")
     print("| --- | ---: | ---: |")
-    for group, (baseline, rows) in GROUPS.items():
+    for group, (baseline, rows) in CRITERION.items():
         base = median_ns(root, group, baseline)
         for bench, label in rows:
             value = median_ns(root, group, bench)
             if value is None or base is None:
                 continue
-            ratio = value / base
-            note = "baseline" if bench == baseline else f"{ratio:.3g}×"
+            note = "baseline" if bench == baseline else f"{value / base:.3g}×"
             print(f"| {group}: {label} | {human(value)} | {note} |")
+
+
+def queue_tables(summary):
+    jobs = summary.get("jobs")
+    celery = summary.get("celery")
+    print(f"\n| no-op jobs through one local Redis ({jobs} jobs each) | jobs/s | vs Celery |")
+    print("| --- | ---: | ---: |")
+    for name, label in QUEUES:
+        rate = summary.get(name)
+        if rate is None:
+            continue
+        note = "baseline" if name == "celery" else (f"{rate / celery:.3g}×" if celery else "")
+        print(f"| {label} | {rate:,.0f} | {note} |")
+    latency = summary.get("latency")
+    if latency:
+        base, ours = latency["baseline"], latency["citadel"]
+        print("\n| chunk latency (emit → redis-py subscriber) | p50 | p99 |")
+        print("| --- | ---: | ---: |")
+        print(f"| baseline: Python PUBLISH → same subscriber | {base['p50_ms']:.3f} ms | {base['p99_ms']:.3f} ms |")
+        print(f"| citadel: guest `emit` → subscriber | {ours['p50_ms']:.3f} ms | {ours['p99_ms']:.3f} ms |")
+        print(f"| citadel added over the baseline | {ours['p50_ms'] - base['p50_ms']:+.3f} ms "
+              f"| {ours['p99_ms'] - base['p99_ms']:+.3f} ms |")
+
+
+def main():
+    criterion_table(pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/criterion"))
+    queues = pathlib.Path(sys.argv[2] if len(sys.argv) > 2 else "target/bench/queues.json")
+    if queues.exists():
+        queue_tables(json.loads(queues.read_text()))
 
 
 if __name__ == "__main__":

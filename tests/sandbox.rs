@@ -111,6 +111,43 @@ async fn extract_markdown_and_text() {
 }
 
 #[tokio::test]
+async fn ticker_stamps_each_chunk_with_its_emit_time() {
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let payload = r#"{"chunks":5,"interval_us":200}"#;
+    let (report, chunks) = run(&executor(""), &load("ticker"), job("default", payload, None)).await;
+    assert_eq!(result(&report), &json!({"chunks": 5}));
+    let stamps: Vec<u128> = chunks.iter().map(|chunk| chunk.content.parse().unwrap()).collect();
+    assert_eq!(stamps.len(), 5);
+    assert!(stamps[0] >= before, "stamps are wall-clock nanoseconds");
+    assert!(stamps.windows(2).all(|pair| pair[1] >= pair[0] + 200_000), "{stamps:?}");
+}
+
+#[tokio::test]
+async fn slow_and_flaky_report_their_attempt() {
+    let mut flaky = job("default", r#"{"succeed_on_attempt":2}"#, None);
+    let (report, _) = run(&executor(""), &load("flaky"), flaky.clone()).await;
+    assert_eq!(class(&report), "unavailable");
+    assert!(report.outcome.unwrap_err().recoverable());
+    flaky.attempt = 2;
+    let (report, _) = run(&executor(""), &load("flaky"), flaky).await;
+    assert_eq!(result(&report), &json!({"attempt": 2}));
+
+    let (report, chunks) = run(
+        &executor(""),
+        &load("slow"),
+        job("default", r#"{"ms":60,"chunks":3}"#, None),
+    )
+    .await;
+    assert_eq!(result(&report), &json!({"slept_ms": 60, "attempt": 1}));
+    let steps: Vec<&str> = chunks.iter().map(|chunk| chunk.content.as_str()).collect();
+    assert_eq!(steps, ["step 0", "step 1", "step 2"]);
+    assert!(report.elapsed >= Duration::from_millis(60));
+}
+
+#[tokio::test]
 async fn extract_rejects_malformed_input() {
     let cases = [
         "not json",

@@ -289,21 +289,32 @@ impl JobEvent<'_> {
     /// The envelope as JSON text:
     /// `{"version","type","jobId","rayId"?,"timestamp","data":{…,"meta"}}`.
     pub fn to_json(&self) -> String {
+        #[derive(Serialize)]
+        struct Envelope<'a> {
+            version: &'static str,
+            #[serde(rename = "type")]
+            kind: &'static str,
+            #[serde(rename = "jobId")]
+            job_id: &'a str,
+            #[serde(rename = "rayId", skip_serializing_if = "Option::is_none")]
+            ray_id: Option<&'a str>,
+            timestamp: String,
+            data: Map<String, Value>,
+        }
         let mut data = self.kind.data();
         data.insert(
             "meta".into(),
             serde_json::to_value(self.meta).expect("node meta serializes"),
         );
-        let mut envelope = Map::new();
-        envelope.insert("version".into(), EVENT_VERSION.into());
-        envelope.insert("type".into(), self.kind.name().into());
-        envelope.insert("jobId".into(), self.job_id.into());
-        if let Some(ray_id) = self.ray_id {
-            envelope.insert("rayId".into(), ray_id.into());
-        }
-        envelope.insert("timestamp".into(), timestamp(self.at).into());
-        envelope.insert("data".into(), Value::Object(data));
-        Value::Object(envelope).to_string()
+        let envelope = Envelope {
+            version: EVENT_VERSION,
+            kind: self.kind.name(),
+            job_id: self.job_id,
+            ray_id: self.ray_id,
+            timestamp: timestamp(self.at),
+            data,
+        };
+        serde_json::to_string(&envelope).expect("event serializes")
     }
 }
 

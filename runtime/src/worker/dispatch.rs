@@ -2,15 +2,19 @@
 //!
 //! 1. not a job (malformed, oversized) → dead-lettered, `error` event if it
 //!    has an id;
-//! 2. delivered more than `max_attempts` times → dead-lettered with the last
-//!    error, `error` event;
-//! 3. `target_node` names another node → acknowledged, not run;
-//! 4. already settled (status final for this very entry) → acknowledged;
-//! 5. `claimed`; cancel flag already set → `cancelled`; unknown job type →
-//!    `error` with `unsupported_job_type`;
-//! 6. wait for a tenant slot, `start`, run with chunks streamed as `chunk`
-//!    events in order, then `end` | `error` | `cancelled` and the settlement
-//!    (status + `XACK` in one `MULTI`), retried until Redis takes it.
+//! 2. `target_node` names another node → acknowledged, not run;
+//! 3. a redelivery: already settled (status final for this very entry) →
+//!    acknowledged; delivered more than `max_attempts` times → dead-lettered
+//!    with the last error, `error` event;
+//! 4. unknown job type → `claimed`, `error` with `unsupported_job_type`;
+//! 5. wait for a tenant slot; then in one round trip (a server-side script):
+//!    cancel flag set → nothing (we answer `claimed`, `cancelled`), else
+//!    `claimed`, status `running`, `start`;
+//! 6. run with chunks streamed as `chunk` events in order; then the final
+//!    event (`end` | `error` | `cancelled`), the final status and the `XACK`
+//!    in one transaction, retried until Redis takes it.
+//!
+//! So a first delivery costs two round trips besides its chunks.
 //!
 //! Recoverable failures with attempts left are not settled: the entry is left
 //! pending for a retry. Jobs interrupted by shutdown are never acknowledged.
@@ -20,7 +24,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use citadel_transports::backoff::{Backoff, retry};
-use citadel_transports::redis::Delivery;
+use citadel_transports::redis::{Batch, Delivery};
 use citadel_transports::wire::{EventKind, JobEntry, JobStatus};
 use serde_json::{Map, Value, json};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -69,82 +73,40 @@ impl Shared {
             Err(err) => {
                 let reason = format!("malformed job entry: {err}");
                 tracing::warn!(entry = %delivery.id, queue = %delivery.queue, error = %err, "dead-lettering malformed entry");
-                if let Some(job_id) = delivery.fields.get("jobId").filter(|id| !id.is_empty()) {
-                    let ray_id = delivery.fields.get("rayId").map(String::as_str);
-                    self.publish_final(
-                        job_id,
-                        ray_id,
-                        error_event(&reason, false, "malformed_entry"),
-                        lifecycle,
-                    )
-                    .await;
-                }
-                self.dead_letter(&delivery, &reason, lifecycle).await;
+                let job_id = delivery.fields.get("jobId").filter(|id| !id.is_empty()).cloned();
+                let ray_id = delivery.fields.get("rayId").cloned();
+                let job = job_id.as_deref().map(|job| (job, ray_id.as_deref()));
+                self.dead_letter(
+                    &delivery,
+                    job,
+                    &reason,
+                    error_event(&reason, false, "malformed_entry"),
+                    lifecycle,
+                )
+                .await;
                 return;
             }
         };
         let job = entry.job_id.as_str();
         let ray = entry.ray_id.as_deref();
-
-        if delivery.attempt > self.settings.max_attempts {
-            let last_error = match self.events.status_error(job).await {
-                Ok(Some(error)) => error,
-                _ => "the worker running it died each time".to_string(),
-            };
-            let reason = format!("gave up after {} deliveries: {last_error}", delivery.attempt - 1);
-            tracing::warn!(job_id = job, entry = %delivery.id, %reason, "dead-lettering job");
-            let mut event = error_event(&reason, false, "dead_lettered");
-            if let EventKind::Error { details, .. } = &mut event {
-                details.insert("dead_lettered".into(), true.into());
-                details.insert("attempts".into(), (delivery.attempt - 1).into());
-            }
-            self.publish_final(job, ray, event, lifecycle).await;
-            self.dead_letter(&delivery, &reason, lifecycle).await;
-            return;
-        }
         if let Some(target) = entry
             .target_node
             .as_deref()
             .filter(|target| *target != self.node.node_id)
         {
             tracing::debug!(job_id = job, target, "job targets another node: acknowledged, not run");
-            self.ack(&delivery, lifecycle).await;
+            self.settle(&delivery, job, ray, &[], None, lifecycle).await;
             return;
         }
-        if let Ok(Some((status, entry_id))) = self.events.status(job).await
-            && status.is_final()
-            && entry_id == delivery.id
-        {
-            tracing::info!(
-                job_id = job,
-                status = status.as_str(),
-                "job already settled: acknowledging the redelivery"
-            );
-            self.ack(&delivery, lifecycle).await;
+        // A redelivery may be settled already, or have run out of attempts.
+        // (A first delivery cannot: the cancel flag, its only other check,
+        // is read in the same round trip that starts it.)
+        if delivery.attempt > 1 && !self.check_redelivery(&delivery, job, ray, lifecycle).await {
             return;
         }
-
-        self.publish(
-            job,
-            ray,
-            EventKind::Claimed {
-                agent_version: AGENT_VERSION.into(),
-            },
-        )
-        .await;
-        if matches!(self.cancel_flags.check(&[job]).await.as_deref(), Ok([true])) {
-            self.publish_final(
-                job,
-                ray,
-                EventKind::Cancelled {
-                    reason: "cancelled before start".into(),
-                },
-                lifecycle,
-            )
-            .await;
-            self.settle(&delivery, job, JobStatus::Cancelled, &[], lifecycle).await;
-            return;
-        }
+        let claimed = EventKind::Claimed {
+            agent_version: AGENT_VERSION.into(),
+        };
         let Some(component) = self.handlers.get(&entry.job_type) else {
             let supported = self.handlers.types();
             let reason = format!(
@@ -158,8 +120,8 @@ impl Shared {
                 details.insert("job_type".into(), entry.job_type.clone().into());
                 details.insert("supported_types".into(), json!(supported));
             }
-            self.publish_final(job, ray, event, lifecycle).await;
-            self.settle(&delivery, job, JobStatus::Failed, &[("error", reason)], lifecycle)
+            let failed = (JobStatus::Failed, &[("error", reason)][..]);
+            self.settle(&delivery, job, ray, &[claimed, event], Some(failed), lifecycle)
                 .await;
             self.stats.failed.fetch_add(1, Ordering::Relaxed);
             return;
@@ -171,15 +133,37 @@ impl Shared {
             self.interrupted(&delivery, job).await;
             return;
         };
-        if let Err(err) = self
+        let start = EventKind::Start {
+            message: format!("running {} on {}", entry.job_type, self.node.node_name),
+        };
+        match self
             .events
-            .set_status(job, JobStatus::Running, &delivery.id, &self.consumer, &[])
+            .start(job, ray, claimed.clone(), start, &delivery.id, &self.consumer)
             .await
         {
-            tracing::debug!(job_id = job, error = %err, "could not record running status");
+            Ok(true) => {}
+            Ok(false) => {
+                let cancelled = EventKind::Cancelled {
+                    reason: "cancelled before start".into(),
+                };
+                self.settle(
+                    &delivery,
+                    job,
+                    ray,
+                    &[claimed, cancelled],
+                    Some((JobStatus::Cancelled, &[])),
+                    lifecycle,
+                )
+                .await;
+                return;
+            }
+            Err(err) => {
+                // Redis went away between the read and now: leave the entry
+                // pending; it is retried once Redis is back.
+                tracing::warn!(job_id = job, error = %err, "cannot start the job; leaving it for a retry");
+                return;
+            }
         }
-        let message = format!("running {} on {}", entry.job_type, self.node.node_name);
-        self.publish(job, ray, EventKind::Start { message }).await;
 
         let spec = JobSpec {
             id: entry.job_id.clone(),
@@ -197,24 +181,25 @@ impl Shared {
 
         match report.outcome {
             Ok(result) => {
-                self.publish_final(job, ray, EventKind::End { result: result.clone() }, lifecycle)
+                let completed = (JobStatus::Completed, &[("result", result.to_string())][..]);
+                let end = EventKind::End { result };
+                self.settle(&delivery, job, ray, &[end], Some(completed), lifecycle)
                     .await;
-                self.settle(
-                    &delivery,
-                    job,
-                    JobStatus::Completed,
-                    &[("result", result.to_string())],
-                    lifecycle,
-                )
-                .await;
                 self.stats.completed.fetch_add(1, Ordering::Relaxed);
             }
             Err(JobError::Cancelled { .. }) if lifecycle.abort.is_cancelled() => self.interrupted(&delivery, job).await,
             Err(JobError::Cancelled { .. }) => {
                 let reason = format!("cancelled by request (job:cancelled:{job})");
-                self.publish_final(job, ray, EventKind::Cancelled { reason }, lifecycle)
-                    .await;
-                self.settle(&delivery, job, JobStatus::Cancelled, &[], lifecycle).await;
+                let cancelled = EventKind::Cancelled { reason };
+                self.settle(
+                    &delivery,
+                    job,
+                    ray,
+                    &[cancelled],
+                    Some((JobStatus::Cancelled, &[])),
+                    lifecycle,
+                )
+                .await;
             }
             Err(err) if err.recoverable() && delivery.attempt < self.settings.max_attempts => {
                 tracing::info!(job_id = job, attempt = delivery.attempt, error = %err, "recoverable failure: the job will be retried");
@@ -233,29 +218,64 @@ impl Shared {
             Err(err) if err.recoverable() => {
                 let reason = format!("gave up after {} attempts: {err}", delivery.attempt);
                 tracing::warn!(job_id = job, %reason, "dead-lettering job");
-                let mut event = error_event(&reason, false, err.class());
-                if let EventKind::Error { details, .. } = &mut event {
-                    details.insert("dead_lettered".into(), true.into());
-                    details.insert("attempts".into(), delivery.attempt.into());
-                }
-                self.publish_final(job, ray, event, lifecycle).await;
-                self.dead_letter(&delivery, &reason, lifecycle).await;
+                let event = dead_letter_event(&reason, err.class(), delivery.attempt);
+                self.dead_letter(&delivery, Some((job, ray)), &reason, event, lifecycle)
+                    .await;
             }
             Err(err) => {
                 tracing::debug!(job_id = job, class = err.class(), error = %err, "job failed");
                 let message = err.to_string();
-                self.publish_final(
+                let event = error_event(&message, err.recoverable(), err.class());
+                let extra = [("error", message), ("error_class", err.class().to_string())];
+                self.settle(
+                    &delivery,
                     job,
                     ray,
-                    error_event(&message, err.recoverable(), err.class()),
+                    &[event],
+                    Some((JobStatus::Failed, &extra)),
                     lifecycle,
                 )
                 .await;
-                let extra = [("error", message), ("error_class", err.class().to_string())];
-                self.settle(&delivery, job, JobStatus::Failed, &extra, lifecycle).await;
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Checks a redelivered entry: dead-letter it when it has been delivered
+    /// more than `max_attempts` times, acknowledge it when its job is already
+    /// settled. `true` when it should run.
+    async fn check_redelivery(&self, delivery: &Delivery, job: &str, ray: Option<&str>, lifecycle: &Lifecycle) -> bool {
+        let check = match self.events.check(job).await {
+            Ok(check) => check,
+            Err(err) => {
+                tracing::warn!(job_id = job, error = %err, "cannot check the job's state; leaving it for a retry");
+                return false;
+            }
+        };
+        if let Some((status, entry_id)) = &check.status
+            && status.is_final()
+            && *entry_id == delivery.id
+        {
+            tracing::info!(
+                job_id = job,
+                status = status.as_str(),
+                "job already settled: acknowledging the redelivery"
+            );
+            self.settle(delivery, job, ray, &[], None, lifecycle).await;
+            return false;
+        }
+        if delivery.attempt > self.settings.max_attempts {
+            let last_error = check
+                .error
+                .unwrap_or_else(|| "the worker running it died each time".to_string());
+            let reason = format!("gave up after {} deliveries: {last_error}", delivery.attempt - 1);
+            tracing::warn!(job_id = job, entry = %delivery.id, %reason, "dead-lettering job");
+            let event = dead_letter_event(&reason, "dead_lettered", delivery.attempt - 1);
+            self.dead_letter(delivery, Some((job, ray)), &reason, event, lifecycle)
+                .await;
+            return false;
+        }
+        true
     }
 
     /// Publish chunks as they come, in order; a chunk that cannot be
@@ -276,52 +296,67 @@ impl Shared {
         }
     }
 
-    /// Publish a non-final event; failures are logged, not retried.
-    async fn publish(&self, job: &str, ray: Option<&str>, kind: EventKind) {
-        if let Err(err) = self.events.publish(job, ray, kind).await {
-            tracing::debug!(job_id = job, error = %err, "could not publish event");
-        }
-    }
-
-    /// Publish a final event, retrying until Redis takes it.
-    async fn publish_final(&self, job: &str, ray: Option<&str>, kind: EventKind, lifecycle: &Lifecycle) {
-        let what = format!("publish final event of job {job}");
-        let publish = || self.events.publish(job, ray, kind.clone());
-        if let Err(err) = retry(&what, Backoff::DEFAULT, &lifecycle.give_up, publish).await {
-            tracing::error!(job_id = job, error = %err, "final event not published");
-        }
-    }
-
-    /// Record the final status and acknowledge, retrying until Redis takes it.
+    /// Publish `events`, record the final `status` (if any) and acknowledge
+    /// the entry, all in one transaction, retrying until Redis takes it: the
+    /// final event is seen if and only if the job is settled.
     async fn settle(
         &self,
         delivery: &Delivery,
         job: &str,
-        status: JobStatus,
-        extra: &[(&str, String)],
+        ray: Option<&str>,
+        events: &[EventKind],
+        status: Option<(JobStatus, &[(&str, String)])>,
         lifecycle: &Lifecycle,
     ) {
-        let ttl = self.settings.status_ttl;
+        let mut batch = Batch::atomic();
+        for event in events {
+            self.events.publish_in(&mut batch, job, ray, event.clone());
+        }
+        if let Some((status, extra)) = status {
+            self.events
+                .status_in(&mut batch, job, status, &delivery.id, &self.consumer, extra);
+        }
+        self.queues.ack_in(&mut batch, delivery);
         let what = format!("settle job {job}");
-        let settle = || self.queues.settle(delivery, job, status, extra, ttl);
-        if let Err(err) = retry(&what, Backoff::DEFAULT, &lifecycle.give_up, settle).await {
+        if let Err(err) = retry(&what, Backoff::DEFAULT, &lifecycle.give_up, || {
+            self.queues.send(batch.clone())
+        })
+        .await
+        {
             tracing::error!(job_id = job, error = %err, "job not settled: it stays pending and will be redelivered");
         }
     }
 
-    /// Acknowledge without recording, retrying until Redis takes it.
-    async fn ack(&self, delivery: &Delivery, lifecycle: &Lifecycle) {
-        let ack = || self.queues.ack(delivery);
-        if let Err(err) = retry("acknowledge entry", Backoff::DEFAULT, &lifecycle.give_up, ack).await {
-            tracing::error!(entry = %delivery.id, error = %err, "entry not acknowledged: it will be redelivered");
+    /// Move the entry to the dead-letter queue with `reason` and, when it is
+    /// a job, publish `event` and record it as dead-lettered — one
+    /// transaction, retried until Redis takes it.
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        job: Option<(&str, Option<&str>)>,
+        reason: &str,
+        event: EventKind,
+        lifecycle: &Lifecycle,
+    ) {
+        let mut batch = Batch::atomic();
+        if let Some((job, ray)) = job {
+            self.events.publish_in(&mut batch, job, ray, event);
+            let extra = [("error", reason.to_string())];
+            self.events.status_in(
+                &mut batch,
+                job,
+                JobStatus::DeadLettered,
+                &delivery.id,
+                &self.consumer,
+                &extra,
+            );
         }
-    }
-
-    /// Dead-letter the entry, retrying until Redis takes it.
-    async fn dead_letter(&self, delivery: &Delivery, reason: &str, lifecycle: &Lifecycle) {
-        let ttl = self.settings.status_ttl;
-        let dead_letter = || self.queues.dead_letter(delivery, reason, ttl);
-        if let Err(err) = retry("dead-letter entry", Backoff::DEFAULT, &lifecycle.give_up, dead_letter).await {
+        self.queues.dead_letter_in(&mut batch, delivery, reason);
+        if let Err(err) = retry("dead-letter entry", Backoff::DEFAULT, &lifecycle.give_up, || {
+            self.queues.send(batch.clone())
+        })
+        .await
+        {
             tracing::error!(entry = %delivery.id, error = %err, "entry not dead-lettered: it will be redelivered");
         }
         self.stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -339,6 +374,16 @@ impl Shared {
             tracing::debug!(job_id = job, error = %err, "could not record interrupted status");
         }
     }
+}
+
+/// The final `error` event of a dead-lettered job.
+fn dead_letter_event(reason: &str, class: &str, attempts: u64) -> EventKind {
+    let mut event = error_event(reason, false, class);
+    if let EventKind::Error { details, .. } = &mut event {
+        details.insert("dead_lettered".into(), true.into());
+        details.insert("attempts".into(), attempts.into());
+    }
+    event
 }
 
 /// An `error` event with our failure class in `error_class`.

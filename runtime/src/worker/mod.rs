@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use citadel_transports::backoff::{Backoff, RetryError, retry, worth_logging};
 use citadel_transports::redis::{
-    self as transport, CancelFlags, EventPublisher, JobQueues, Liveness, QueueConfig, ReplayConfig,
+    self as transport, CancelFlags, Committer, EventPublisher, JobQueues, Liveness, QueueConfig, ReplayConfig,
 };
 use citadel_transports::wire::{self, NodeMeta};
 use tokio_util::sync::CancellationToken;
@@ -161,7 +161,8 @@ pub struct Worker {
 
 impl Worker {
     /// A worker for `config`, running jobs on `executor` with `handlers`.
-    /// Nothing connects yet: Redis may come up after the worker.
+    /// Nothing connects yet: Redis may come up after the worker. Must be
+    /// called within a tokio runtime (it starts the group-commit task).
     pub fn new(executor: Arc<Executor>, handlers: HandlerTable, config: &Config) -> Result<Worker, WorkerError> {
         if handlers.is_empty() {
             return Err(WorkerError::NoHandlers);
@@ -187,16 +188,14 @@ impl Worker {
             GroupMode::PerNode => format!("{}-{node_id}", worker.group),
         };
         let keys = worker.queues.iter().map(|queue| wire::queue_key(queue)).collect();
-        let queues = JobQueues::new(
-            conn.clone(),
-            reader,
-            QueueConfig {
-                keys,
-                group: group.clone(),
-                consumer: consumer.clone(),
-                block,
-            },
-        );
+        let committer = Committer::start(conn.clone());
+        let queue_config = QueueConfig {
+            keys,
+            group: group.clone(),
+            consumer: consumer.clone(),
+            block,
+        };
+        let queues = JobQueues::new(conn.clone(), reader, committer.clone(), queue_config);
         let settings = Settings::from(worker);
         let replay = worker.events_stream.then(|| ReplayConfig {
             max_events: worker.events_stream_max,
@@ -204,7 +203,7 @@ impl Worker {
         });
         Ok(Worker {
             shared: Arc::new(Shared {
-                events: EventPublisher::new(conn.clone(), node.clone(), replay, settings.status_ttl),
+                events: EventPublisher::new(conn.clone(), committer, node.clone(), replay, settings.status_ttl),
                 liveness: Liveness::new(conn.clone(), &group, &consumer, settings.liveness_ttl),
                 cancel_flags: CancelFlags::new(conn),
                 slots: Slots::new(settings.concurrency),

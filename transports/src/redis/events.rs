@@ -3,12 +3,17 @@
 //! appended to a capped, expiring stream `stream:v1:{jobId}:events` so a
 //! subscriber that arrives late can replay them, and its state in
 //! `job:{jobId}:status`.
+//!
+//! Events and status writes can be added to a [`Batch`] so that a job's
+//! `claimed`/`start` or its final event, status and acknowledgement each
+//! cost one round trip.
 
 use std::time::{Duration, SystemTime};
 
+use redis::Value;
 use redis::aio::{ConnectionManager, PubSub};
-use redis::streams::StreamMaxlen;
 
+use super::{Batch, Committer};
 use crate::wire::{self, EventKind, JobEvent, JobStatus, NodeMeta};
 
 /// The replay copy of events.
@@ -20,39 +25,71 @@ pub struct ReplayConfig {
     pub ttl: Duration,
 }
 
+/// Starts a job in one round trip unless its cancel flag is set: publishes
+/// `claimed`, records `running`, publishes `start` (and appends both events
+/// to the replay stream when enabled). Returns 1 when the flag was set and
+/// nothing was done.
+///
+/// KEYS: cancel flag, status hash, replay stream. ARGV: channel, claimed
+/// JSON, start JSON, status TTL (s), replay length (0 = off), replay TTL
+/// (s), then the status fields as name/value pairs.
+const START_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+local replay = tonumber(ARGV[5]) > 0
+local function emit(event)
+  redis.call('PUBLISH', ARGV[1], event)
+  if replay then redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'event', event) end
+end
+emit(ARGV[2])
+redis.call('HSET', KEYS[2], unpack(ARGV, 7))
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+emit(ARGV[3])
+if replay then redis.call('EXPIRE', KEYS[3], ARGV[6]) end
+return 0
+";
+
+/// What a worker checks before running a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobCheck {
+    /// The recorded status and the queue entry it was recorded for.
+    pub status: Option<(JobStatus, String)>,
+    /// The last recorded error.
+    pub error: Option<String>,
+}
+
 /// Publishes job events and status.
 #[derive(Clone)]
 pub struct EventPublisher {
     conn: ConnectionManager,
+    committer: Committer,
     meta: NodeMeta,
     replay: Option<ReplayConfig>,
     status_ttl: Duration,
+    start_script: redis::Script,
 }
 
 impl EventPublisher {
-    /// A publisher stamping events with `meta`.
-    pub fn new(conn: ConnectionManager, meta: NodeMeta, replay: Option<ReplayConfig>, status_ttl: Duration) -> Self {
+    /// A publisher stamping events with `meta`: chunks go straight out on
+    /// `conn` (lowest latency), batches through `committer`.
+    pub fn new(
+        conn: ConnectionManager,
+        committer: Committer,
+        meta: NodeMeta,
+        replay: Option<ReplayConfig>,
+        status_ttl: Duration,
+    ) -> Self {
         EventPublisher {
             conn,
+            committer,
             meta,
             replay,
             status_ttl,
+            start_script: redis::Script::new(START_SCRIPT),
         }
     }
 
-    /// The node identity in every event.
-    pub fn meta(&self) -> &NodeMeta {
-        &self.meta
-    }
-
-    /// How long status hashes live.
-    pub fn status_ttl(&self) -> Duration {
-        self.status_ttl
-    }
-
-    /// Publish one event (and append it to the replay stream when enabled),
-    /// in one round trip.
-    pub async fn publish(&self, job_id: &str, ray_id: Option<&str>, kind: EventKind) -> redis::RedisResult<()> {
+    /// Add one event (and its replay copy, when enabled) to `batch`.
+    pub fn publish_in(&self, batch: &mut Batch, job_id: &str, ray_id: Option<&str>, kind: EventKind) {
         let event = JobEvent {
             job_id,
             ray_id,
@@ -61,38 +98,60 @@ impl EventPublisher {
             kind,
         };
         let json = event.to_json();
-        let mut conn = self.conn.clone();
-        match self.replay {
-            None => {
-                redis::cmd("PUBLISH")
-                    .arg(wire::events_channel(job_id))
-                    .arg(&json)
-                    .exec_async(&mut conn)
-                    .await
-            }
-            Some(replay) => {
-                let stream = wire::events_stream_key(job_id);
-                redis::pipe()
-                    .cmd("PUBLISH")
-                    .arg(wire::events_channel(job_id))
-                    .arg(&json)
-                    .ignore()
-                    .xadd_maxlen(
-                        &stream,
-                        StreamMaxlen::Approx(replay.max_events),
-                        "*",
-                        &[("event", &json)],
-                    )
-                    .ignore()
-                    .expire(&stream, replay.ttl.as_secs() as i64)
-                    .ignore()
-                    .exec_async(&mut conn)
-                    .await
-            }
+        if let Some(replay) = self.replay {
+            let stream = wire::events_stream_key(job_id);
+            let mut xadd = redis::cmd("XADD");
+            xadd.arg(&stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(replay.max_events)
+                .arg("*")
+                .arg("event")
+                .arg(&json);
+            batch.push(xadd);
+            batch.push(redis::cmd("EXPIRE").arg(&stream).arg(replay.ttl.as_secs()).to_owned());
         }
+        batch.push(
+            redis::cmd("PUBLISH")
+                .arg(wire::events_channel(job_id))
+                .arg(json)
+                .to_owned(),
+        );
     }
 
-    /// Record a job's (non-final) state, e.g. `running`.
+    /// Add a status write (`status`, entry, worker, time and `extra`
+    /// fields, with the status TTL) to `batch`.
+    pub fn status_in(
+        &self,
+        batch: &mut Batch,
+        job_id: &str,
+        status: JobStatus,
+        message_id: &str,
+        worker_id: &str,
+        extra: &[(&str, String)],
+    ) {
+        let key = wire::status_key(job_id);
+        let mut hset = redis::cmd("HSET");
+        hset.arg(&key)
+            .arg(status_fields(status, message_id, worker_id))
+            .arg(extra);
+        batch.push(hset);
+        batch.push(redis::cmd("EXPIRE").arg(&key).arg(self.status_ttl.as_secs()).to_owned());
+    }
+
+    /// Send a batch (grouped with other jobs' batches).
+    pub async fn send(&self, batch: Batch) -> redis::RedisResult<()> {
+        self.committer.send(batch).await.map(drop)
+    }
+
+    /// Publish one event right away, on its own (chunks: no grouping delay).
+    pub async fn publish(&self, job_id: &str, ray_id: Option<&str>, kind: EventKind) -> redis::RedisResult<()> {
+        let mut batch = Batch::new();
+        self.publish_in(&mut batch, job_id, ray_id, kind);
+        batch.send(&self.conn).await.map(drop)
+    }
+
+    /// Record a job's state on its own.
     pub async fn set_status(
         &self,
         job_id: &str,
@@ -101,41 +160,88 @@ impl EventPublisher {
         worker_id: &str,
         extra: &[(&str, String)],
     ) -> redis::RedisResult<()> {
-        let key = wire::status_key(job_id);
-        let mut fields = status_fields(status, message_id, worker_id);
-        fields.extend(extra.iter().map(|(name, value)| (*name, value.clone())));
-        let mut conn = self.conn.clone();
-        redis::pipe()
-            .hset_multiple(&key, &fields)
-            .ignore()
-            .expire(&key, self.status_ttl.as_secs() as i64)
-            .ignore()
-            .exec_async(&mut conn)
-            .await
+        let mut batch = Batch::new();
+        self.status_in(&mut batch, job_id, status, message_id, worker_id, extra);
+        self.send(batch).await
     }
 
-    /// The last error recorded for a job, if any.
-    pub async fn status_error(&self, job_id: &str) -> redis::RedisResult<Option<String>> {
-        let mut conn = self.conn.clone();
-        redis::cmd("HGET")
+    /// Unless the job's cancel flag is set: publish `claimed`, record the
+    /// job as `running` for `message_id`, publish `start` — one round trip
+    /// (a server-side script). Returns `false` when the flag was set (and
+    /// nothing was published or recorded).
+    pub async fn start(
+        &self,
+        job_id: &str,
+        ray_id: Option<&str>,
+        claimed: EventKind,
+        start: EventKind,
+        message_id: &str,
+        worker_id: &str,
+    ) -> redis::RedisResult<bool> {
+        let now = SystemTime::now();
+        let claimed = JobEvent {
+            job_id,
+            ray_id,
+            meta: &self.meta,
+            at: now,
+            kind: claimed,
+        }
+        .to_json();
+        let start = JobEvent {
+            job_id,
+            ray_id,
+            meta: &self.meta,
+            at: now,
+            kind: start,
+        }
+        .to_json();
+        let (replay_max, replay_ttl) = self
+            .replay
+            .map_or((0, 0), |replay| (replay.max_events, replay.ttl.as_secs()));
+        let mut evalsha = redis::cmd("EVALSHA");
+        evalsha
+            .arg(self.start_script.get_hash())
+            .arg(3)
+            .arg(wire::cancel_key(job_id))
             .arg(wire::status_key(job_id))
-            .arg("error")
-            .query_async(&mut conn)
-            .await
+            .arg(wire::events_stream_key(job_id))
+            .arg(wire::events_channel(job_id))
+            .arg(claimed)
+            .arg(start)
+            .arg(self.status_ttl.as_secs())
+            .arg(replay_max)
+            .arg(replay_ttl)
+            .arg(status_fields(JobStatus::Running, message_id, worker_id));
+        let mut batch = Batch::new();
+        batch.push(evalsha.clone());
+        let replies = match self.committer.send(batch).await {
+            // Redis restarted (or flushed its scripts): load it and go again.
+            Err(err) if err.code() == Some("NOSCRIPT") => {
+                let mut load = Batch::new();
+                load.push(redis::cmd("SCRIPT").arg("LOAD").arg(START_SCRIPT).to_owned());
+                load.push(evalsha);
+                self.committer.send(load).await?.split_off(1)
+            }
+            other => other?,
+        };
+        let cancelled: i64 = redis::from_redis_value(replies.into_iter().next().unwrap_or(Value::Nil))?;
+        Ok(cancelled == 0)
     }
 
-    /// A job's recorded state and the queue entry it was recorded for.
-    pub async fn status(&self, job_id: &str) -> redis::RedisResult<Option<(JobStatus, String)>> {
+    /// A job's recorded status and last error.
+    pub async fn check(&self, job_id: &str) -> redis::RedisResult<JobCheck> {
         let mut conn = self.conn.clone();
-        let (status, message_id): (Option<String>, Option<String>) = redis::cmd("HMGET")
+        let (status, message_id, error): (Option<String>, Option<String>, Option<String>) = redis::cmd("HMGET")
             .arg(wire::status_key(job_id))
             .arg("status")
             .arg("message_id")
+            .arg("error")
             .query_async(&mut conn)
             .await?;
-        Ok(status
+        let status = status
             .and_then(|status| JobStatus::parse(&status))
-            .map(|status| (status, message_id.unwrap_or_default())))
+            .map(|status| (status, message_id.unwrap_or_default()));
+        Ok(JobCheck { status, error })
     }
 }
 

@@ -7,8 +7,11 @@
 //! Connections are `ConnectionManager`s, which reconnect by themselves after
 //! a failed command; callers retry what must not be lost with
 //! [`crate::backoff::retry`]. Blocking reads get their own connection, so a
-//! `BLOCK` never delays an ack or a published token.
+//! `BLOCK` never delays an ack or a published token. Per-job writes are
+//! [`Batch`]es sent through a [`Committer`], which groups the batches of
+//! concurrent jobs into one write (`batch.rs`).
 
+mod batch;
 mod cancel;
 mod events;
 mod liveness;
@@ -18,8 +21,9 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+pub use batch::{Batch, Committer};
 pub use cancel::CancelFlags;
-pub use events::{EventPublisher, ReplayConfig, subscribe_events};
+pub use events::{EventPublisher, JobCheck, ReplayConfig, subscribe_events};
 pub use liveness::Liveness;
 pub use queue::{Delivery, JobQueues, PendingEntry, QueueConfig, enqueue};
 pub use redis::{Client, RedisError, RedisResult};

@@ -3,14 +3,14 @@
 //! Delivery semantics (DESIGN §4), as this module provides them:
 //! - each entry goes to one consumer of the group (`XREADGROUP … >`), and
 //!   the caller asks only for as many as it has free slots;
-//! - an entry stays pending until it is settled: the job's final status and
-//!   the `XACK` are written in one `MULTI`, so a job is never acknowledged
-//!   without its result being recorded, and a redelivered entry whose status
-//!   is final can be recognised and skipped;
+//! - an entry stays pending until it is settled: the caller puts the job's
+//!   final status and the `XACK` in one atomic [`Batch`], so a job is never
+//!   acknowledged without its result being recorded, and a redelivered entry
+//!   whose status is final can be recognised and skipped;
 //! - pending entries can be listed with their owner, idle time and delivery
 //!   count, and claimed (`XCLAIM`, which counts a delivery) by the caller's
 //!   reclaim policy (liveness-based, see `liveness.rs`);
-//! - a dead letter is written and acknowledged in one `MULTI`.
+//! - a dead letter is written and acknowledged in one batch.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -19,8 +19,8 @@ use redis::aio::ConnectionManager;
 use redis::streams::{StreamPendingCountReply, StreamReadReply};
 use redis::{RedisResult, Value};
 
-use super::events::status_fields;
-use crate::wire::{self, Fields, JobStatus};
+use super::{Batch, Committer};
+use crate::wire::{self, Fields};
 
 /// Which streams, as whom.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,13 +68,25 @@ pub struct PendingEntry {
 pub struct JobQueues {
     conn: ConnectionManager,
     reader: ConnectionManager,
+    committer: Committer,
     config: QueueConfig,
 }
 
 impl JobQueues {
-    /// Queues using `conn` for commands and `reader` for blocking reads.
-    pub fn new(conn: ConnectionManager, reader: ConnectionManager, config: QueueConfig) -> JobQueues {
-        JobQueues { conn, reader, config }
+    /// Queues using `conn` for commands, `reader` for blocking reads and
+    /// `committer` for settlements.
+    pub fn new(
+        conn: ConnectionManager,
+        reader: ConnectionManager,
+        committer: Committer,
+        config: QueueConfig,
+    ) -> JobQueues {
+        JobQueues {
+            conn,
+            reader,
+            committer,
+            config,
+        }
     }
 
     /// The configuration.
@@ -215,50 +227,22 @@ impl JobQueues {
             .await
     }
 
-    /// Acknowledge without recording anything (an entry that is not this
-    /// node's to run, or one already settled).
-    pub async fn ack(&self, delivery: &Delivery) -> RedisResult<()> {
-        let mut conn = self.conn.clone();
-        redis::cmd("XACK")
-            .arg(&delivery.queue)
-            .arg(&self.config.group)
-            .arg(&delivery.id)
-            .exec_async(&mut conn)
-            .await
+    /// Add the acknowledgement of `delivery` to `batch`. Put it in an
+    /// atomic batch with the job's final status (and final event) so that a
+    /// job is never acknowledged without its result being recorded.
+    pub fn ack_in(&self, batch: &mut Batch, delivery: &Delivery) {
+        batch.push(
+            redis::cmd("XACK")
+                .arg(&delivery.queue)
+                .arg(&self.config.group)
+                .arg(&delivery.id)
+                .to_owned(),
+        );
     }
 
-    /// Record the job's final `status` (with `extra` fields such as `result`
-    /// or `error`) and acknowledge the entry, atomically.
-    pub async fn settle(
-        &self,
-        delivery: &Delivery,
-        job_id: &str,
-        status: JobStatus,
-        extra: &[(&str, String)],
-        status_ttl: Duration,
-    ) -> RedisResult<()> {
-        let key = wire::status_key(job_id);
-        let mut fields = status_fields(status, &delivery.id, &self.config.consumer);
-        fields.extend(extra.iter().map(|(name, value)| (*name, value.clone())));
-        let mut conn = self.conn.clone();
-        redis::pipe()
-            .atomic()
-            .hset_multiple(&key, &fields)
-            .ignore()
-            .expire(&key, status_ttl.as_secs() as i64)
-            .ignore()
-            .cmd("XACK")
-            .arg(&delivery.queue)
-            .arg(&self.config.group)
-            .arg(&delivery.id)
-            .ignore()
-            .exec_async(&mut conn)
-            .await
-    }
-
-    /// Move the entry to `dlq:v1:<queue>` with `reason`, record the job as
-    /// dead-lettered (when it has an id) and acknowledge it, atomically.
-    pub async fn dead_letter(&self, delivery: &Delivery, reason: &str, status_ttl: Duration) -> RedisResult<()> {
+    /// Add the move of `delivery` to `dlq:v1:<queue>` with `reason`, and its
+    /// acknowledgement, to `batch` (make it atomic).
+    pub fn dead_letter_in(&self, batch: &mut Batch, delivery: &Delivery, reason: &str) {
         let dlq = wire::dlq_key(&delivery.queue);
         let entry = wire::dlq_fields(
             &delivery.id,
@@ -269,24 +253,13 @@ impl JobQueues {
             delivery.attempt,
             SystemTime::now(),
         );
-        let mut pipe = redis::pipe();
-        pipe.atomic().xadd(&dlq, "*", &entry).ignore();
-        if let Some(job_id) = delivery.fields.get("jobId").filter(|id| !id.is_empty()) {
-            let key = wire::status_key(job_id);
-            let mut fields = status_fields(JobStatus::DeadLettered, &delivery.id, &self.config.consumer);
-            fields.push(("error", reason.to_string()));
-            pipe.hset_multiple(&key, &fields)
-                .ignore()
-                .expire(&key, status_ttl.as_secs() as i64)
-                .ignore();
-        }
-        pipe.cmd("XACK")
-            .arg(&delivery.queue)
-            .arg(&self.config.group)
-            .arg(&delivery.id)
-            .ignore();
-        let mut conn = self.conn.clone();
-        pipe.exec_async(&mut conn).await
+        batch.push(redis::cmd("XADD").arg(&dlq).arg("*").arg(entry).to_owned());
+        self.ack_in(batch, delivery);
+    }
+
+    /// Send a batch (grouped with other jobs' batches).
+    pub async fn send(&self, batch: Batch) -> RedisResult<()> {
+        self.committer.send(batch).await.map(drop)
     }
 }
 

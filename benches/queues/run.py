@@ -1,0 +1,281 @@
+#!/usr/bin/env python3
+"""End-to-end queue benchmark: citadel vs Celery, RQ and Dramatiq.
+
+Every system gets its own fresh run against the same local redis-server
+(TCP loopback), the same number of no-op jobs, pre-enqueued before its
+worker starts. A job is done when its worker has finished it: for citadel
+(`echo` with an empty payload: claimed/start/end events, status hash,
+acknowledgement) when the consumer group has read and acknowledged it, for
+the peers when the task body has incremented a Redis counter. The rate is
+measured from the first finished job to the last, so worker start-up does
+not count.
+
+Then chunk latency: the `ticker` handler emits chunks stamped with the wall
+clock at emit; a redis-py subscriber records how long each took to arrive.
+The baseline, in the same run, is a plain PUBLISH of a timestamp from Python
+to the same subscriber.
+
+Prints a JSON summary to stdout (and to --out); scripts/bench-table.py
+turns it into the README table.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import redis
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    def __init__(self, workdir):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.client = redis.Redis.from_url(self.url)
+        deadline = time.time() + 10
+        while True:
+            try:
+                self.client.ping()
+                break
+            except redis.ConnectionError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.02)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def measure(done, total, timeout):
+    """Poll `done()` until it reaches `total`; return jobs/s between the
+    first and the last finished job."""
+    first = None
+    deadline = time.time() + timeout
+    while True:
+        now = time.perf_counter()
+        count = done()
+        if first is None and count > 0:
+            first = (now, count)
+        if count >= total:
+            return (total - first[1]) / (now - first[0]) if now > first[0] else float("inf")
+        if time.time() > deadline:
+            raise RuntimeError(f"only {count} of {total} jobs done after {timeout}s")
+        time.sleep(0.01)
+
+
+def stop(procs):
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def bench_citadel(args, server, workdir):
+    r = server.client
+    r.flushall()
+    pipe = r.pipeline(transaction=False)
+    for n in range(args.jobs):
+        pipe.xadd("jobs:v1:bench", {"jobId": f"job-{n}", "type": "noop", "payload": "{}"})
+    pipe.execute()
+    env = dict(os.environ, CITADEL_SANDBOX__CACHE_DIR=str(workdir / "cache"), CITADEL_LOG="warn")
+    worker = subprocess.Popen(
+        [args.citadel, "work", "--redis-url", server.url, "--queue", "bench", "--concurrency", str(args.citadel_concurrency),
+         "--handler", f"noop={args.guests}/echo.wasm", "--node-id", "bench"],
+        env=env, stdout=subprocess.DEVNULL)
+
+    def done():
+        try:
+            groups = r.xinfo_groups("jobs:v1:bench")
+        except redis.ResponseError:
+            return 0
+        group = next((g for g in groups if g["name"] == b"citadel-workers"), None)
+        return 0 if group is None else (group["entries-read"] or 0) - group["pending"]
+
+    try:
+        rate = measure(done, args.jobs, args.timeout)
+        if args.cpu:
+            ticks = sum(int(field) for field in pathlib.Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13])
+            print(f"  citadel worker CPU: {ticks / os.sysconf('SC_CLK_TCK') / args.jobs * 1e6:.0f} µs per job", file=sys.stderr)
+        return rate
+    finally:
+        stop([worker])
+
+
+def python_env(workdir, url):
+    return dict(os.environ, BENCH_REDIS_URL=url, PYTHONPATH=str(HERE), PYTHONDONTWRITEBYTECODE="1")
+
+
+def counter(r):
+    return lambda: int(r.get("bench:done") or 0)
+
+
+def bench_celery(args, server, workdir):
+    r = server.client
+    r.flushall()
+    env = python_env(workdir, server.url)
+    subprocess.run([sys.executable, "-c", f"import celery_app; celery_app.enqueue({args.jobs})"], env=env, check=True)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "celery_app", "worker", "--concurrency", "2", "--loglevel", "WARNING",
+         "--without-gossip", "--without-mingle", "--without-heartbeat"],
+        env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        return measure(counter(r), args.jobs, args.timeout)
+    finally:
+        stop([worker])
+
+
+def bench_rq(args, server, workdir, worker_class=None):
+    r = server.client
+    r.flushall()
+    env = python_env(workdir, server.url)
+    subprocess.run([sys.executable, "-c", f"import rq_tasks; rq_tasks.enqueue({args.jobs})"], env=env, check=True)
+    extra = ["--worker-class", worker_class] if worker_class else []
+    workers = [
+        subprocess.Popen([sys.executable, "-m", "rq.cli", "worker", "--url", server.url, "--quiet", *extra, "bench"],
+                         env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(2)
+    ]
+    try:
+        return measure(counter(r), args.jobs, args.timeout)
+    finally:
+        stop(workers)
+
+
+def bench_dramatiq(args, server, workdir):
+    r = server.client
+    r.flushall()
+    env = python_env(workdir, server.url)
+    subprocess.run([sys.executable, "-c", f"import dramatiq_app; dramatiq_app.enqueue({args.jobs})"], env=env, check=True)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "dramatiq", "dramatiq_app", "--processes", "2", "--threads", "8"],
+        env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        return measure(counter(r), args.jobs, args.timeout)
+    finally:
+        stop([worker])
+
+
+def percentiles(samples):
+    samples = sorted(samples)
+    pick = lambda q: samples[min(len(samples) - 1, int(q * len(samples)))]
+    return {"p50_ms": pick(0.50) / 1e6, "p99_ms": pick(0.99) / 1e6, "count": len(samples)}
+
+
+def subscribe(r, channel, expected, latencies, ready):
+    pubsub = r.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(channel)
+    ready.set()
+    for message in pubsub.listen():
+        received = time.time_ns()
+        data = message["data"]
+        if channel.startswith("stream:v1:"):
+            event = json.loads(data)
+            if event["type"] != "chunk":
+                if event["type"] in ("end", "error"):
+                    break
+                continue
+            stamp = int(event["data"]["content"])
+        else:
+            stamp = int(data)
+        latencies.append(received - stamp)
+        if len(latencies) >= expected:
+            break
+    pubsub.close()
+
+
+def bench_latency(args, server, workdir):
+    r = server.client
+    r.flushall()
+    chunks, interval_us = args.chunks, 500
+    # Baseline: Python PUBLISH of a timestamp -> the same subscriber.
+    baseline, ready = [], threading.Event()
+    thread = threading.Thread(target=subscribe, args=(redis.Redis.from_url(server.url), "raw", chunks, baseline, ready))
+    thread.start()
+    ready.wait()
+    publisher = redis.Redis.from_url(server.url)
+    for _ in range(chunks):
+        publisher.publish("raw", str(time.time_ns()))
+        time.sleep(interval_us / 1e6)
+    thread.join(timeout=60)
+
+    env = dict(os.environ, CITADEL_SANDBOX__CACHE_DIR=str(workdir / "cache"), CITADEL_LOG="warn")
+    worker = subprocess.Popen(
+        [args.citadel, "work", "--redis-url", server.url, "--queue", "lat", "--handler", f"tick={args.guests}/ticker.wasm",
+         "--node-id", "bench"],
+        env=env, stdout=subprocess.DEVNULL)
+    try:
+        # Warm-up job (compiles or loads the component), then the measured one.
+        for job, count in (("warm", 50), ("lat", chunks)):
+            latencies, ready = [], threading.Event()
+            thread = threading.Thread(
+                target=subscribe, args=(redis.Redis.from_url(server.url), f"stream:v1:{job}", count, latencies, ready))
+            thread.start()
+            ready.wait()
+            payload = json.dumps({"chunks": count, "interval_us": interval_us})
+            r.xadd("jobs:v1:lat", {"jobId": job, "type": "tick", "payload": payload})
+            thread.join(timeout=120)
+        return {"citadel": percentiles(latencies), "baseline": percentiles(baseline)}
+    finally:
+        stop([worker])
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--citadel", required=True)
+    parser.add_argument("--guests", required=True)
+    parser.add_argument("--jobs", type=int, default=5000)
+    parser.add_argument("--chunks", type=int, default=2000)
+    parser.add_argument("--citadel-concurrency", type=int, default=16)
+    parser.add_argument("--timeout", type=int, default=300)
+    parser.add_argument("--only", nargs="*", default=["citadel", "celery", "rq", "rq_simple", "dramatiq", "latency"])
+    parser.add_argument("--out", help="also write the JSON summary here")
+    parser.add_argument("--cpu", action="store_true", help="print citadel's CPU time per job (diagnostic)")
+    args = parser.parse_args()
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="citadel-bench-"))
+    server = RedisServer(workdir)
+    results = {"jobs": args.jobs}
+    try:
+        rq_simple = lambda args, server, workdir: bench_rq(args, server, workdir, "rq.worker.SimpleWorker")
+        for name, bench in (("citadel", bench_citadel), ("celery", bench_celery), ("rq", bench_rq),
+                            ("rq_simple", rq_simple), ("dramatiq", bench_dramatiq), ("latency", bench_latency)):
+            if name in args.only:
+                print(f"running {name}...", file=sys.stderr, flush=True)
+                results[name] = bench(args, server, workdir)
+                print(f"  {name}: {results[name]}", file=sys.stderr, flush=True)
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    summary = json.dumps(results, indent=2)
+    print(summary)
+    if args.out:
+        pathlib.Path(args.out).write_text(summary)
+
+
+if __name__ == "__main__":
+    main()
