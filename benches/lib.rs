@@ -1,49 +1,15 @@
-//! Shared setup for the benches: where the guests and the binary are, and
-//! executors built the way the node builds them.
+//! Shared setup for the benches: executors built the way the node builds
+//! them. The guests and the binary are found by the test harness
+//! (`citadel-tests`), which the benches reuse.
 //!
 //! Run with `scripts/bench`, which builds the guests and the release binary
-//! first and prints the README table (ratios against baselines measured in
+//! first and prints the README tables (ratios against baselines measured in
 //! the same run).
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use citadel_runtime::{Allocation, ComponentStore, Executor, Policy, SandboxConfig, SandboxEngine};
-
-/// The workspace root.
-pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("benches/ has a parent")
-        .to_path_buf()
-}
-
-/// The built component of guest `name`.
-pub fn guest(name: &str) -> PathBuf {
-    let path = workspace().join("target/guests").join(format!("{name}.wasm"));
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/build-guests",
-        path.display()
-    );
-    path
-}
-
-/// The `citadel` binary of this build profile.
-pub fn citadel_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("bench executable path");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .join("citadel");
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build --release --bins` (scripts/bench does)",
-        path.display()
-    );
-    path
-}
+pub use citadel_tests::{citadel_bin, guest};
 
 /// The node's default sandbox settings, without a disk cache.
 pub fn sandbox_config() -> SandboxConfig {

@@ -230,6 +230,7 @@ async fn a_killed_workers_jobs_resume_elsewhere_within_two_liveness_ttls() {
     config.worker.concurrency = 2;
     let ttl = Duration::from_millis(config.worker.liveness_ttl_ms);
     let mut doomed = WorkerProcess::start(&config);
+    let doomed_consumer = doomed.consumer();
     let mut conn = redis.conn();
     for n in 0..2 {
         enqueue(
@@ -262,6 +263,15 @@ async fn a_killed_workers_jobs_resume_elsewhere_within_two_liveness_ttls() {
         let result: Value = serde_json::from_str(&state["result"]).unwrap();
         assert_eq!(result["attempt"], 2, "second delivery");
     }
+    // The dead worker's consumer, now holding nothing, is removed from the group.
+    eventually(SETTLE, "the dead consumer to be forgotten", || {
+        let consumers: Vec<redis::streams::StreamInfoConsumer> = conn
+            .xinfo_consumers::<_, _, redis::streams::StreamInfoConsumersReply>(QUEUE, "citadel-workers")
+            .unwrap()
+            .consumers;
+        consumers.iter().all(|consumer| consumer.name != doomed_consumer)
+    })
+    .await;
     assert_eq!(pending(&mut conn), 0, "no job lost, none left pending");
     survivor.stop().await;
 }

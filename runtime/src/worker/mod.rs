@@ -54,6 +54,10 @@ pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 const RECLAIM_MIN_IDLE: Duration = Duration::from_millis(250);
 /// Pending entries looked at per queue and sweep.
 const RECLAIM_BATCH: usize = 64;
+/// Every this many sweeps, consumers of dead workers that hold nothing are
+/// removed from the group (each process has its own consumer name, so they
+/// would otherwise pile up).
+const FORGET_DEAD_EVERY: u32 = 30;
 /// After the grace period, how long interrupted jobs get to record that.
 const SETTLE_GRACE: Duration = Duration::from_secs(5);
 
@@ -397,10 +401,15 @@ impl Shared {
     /// (and this worker's own jobs left for a retry), until `stop`.
     async fn sweep_loop(self: Arc<Self>, stop: CancellationToken, tracker: TaskTracker, lifecycle: Lifecycle) {
         let mut failures = 0u32;
-        loop {
+        for sweep in 1u32.. {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(self.settings.reclaim_interval) => {}
+            }
+            if sweep.is_multiple_of(FORGET_DEAD_EVERY)
+                && let Err(err) = self.forget_dead_consumers().await
+            {
+                tracing::debug!(error = %err, "cannot clean up dead consumers");
             }
             match self.sweep(&stop, &tracker, &lifecycle).await {
                 Ok(()) => failures = 0,
@@ -412,6 +421,19 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Remove consumers that hold nothing and whose liveness key is gone.
+    async fn forget_dead_consumers(&self) -> transport::RedisResult<()> {
+        for queue in &self.queues.config().keys {
+            for consumer in self.queues.idle_consumers(queue).await? {
+                if consumer != self.consumer && !self.liveness.is_alive(&consumer).await? {
+                    self.queues.delete_consumer(queue, &consumer).await?;
+                    tracing::info!(consumer = %consumer, "removed a dead worker's consumer (it held no jobs)");
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn sweep(

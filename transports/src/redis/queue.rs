@@ -186,6 +186,36 @@ impl JobQueues {
             .collect())
     }
 
+    /// The group's consumers on `queue` that hold no pending entry.
+    pub async fn idle_consumers(&self, queue: &str) -> RedisResult<Vec<String>> {
+        let mut conn = self.conn.clone();
+        let reply: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(queue)
+            .arg(&self.config.group)
+            .query_async(&mut conn)
+            .await?;
+        Ok(reply
+            .consumers
+            .into_iter()
+            .filter(|consumer| consumer.pending == 0)
+            .map(|consumer| consumer.name)
+            .collect())
+    }
+
+    /// Remove a consumer from the group on `queue` (it holds nothing;
+    /// a live one would be recreated by its next read).
+    pub async fn delete_consumer(&self, queue: &str, consumer: &str) -> RedisResult<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("XGROUP")
+            .arg("DELCONSUMER")
+            .arg(queue)
+            .arg(&self.config.group)
+            .arg(consumer)
+            .exec_async(&mut conn)
+            .await
+    }
+
     /// Take over a pending entry (if it is still pending and idle for
     /// `min_idle`; another worker may have been faster). The claim counts as
     /// a delivery. An entry deleted from the stream meanwhile is dropped
