@@ -586,3 +586,84 @@ async fn submit_follow_prints_the_jobs_events() {
     assert_eq!(out.status.code(), Some(2));
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_job_delivered_again_is_acknowledged_not_rerun() {
+    let redis = RedisServer::start();
+    let config = worker_config(&redis);
+    let mut conn = redis.conn();
+    // A consumer that read the entry and died between recording the result
+    // and acknowledging it (the settle transaction makes this rare; a crashed
+    // Redis without fsync can still produce it).
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(QUEUE)
+        .arg("citadel-workers")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(&mut conn)
+        .unwrap();
+    let entry = enqueue(&mut conn, "job-done", "echo", r#"{"text":"once"}"#);
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("citadel-workers")
+        .arg("ghost")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(QUEUE)
+        .arg(">")
+        .query(&mut conn)
+        .unwrap();
+    let _: () = conn
+        .hset_multiple(
+            "job:job-done:status",
+            &[
+                ("status", "completed"),
+                ("message_id", entry.as_str()),
+                ("result", "{}"),
+            ],
+        )
+        .unwrap();
+    let worker = TestWorker::start(&config);
+    eventually(SETTLE, "the redelivered entry to be acknowledged", || {
+        pending(&mut conn) == 0
+    })
+    .await;
+    assert!(
+        event_types(&mut conn, "job-done").is_empty(),
+        "not run again, nothing published"
+    );
+    assert_eq!(
+        status(&mut conn, "job-done")["result"],
+        "{}",
+        "the recorded result is kept"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_workers_job_is_taken_over_after_the_backstop() {
+    let redis = RedisServer::start();
+    let mut config = worker_config(&redis);
+    config.worker.abandon_after_ms = 3_000;
+    let wedged = TestWorker::start(&config);
+    let mut conn = redis.conn();
+    // Alive (its liveness key stays fresh) but not finishing.
+    enqueue(&mut conn, "job-stuck", "slow", r#"{"ms":60000,"chunks":600}"#);
+    wait_status(&redis, "job-stuck", "running", SETTLE).await;
+    let rescuer = TestWorker::start(&config);
+    eventually(SETTLE, "the backstop to hand the job to the rescuer", || {
+        status(&mut conn, "job-stuck").get("worker_id").map(String::as_str) == Some(rescuer.worker.consumer())
+    })
+    .await;
+    let claims = event_types(&mut conn, "job-stuck")
+        .iter()
+        .filter(|kind| *kind == "claimed")
+        .count();
+    assert_eq!(claims, 2, "claimed again by the rescuer");
+    let _: () = conn.set("job:cancelled:job-stuck", 1).unwrap();
+    wait_status(&redis, "job-stuck", "cancelled", SETTLE).await;
+    wedged.stop().await;
+    rescuer.stop().await;
+}
