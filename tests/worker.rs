@@ -667,3 +667,40 @@ async fn a_wedged_workers_job_is_taken_over_after_the_backstop() {
     wedged.stop().await;
     rescuer.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_node_groups_fan_out_and_the_targeted_node_runs_the_job() {
+    let redis = RedisServer::start();
+    let mut config = worker_config(&redis);
+    config.worker.group_mode = citadel_runtime::config::GroupMode::PerNode;
+    let mut other = config.clone();
+    other.node.id = Some("gpu-b".into());
+    let here = TestWorker::start(&config);
+    let there = TestWorker::start(&other);
+    let mut conn = redis.conn();
+    enqueue(
+        &mut conn,
+        "job-for-b",
+        "echo",
+        r#"{"target_node":"gpu-b","text":"hi b"}"#,
+    );
+    let state = wait_status(&redis, "job-for-b", "completed", SETTLE).await;
+    assert_eq!(state["worker_id"], there.worker.consumer());
+    // Both nodes' groups saw the entry; each acknowledged it.
+    for group in [format!("citadel-workers-{NODE}"), "citadel-workers-gpu-b".to_string()] {
+        eventually(SETTLE, &format!("group {group} to acknowledge"), || {
+            let summary: redis::streams::StreamPendingReply = conn.xpending(QUEUE, &group).unwrap();
+            summary.count() == 0
+        })
+        .await;
+    }
+    assert_eq!(
+        event_types(&mut conn, "job-for-b")
+            .iter()
+            .filter(|kind| *kind == "claimed")
+            .count(),
+        1
+    );
+    here.stop().await;
+    there.stop().await;
+}
