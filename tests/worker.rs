@@ -247,11 +247,20 @@ async fn a_killed_workers_jobs_resume_elsewhere_within_two_liveness_ttls() {
     doomed.kill9();
     let killed_at = Instant::now();
     let jobs = ["job-orphan-0", "job-orphan-1"];
-    eventually(SETTLE, "the survivor to claim both orphaned jobs", || {
-        jobs.iter()
-            .all(|job| status(&mut conn, job).get("worker_id").map(String::as_str) == Some(survivor.worker.consumer()))
+    let claimed = eventually_some(SETTLE, "the survivor to claim both orphaned jobs", || {
+        let done = jobs
+            .iter()
+            .all(|job| status(&mut conn, job).get("worker_id").map(String::as_str) == Some(survivor.worker.consumer()));
+        let diagnostics = (!done && killed_at.elapsed() > SETTLE / 2).then(|| reclaim_diagnostics(&mut conn));
+        std::future::ready(if done { Some(None) } else { diagnostics.map(Some) })
     })
     .await;
+    assert!(
+        claimed.is_none(),
+        "not reclaimed; health {:?}\n{}",
+        survivor.worker.health(),
+        claimed.unwrap()
+    );
     let resumed = killed_at.elapsed();
     println!("orphaned jobs resumed {resumed:?} after kill -9 (liveness TTL {ttl:?})");
     assert!(

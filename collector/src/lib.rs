@@ -1,1 +1,314 @@
-//! placeholder
+//! citadel's node telemetry: what the machine is and what it runs, one
+//! module per family, every probe under a timeout. A failing probe becomes
+//! an entry in `collector_errors[]`; it never fails the snapshot.
+//!
+//! Layout:
+//! - [`system`]: host, OS, CPU, memory, disks (sysinfo);
+//! - [`gpu`]: GPUs via NVML, else `nvidia-smi`, else none with the reason;
+//! - [`processes`]: managed processes from `/proc` (procfs);
+//! - [`cgroups`]: cgroup v1/v2 CPU, memory and I/O rates;
+//! - [`status`]: the `StatusMessage` published for the node (DESIGN §3);
+//! - [`probe`]: running a probe under a deadline.
+//!
+//! Knows nothing of wasmtime or Redis: the runtime feeds it what it manages
+//! ([`Watch`]) and publishes what it returns.
+
+pub mod cgroups;
+pub mod gpu;
+pub mod probe;
+pub mod processes;
+pub mod status;
+pub mod system;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+
+pub use cgroups::{CgroupStats, Hierarchy};
+pub use gpu::{GpuInfo, GpuProbe, GpuProcess, GpuReport};
+pub use probe::CollectorError;
+pub use processes::{ProcReader, ProcessInfo};
+pub use system::{SystemInfo, SystemProbe};
+
+/// At most this many errors per probe are listed; the rest are counted.
+const MAX_ERRORS_PER_PROBE: usize = 10;
+
+/// How the collector runs.
+#[derive(Debug, Clone)]
+pub struct CollectorConfig {
+    /// Longest any probe may take.
+    pub probe_timeout: Duration,
+    /// The `nvidia-smi` program (fallback GPU source).
+    pub smi: String,
+    /// Paths whose filesystems are reported (besides `/`).
+    pub key_paths: Vec<PathBuf>,
+    /// The cgroup hierarchy (`None`: the live system's).
+    pub cgroups: Option<Hierarchy>,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        CollectorConfig {
+            probe_timeout: Duration::from_secs(2),
+            smi: "nvidia-smi".into(),
+            key_paths: Vec::new(),
+            cgroups: None,
+        }
+    }
+}
+
+/// Something the node manages and wants reported: a process, its cgroup,
+/// or both (the cgroup of a process is found from `/proc` when not given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watch {
+    /// What the node calls it.
+    pub name: String,
+    /// Its main process.
+    pub pid: Option<u32>,
+    /// Its cgroup, relative to the hierarchy root.
+    pub cgroup: Option<String>,
+}
+
+/// One watched thing in a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Watched {
+    /// What the node calls it.
+    pub name: String,
+    /// Its process.
+    pub process: Option<ProcessInfo>,
+    /// Its cgroup.
+    pub cgroup: Option<CgroupStats>,
+    /// Its use of a GPU.
+    pub gpu: Option<GpuProcess>,
+}
+
+/// Everything collected at one moment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Snapshot {
+    /// When.
+    #[serde(skip)]
+    pub at: SystemTime,
+    /// The machine (absent when its probe failed).
+    pub system: Option<SystemInfo>,
+    /// The GPUs.
+    pub gpu: GpuReport,
+    /// The watched processes and cgroups.
+    pub watched: Vec<Watched>,
+    /// Probes that failed.
+    pub errors: Vec<CollectorError>,
+    /// How long collecting took.
+    #[serde(skip)]
+    pub took: Duration,
+}
+
+/// Collects snapshots; keeps what rates need between them.
+pub struct Collector {
+    config: CollectorConfig,
+    system: Arc<Mutex<Result<SystemProbe, String>>>,
+    gpu: Arc<Mutex<GpuProbe>>,
+    procs: Result<ProcReader, String>,
+    hierarchy: Result<Hierarchy, String>,
+    rates: Arc<Mutex<cgroups::Rates>>,
+}
+
+impl Collector {
+    /// Set up every probe (finding the GPU source may load NVML).
+    pub async fn new(config: CollectorConfig) -> Collector {
+        let smi = config.smi.clone();
+        let timeout = config.probe_timeout;
+        let gpu = tokio::task::spawn_blocking(move || GpuProbe::new(&smi, timeout))
+            .await
+            .expect("GPU probe set-up");
+        let key_paths = config.key_paths.clone();
+        let system = SystemProbe::new(&key_paths);
+        let hierarchy = match &config.cgroups {
+            Some(hierarchy) => Ok(hierarchy.clone()),
+            None => Hierarchy::detect(),
+        };
+        Collector {
+            system: Arc::new(Mutex::new(system)),
+            gpu: Arc::new(Mutex::new(gpu)),
+            procs: ProcReader::live(),
+            hierarchy,
+            rates: Arc::default(),
+            config,
+        }
+    }
+
+    /// The GPU source in use (`nvml`, `nvidia-smi`, `none`).
+    pub fn gpu_source(&self) -> &'static str {
+        self.gpu.try_lock().map(|gpu| gpu.source()).unwrap_or("busy")
+    }
+
+    /// Take a snapshot of the machine and of `watches`.
+    pub async fn collect(&self, watches: &[Watch]) -> Snapshot {
+        let started = Instant::now();
+        let (system, gpu, watched) = tokio::join!(self.system(), self.gpus(), self.watched(watches.to_vec()));
+        let mut errors = Vec::new();
+        let system = system.map_err(|err| errors.push(err)).ok();
+        let gpu = gpu.unwrap_or_else(|err| {
+            errors.push(err);
+            GpuReport {
+                gpus: Vec::new(),
+                source: "none",
+                unavailable: None,
+            }
+        });
+        let (mut watched, watch_errors) = watched.unwrap_or_else(|err| (Vec::new(), vec![err]));
+        errors.extend(watch_errors);
+        for entry in &mut watched {
+            let pid = entry.process.as_ref().map(|process| process.pid);
+            entry.gpu = pid.and_then(|pid| {
+                gpu.gpus
+                    .iter()
+                    .flat_map(|gpu| &gpu.processes)
+                    .find(|process| process.pid == pid)
+                    .copied()
+            });
+        }
+        Snapshot {
+            at: SystemTime::now(),
+            system,
+            gpu,
+            watched,
+            errors,
+            took: started.elapsed(),
+        }
+    }
+
+    async fn system(&self) -> Result<SystemInfo, CollectorError> {
+        let system = Arc::clone(&self.system);
+        probe::blocking("system", self.config.probe_timeout, move || {
+            let mut guard = system
+                .try_lock()
+                .map_err(|_| "the previous system probe is still running".to_string())?;
+            match guard.as_mut() {
+                Ok(probe) => probe.sample(),
+                Err(err) => Err(err.clone()),
+            }
+        })
+        .await
+    }
+
+    /// Sample the GPUs alone (cheap with NVML: a few µs per GPU).
+    pub async fn gpus(&self) -> Result<GpuReport, CollectorError> {
+        if let Some(smi) = self.gpu.try_lock().ok().and_then(|probe| probe.smi()) {
+            return smi.sample().await.map_err(|err| CollectorError::new("gpu", err));
+        }
+        let gpu = Arc::clone(&self.gpu);
+        probe::blocking("gpu", self.config.probe_timeout, move || {
+            // A GPU probe still hung from an earlier snapshot is reported,
+            // not waited for (nor joined by another blocked thread).
+            let mut probe = gpu
+                .try_lock()
+                .map_err(|_| "the previous GPU probe is still running (driver hung?)".to_string())?;
+            probe.sample_blocking()
+        })
+        .await
+    }
+
+    async fn watched(&self, watches: Vec<Watch>) -> Result<(Vec<Watched>, Vec<CollectorError>), CollectorError> {
+        if watches.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let procs = self.procs.clone();
+        let hierarchy = self.hierarchy.clone();
+        let rates = Arc::clone(&self.rates);
+        probe::blocking("processes", self.config.probe_timeout, move || {
+            Ok(read_watches(&watches, procs.as_ref(), hierarchy.as_ref(), &rates))
+        })
+        .await
+    }
+}
+
+/// Read every watch; errors are collected (and capped) per probe.
+fn read_watches(
+    watches: &[Watch],
+    procs: Result<&ProcReader, &String>,
+    hierarchy: Result<&Hierarchy, &String>,
+    rates: &Mutex<cgroups::Rates>,
+) -> (Vec<Watched>, Vec<CollectorError>) {
+    let mut errors = ErrorList::default();
+    let mut watched = Vec::with_capacity(watches.len());
+    let mut groups = Vec::new();
+    let mut read_now: std::collections::HashMap<String, CgroupStats> = std::collections::HashMap::new();
+    let mut rates = rates.lock().expect("cgroup rates poisoned");
+    for watch in watches {
+        let process = watch.pid.and_then(|pid| match procs {
+            Ok(procs) => procs
+                .read(pid)
+                .map_err(|err| errors.push("processes", &watch.name, err))
+                .ok(),
+            Err(err) => {
+                errors.push("processes", &watch.name, err.clone());
+                None
+            }
+        });
+        let cgroup = match hierarchy {
+            Ok(hierarchy) => {
+                let group = match (&watch.cgroup, watch.pid, procs) {
+                    (Some(group), _, _) => Some(group.clone()),
+                    (None, Some(pid), Ok(procs)) => procs.cgroup_of(pid, hierarchy.version()).ok(),
+                    _ => None,
+                };
+                group.and_then(|group| {
+                    // Two watches of one group (a service and its process)
+                    // share one reading: a second delta microseconds later
+                    // would be noise.
+                    if let Some(stats) = read_now.get(&group) {
+                        return Some(stats.clone());
+                    }
+                    let counters = hierarchy
+                        .read(&group)
+                        .map_err(|err| errors.push("cgroups", &watch.name, err))
+                        .ok()?;
+                    groups.push(group.clone());
+                    let stats = rates.update(&group, hierarchy.version(), counters, Instant::now());
+                    read_now.insert(group, stats.clone());
+                    Some(stats)
+                })
+            }
+            Err(err) => {
+                if watch.cgroup.is_some() {
+                    errors.push("cgroups", &watch.name, err.clone());
+                }
+                None
+            }
+        };
+        watched.push(Watched {
+            name: watch.name.clone(),
+            process,
+            cgroup,
+            gpu: None,
+        });
+    }
+    rates.retain(&groups);
+    (watched, errors.finish())
+}
+
+/// Errors of the watch probes, at most [`MAX_ERRORS_PER_PROBE`] listed each.
+#[derive(Default)]
+struct ErrorList {
+    errors: Vec<CollectorError>,
+    dropped: std::collections::BTreeMap<&'static str, usize>,
+}
+
+impl ErrorList {
+    fn push(&mut self, probe: &'static str, name: &str, error: String) {
+        if self.errors.iter().filter(|err| err.probe == probe).count() < MAX_ERRORS_PER_PROBE {
+            self.errors.push(CollectorError::new(probe, format!("{name}: {error}")));
+        } else {
+            *self.dropped.entry(probe).or_default() += 1;
+        }
+    }
+
+    fn finish(mut self) -> Vec<CollectorError> {
+        for (probe, count) in self.dropped {
+            self.errors
+                .push(CollectorError::new(probe, format!("… and {count} more errors")));
+        }
+        self.errors
+    }
+}

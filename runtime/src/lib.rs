@@ -11,6 +11,9 @@
 //! - [`capabilities`]: host sides of the WIT interfaces (`log`, `stream`);
 //! - [`job`], [`joblog`], [`output`], [`limits`], [`capture`], [`state`]:
 //!   what a job is, logs, output accounting, limits, stdio capture, store data;
+//! - [`worker`]: the Redis Streams worker (`citadel work`);
+//! - [`node`]: telemetry beside the worker: status publishing, metrics,
+//!   the status server;
 //! - [`bindings`]: the one `bindgen!`;
 //! - [`cli`]: the `citadel` command line (`main.rs` is its table of contents).
 
@@ -27,6 +30,7 @@ pub mod grant;
 pub mod job;
 pub mod joblog;
 pub mod limits;
+pub mod node;
 pub mod output;
 pub mod policy;
 pub mod state;

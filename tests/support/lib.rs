@@ -2,14 +2,17 @@
 //! are, a component store shared by every test of a binary (so each guest is
 //! compiled once per run), helpers to run a job and collect its chunks, a
 //! private `redis-server` per test (`redis.rs`) and a Redis Streams worker
-//! with its producer side (`worker.rs`).
+//! with its producer side (`worker.rs`), and an HTTP endpoint receiving
+//! status messages (`receiver.rs`).
 //!
 //! Guests are built by `scripts/build-guests` and the binary by
 //! `cargo build`; `scripts/test` does both before running the tests.
 
+mod receiver;
 mod redis;
 mod worker;
 
+pub use receiver::{Answer, StatusReceiver};
 pub use redis::RedisServer;
 pub use worker::*;
 
@@ -155,6 +158,25 @@ pub async fn eventually<F: FnMut() -> bool>(within: Duration, what: &str, mut co
             "timed out after {within:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// [`eventually`] for an async check that yields a value once it holds.
+pub async fn eventually_some<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

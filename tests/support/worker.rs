@@ -8,6 +8,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use citadel_runtime::node::NodeServices;
 use citadel_runtime::worker::{HandlerTable, Worker, WorkerError};
 use citadel_runtime::{Config, Executor};
 use redis::Commands;
@@ -42,6 +43,9 @@ pub fn worker_config(redis: &RedisServer) -> Config {
     worker.cancel_poll_ms = 50;
     worker.shutdown_grace_ms = 10_000;
     worker.events_stream = true;
+    // Several nodes run at once in tests: any free port, no HTTP push.
+    config.telemetry.status_addr = "127.0.0.1:0".parse().expect("address");
+    config.telemetry.http_endpoint = None;
     for (job_type, name) in [
         ("echo", "echo"),
         ("extract", "extract"),
@@ -60,6 +64,8 @@ pub fn worker_config(redis: &RedisServer) -> Config {
 pub struct TestWorker {
     /// The worker.
     pub worker: Arc<Worker>,
+    /// The node's telemetry and status server, when started with [`TestWorker::start_node`].
+    pub node: Option<NodeServices>,
     stop: CancellationToken,
     task: JoinHandle<Result<(), WorkerError>>,
 }
@@ -67,23 +73,62 @@ pub struct TestWorker {
 impl TestWorker {
     /// Start a worker for `config`.
     pub fn start(config: &Config) -> TestWorker {
+        Self::spawn(config, None)
+    }
+
+    /// A worker with the node's telemetry beside it, as `citadel work` runs.
+    pub async fn start_node(config: &Config) -> TestWorker {
+        let worker = Self::worker(config);
+        let node = NodeServices::start(config, "redis", Some(&worker))
+            .await
+            .expect("node telemetry");
+        Self::spawn(config, Some((worker, node)))
+    }
+
+    /// The status server's base URL.
+    pub fn status_url(&self) -> String {
+        let addr = self
+            .node
+            .as_ref()
+            .and_then(|node| node.status_addr)
+            .expect("started with a status server");
+        format!("http://{addr}")
+    }
+
+    fn worker(config: &Config) -> Worker {
         let policy = config.load_policy().expect("policy");
         let executor = Arc::new(Executor::new(shared_store(), policy));
         let handlers = HandlerTable::load(&shared_store(), &config.handlers).expect("handlers");
-        let worker = Arc::new(Worker::new(executor, handlers, config).expect("worker"));
+        Worker::new(executor, handlers, config).expect("worker")
+    }
+
+    fn spawn(config: &Config, prepared: Option<(Worker, NodeServices)>) -> TestWorker {
+        let (worker, node) = match prepared {
+            Some((worker, node)) => (worker, Some(node)),
+            None => (Self::worker(config), None),
+        };
+        let worker = Arc::new(worker);
         let stop = CancellationToken::new();
         let task = tokio::spawn({
             let worker = Arc::clone(&worker);
             let stop = stop.clone();
             async move { worker.run(stop).await }
         });
-        TestWorker { worker, stop, task }
+        TestWorker {
+            worker,
+            node,
+            stop,
+            task,
+        }
     }
 
     /// Stop it (as SIGTERM does) and wait until it has drained.
     pub async fn stop(self) {
         self.stop.cancel();
         self.task.await.expect("worker task").expect("worker run");
+        if let Some(node) = self.node {
+            node.stop().await;
+        }
     }
 }
 
@@ -134,8 +179,21 @@ impl WorkerProcess {
 
     /// Its consumer name, from the `worker ready` line.
     pub fn consumer(&self) -> String {
+        self.logged("consumer=")
+    }
+
+    /// The status server's base URL, from its log line.
+    pub fn status_url(&self) -> String {
+        self.logged("status server listening addr=")
+    }
+
+    /// The first word after `key` in the log.
+    fn logged(&self, key: &str) -> String {
         let log = self.log();
-        let at = log.find("consumer=").expect("ready line names the consumer") + "consumer=".len();
+        let at = log
+            .find(key)
+            .unwrap_or_else(|| panic!("the log has no {key:?}:\n{log}"))
+            + key.len();
         log[at..]
             .split_whitespace()
             .next()
@@ -227,6 +285,28 @@ pub fn event_types(conn: &mut redis::Connection, job_id: &str) -> Vec<String> {
 pub fn pending(conn: &mut redis::Connection) -> usize {
     let summary: redis::streams::StreamPendingReply = conn.xpending(QUEUE, "citadel-workers").expect("XPENDING");
     summary.count()
+}
+
+/// What a reclaim test needs to see when it fails: every pending entry
+/// (consumer, idle ms, deliveries), the group's consumers and which of them
+/// have a liveness key.
+pub fn reclaim_diagnostics(conn: &mut redis::Connection) -> String {
+    let pending: redis::Value = redis::cmd("XPENDING")
+        .arg(QUEUE)
+        .arg("citadel-workers")
+        .arg("-")
+        .arg("+")
+        .arg(100)
+        .query(conn)
+        .unwrap_or(redis::Value::Nil);
+    let consumers: redis::Value = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(QUEUE)
+        .arg("citadel-workers")
+        .query(conn)
+        .unwrap_or(redis::Value::Nil);
+    let keys: Vec<String> = conn.keys("citadel:v1:consumer:*").unwrap_or_default();
+    format!("pending: {pending:?}\nconsumers: {consumers:?}\nliveness keys: {keys:?}")
 }
 
 /// The dead-letter entries, in order.

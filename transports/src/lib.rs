@@ -5,8 +5,13 @@
 //! - [`wire`]: Citadel's Redis wire format (keys, job entries, event
 //!   envelope, dead letters, status hash), pure and golden-tested;
 //! - [`redis`]: Streams consumer groups, events, liveness, cancel flags;
+//! - [`status`]: the node's status pushed to Redis and HTTP (with a spool),
+//!   and served by the status server (`/health`, `/metrics`, `/events`…);
+//! - [`http`]: the outbound HTTP client;
 //! - [`backoff`]: the one jittered retry policy every transport uses.
 
 pub mod backoff;
+pub mod http;
 pub mod redis;
+pub mod status;
 pub mod wire;

@@ -56,6 +56,16 @@ pub fn liveness_key(group: &str, consumer: &str) -> String {
     format!("citadel:v1:consumer:{group}:{consumer}")
 }
 
+/// The stream every node's status is appended to.
+pub const NODE_STATUS_STREAM: &str = "node:status:stream";
+/// Entries kept in [`NODE_STATUS_STREAM`] (approximately).
+pub const NODE_STATUS_STREAM_MAXLEN: usize = 10_000;
+
+/// Pub/Sub channel of one node's status: `node:status:{nodeId}`.
+pub fn node_status_channel(node_id: &str) -> String {
+    format!("node:status:{node_id}")
+}
+
 /// RFC 3339 UTC with second precision (`2026-01-02T03:04:05Z`), as Citadel
 /// writes timestamps.
 pub fn timestamp(at: SystemTime) -> String {
@@ -450,6 +460,7 @@ mod tests {
         assert_eq!(status_key("j"), "job:j:status");
         assert_eq!(cancel_key("j"), "job:cancelled:j");
         assert_eq!(liveness_key("g", "c"), "citadel:v1:consumer:g:c");
+        assert_eq!(node_status_channel("gpu-7"), "node:status:gpu-7");
         assert_eq!(timestamp(at()), "2026-01-02T03:04:05Z");
     }
 

@@ -6,6 +6,7 @@
 mod inspect;
 mod output;
 mod run;
+mod status;
 mod submit;
 mod work;
 
@@ -18,6 +19,7 @@ use crate::config::{Config, NoOverrides};
 
 pub use inspect::InspectArgs;
 pub use run::RunArgs;
+pub use status::StatusArgs;
 pub use submit::SubmitArgs;
 pub use work::WorkArgs;
 
@@ -48,6 +50,8 @@ pub enum Command {
     Work(WorkArgs),
     /// Enqueue a job on Redis and optionally follow its events.
     Submit(SubmitArgs),
+    /// Print this node's status: the running node's, else a local snapshot.
+    Status(StatusArgs),
     /// Inspect, and later publish, handler components.
     #[command(subcommand)]
     Component(ComponentCommand),
@@ -113,6 +117,10 @@ impl Cli {
             Command::Submit(args) => {
                 let config = Config::load(self.config.as_deref(), args.overrides()).map_err(Failure::input)?;
                 submit::submit(args, &config).await
+            }
+            Command::Status(args) => {
+                let config = Config::load(self.config.as_deref(), args.overrides()).map_err(Failure::input)?;
+                status::status(args, &config).await
             }
             Command::Component(ComponentCommand::Inspect(args)) => {
                 let config = Config::load(self.config.as_deref(), NoOverrides {}).map_err(Failure::input)?;

@@ -1,9 +1,11 @@
 //! `citadel work`: run the Redis Streams worker until SIGTERM/SIGINT. The
 //! first signal drains (stop reading, let running jobs finish within
 //! `worker.shutdown_grace_ms`, leave the rest pending) and exits 0; a second
-//! signal exits at once.
+//! signal exits at once. Beside the worker run the node's telemetry: status
+//! pushed to Redis (and HTTP when configured) and the status server.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -16,6 +18,7 @@ use super::Failure;
 use crate::config::Config;
 use crate::engine::Allocation;
 use crate::executor::Executor;
+use crate::node::NodeServices;
 use crate::worker::{HandlerTable, Worker};
 
 /// Arguments of `citadel work` (each overrides its config key).
@@ -42,6 +45,9 @@ pub struct WorkArgs {
     /// Node id (`node.id`).
     #[arg(long, value_name = "ID")]
     pub node_id: Option<String>,
+    /// Status server address (`telemetry.status_addr`; port 0: any free port).
+    #[arg(long, value_name = "ADDR")]
+    pub status_addr: Option<SocketAddr>,
 }
 
 fn parse_handler(text: &str) -> Result<(String, PathBuf), String> {
@@ -60,6 +66,13 @@ struct Overrides {
     node: NodeOverrides,
     worker: WorkerOverrides,
     handlers: BTreeMap<String, PathBuf>,
+    telemetry: TelemetryOverrides,
+}
+
+#[derive(Serialize)]
+struct TelemetryOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_addr: Option<SocketAddr>,
 }
 
 #[derive(Serialize)]
@@ -93,6 +106,9 @@ impl WorkArgs {
                 concurrency: self.concurrency,
             },
             handlers: self.handlers.iter().cloned().collect(),
+            telemetry: TelemetryOverrides {
+                status_addr: self.status_addr,
+            },
         }
     }
 }
@@ -113,10 +129,12 @@ pub(super) async fn work(config: &Config) -> Result<(), Failure> {
         eprintln!("citadel: second signal: exiting without draining; unfinished jobs stay pending");
         std::process::exit(130);
     });
-    worker
-        .run(stop)
+    let node = NodeServices::start(config, "redis", Some(&worker))
         .await
-        .map_err(|err| Failure::job(format!("worker failed: {err}")))
+        .map_err(Failure::input)?;
+    let outcome = worker.run(stop).await;
+    node.stop().await;
+    outcome.map_err(|err| Failure::job(format!("worker failed: {err}")))
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use citadel_transports::backoff::{Backoff, retry};
 use citadel_transports::redis::{Batch, Delivery};
@@ -30,7 +30,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::{AGENT_VERSION, Held, Lifecycle, Shared};
+use super::{AGENT_VERSION, Held, JobInfo, Lifecycle, Shared};
 use crate::job::{Chunk, JobError, JobSpec};
 use crate::policy::DEFAULT_TENANT;
 
@@ -174,10 +174,30 @@ impl Shared {
             attempt: u32::try_from(delivery.attempt).unwrap_or(u32::MAX),
             timeout: entry.timeout_ms.map(Duration::from_millis),
         };
+        let tenant = spec.tenant.clone();
+        let info = JobInfo {
+            job_id: job,
+            job_type: &entry.job_type,
+            tenant: &tenant,
+        };
         let (sink, chunks) = mpsc::channel(CHUNK_BUFFER);
-        let forwarder = self.forward_chunks(job, ray, chunks);
+        let started = Instant::now();
+        if let Some(observer) = self.observer.get() {
+            observer.started(&info);
+        }
+        let forwarder = self.forward_chunks(&info, ray, chunks, started);
         let run = self.executor.run(component, spec, Some(sink), cancel);
         let (report, ()) = tokio::join!(run, forwarder);
+        let outcome = match &report.outcome {
+            Ok(_) => "ok",
+            Err(JobError::Cancelled { .. }) if lifecycle.abort.is_cancelled() => "interrupted",
+            Err(err) if err.recoverable() && delivery.attempt < self.settings.max_attempts => "retrying",
+            Err(err) if err.recoverable() => "dead_lettered",
+            Err(err) => err.class(),
+        };
+        if let Some(observer) = self.observer.get() {
+            observer.finished(&info, outcome, started.elapsed());
+        }
 
         match report.outcome {
             Ok(result) => {
@@ -280,9 +300,21 @@ impl Shared {
 
     /// Publish chunks as they come, in order; a chunk that cannot be
     /// published (Redis down) is dropped, never holding up the handler.
-    async fn forward_chunks(&self, job: &str, ray: Option<&str>, mut chunks: mpsc::Receiver<Chunk>) {
+    async fn forward_chunks(
+        &self,
+        info: &JobInfo<'_>,
+        ray: Option<&str>,
+        mut chunks: mpsc::Receiver<Chunk>,
+        started: Instant,
+    ) {
+        let job = info.job_id;
         let mut dropped = 0u32;
         while let Some(chunk) = chunks.recv().await {
+            if chunk.index == 0
+                && let Some(observer) = self.observer.get()
+            {
+                observer.first_chunk(info, started.elapsed());
+            }
             let event = EventKind::Chunk {
                 content: chunk.content,
                 index: chunk.index,

@@ -30,8 +30,8 @@ mod slots;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use citadel_transports::backoff::{Backoff, RetryError, retry, worth_logging};
 use citadel_transports::redis::{
@@ -84,6 +84,59 @@ pub enum WorkerError {
     /// Redis refused to create the consumer groups (not a connection problem).
     #[error("cannot create consumer groups: {0}")]
     Groups(transport::RedisError),
+}
+
+/// A job, as observers see it.
+#[derive(Debug, Clone, Copy)]
+pub struct JobInfo<'a> {
+    /// The job id.
+    pub job_id: &'a str,
+    /// The job type.
+    pub job_type: &'a str,
+    /// The tenant.
+    pub tenant: &'a str,
+}
+
+/// Told about each job's life on this worker (metrics, live events, status
+/// triggers). Called on the job's task: keep it quick and non-blocking.
+pub trait JobObserver: Send + Sync {
+    /// The job's handler is starting.
+    fn started(&self, job: &JobInfo<'_>);
+    /// The job streamed its first chunk, `after` its start.
+    fn first_chunk(&self, job: &JobInfo<'_>, after: Duration);
+    /// The job ended on this worker: `outcome` is `ok`, a failure class, or
+    /// `retrying` / `interrupted` when it stays pending.
+    fn finished(&self, job: &JobInfo<'_>, outcome: &str, took: Duration);
+    /// The worker started or stopped taking jobs.
+    fn consuming(&self, consuming: bool);
+}
+
+/// The worker's state, for status and health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerHealth {
+    /// Whether it is taking jobs.
+    pub consuming: bool,
+    /// Jobs held now.
+    pub in_flight: usize,
+    /// Jobs that ended with a result.
+    pub completed: u64,
+    /// Jobs that ended with an error.
+    pub failed: u64,
+    /// When it last took a job.
+    pub last_job_consumed_at: Option<SystemTime>,
+    /// How long Redis has been unreachable, if it is.
+    pub redis_down_for: Option<Duration>,
+    /// How long its read loop has made no progress while it had free slots.
+    pub stalled_for: Option<Duration>,
+}
+
+/// Progress of the read loop.
+#[derive(Debug)]
+struct Progress {
+    consuming: bool,
+    last_beat: Instant,
+    redis_down_since: Option<Instant>,
+    last_consumed: Option<SystemTime>,
 }
 
 /// Counters of what the worker has done.
@@ -156,9 +209,12 @@ struct Shared {
     slots: Slots,
     held: Mutex<HashMap<String, Held>>,
     stats: Stats,
+    progress: Mutex<Progress>,
+    observer: OnceLock<Arc<dyn JobObserver>>,
 }
 
 /// A Redis Streams worker.
+#[derive(Clone)]
 pub struct Worker {
     shared: Arc<Shared>,
 }
@@ -219,6 +275,13 @@ impl Worker {
                 consumer,
                 held: Mutex::default(),
                 stats: Stats::default(),
+                progress: Mutex::new(Progress {
+                    consuming: false,
+                    last_beat: Instant::now(),
+                    redis_down_since: None,
+                    last_consumed: None,
+                }),
+                observer: OnceLock::new(),
             }),
         })
     }
@@ -236,6 +299,32 @@ impl Worker {
     /// Jobs held right now (running or waiting for a slot).
     pub fn in_flight(&self) -> usize {
         self.shared.held.lock().expect("held jobs poisoned").len()
+    }
+
+    /// Report each job's life to `observer` (once, before [`Worker::run`]).
+    pub fn observe(&self, observer: Arc<dyn JobObserver>) {
+        let _ = self.shared.observer.set(observer);
+    }
+
+    /// The worker's state. The read loop counts as stalled when it has made
+    /// no progress for three read timeouts (at least 10 s) while slots were
+    /// free.
+    pub fn health(&self) -> WorkerHealth {
+        let shared = &self.shared;
+        let in_flight = self.in_flight();
+        let progress = shared.progress.lock().expect("worker progress poisoned");
+        let quiet = progress.last_beat.elapsed();
+        let limit = (shared.queues.config().block * 3).max(Duration::from_secs(10));
+        WorkerHealth {
+            consuming: progress.consuming,
+            in_flight,
+            completed: shared.stats.completed.load(Ordering::Relaxed),
+            failed: shared.stats.failed.load(Ordering::Relaxed),
+            last_job_consumed_at: progress.last_consumed,
+            redis_down_for: progress.redis_down_since.map(|since| since.elapsed()),
+            stalled_for: (progress.consuming && quiet > limit && in_flight < shared.settings.concurrency)
+                .then_some(quiet),
+        }
     }
 
     /// Work until `stop` fires, then drain: running jobs get the grace
@@ -308,7 +397,12 @@ impl Shared {
     async fn read_loop(self: Arc<Self>, stop: &CancellationToken, tracker: &TaskTracker, lifecycle: &Lifecycle) {
         let queues = self.queues.config().keys.len();
         let mut waits = Backoff::DEFAULT.start();
+        self.beat(|progress| progress.consuming = true);
+        if let Some(observer) = self.observer.get() {
+            observer.consuming(true);
+        }
         while let Some(free) = self.slots.wait_free(stop).await {
+            self.beat(|_| {});
             let read = tokio::select! {
                 _ = stop.cancelled() => break,
                 read = self.queues.read(free.div_ceil(queues)) => read,
@@ -319,6 +413,12 @@ impl Shared {
                         tracing::info!("reading jobs again after a Redis outage");
                     }
                     waits.reset();
+                    self.beat(|progress| {
+                        progress.redis_down_since = None;
+                        if !deliveries.is_empty() {
+                            progress.last_consumed = Some(SystemTime::now());
+                        }
+                    });
                     for delivery in deliveries {
                         // Normally a slot is free for each entry; when the
                         // sweep took one meanwhile (or several queues
@@ -331,12 +431,26 @@ impl Shared {
                     if worth_logging(waits.attempts()) {
                         tracing::warn!(error = %err, "cannot read jobs from Redis; retrying with backoff");
                     }
+                    self.beat(|progress| {
+                        progress.redis_down_since.get_or_insert_with(Instant::now);
+                    });
                     if !waits.wait(stop).await {
                         break;
                     }
                 }
             }
         }
+        self.beat(|progress| progress.consuming = false);
+        if let Some(observer) = self.observer.get() {
+            observer.consuming(false);
+        }
+    }
+
+    /// Record read-loop progress (and `update` its state).
+    fn beat(&self, update: impl FnOnce(&mut Progress)) {
+        let mut progress = self.progress.lock().expect("worker progress poisoned");
+        progress.last_beat = Instant::now();
+        update(&mut progress);
     }
 
     /// Refresh the liveness key every third of its lifetime until `done`.

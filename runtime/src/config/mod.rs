@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::{Policy, PolicyError};
 
+mod telemetry;
+
+pub use telemetry::TelemetryConfig;
+
 /// Environment variables that configure the command line itself, not a
 /// config key.
 const NON_KEY_ENV: &[&str] = &["config", "log"];
@@ -58,6 +62,8 @@ pub struct Config {
     pub worker: WorkerConfig,
     /// Job type → handler component (`.wasm`).
     pub handlers: BTreeMap<String, PathBuf>,
+    /// Node telemetry: status snapshot, publishers, status server.
+    pub telemetry: TelemetryConfig,
 }
 
 /// Who this node is.
@@ -312,7 +318,8 @@ impl Config {
                 problem: format!("{id:?} must match ^[a-zA-Z0-9._-]{{1,64}}$"),
             });
         }
-        self.worker.validate(sandbox)
+        self.worker.validate(sandbox)?;
+        self.telemetry.validate()
     }
 
     /// The node id: `node.id`, else the host name (made valid).

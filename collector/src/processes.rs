@@ -1,0 +1,134 @@
+//! Processes the node manages (engines, services), from `/proc` via
+//! `procfs`: command line, the model it serves (`--model X`, `--model=X`,
+//! `-m X`), uptime, resident memory, and its cgroup.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use procfs::process::Process;
+use serde::Serialize;
+
+/// One process sample.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProcessInfo {
+    /// Its pid.
+    pub pid: u32,
+    /// Its command line.
+    pub cmdline: Vec<String>,
+    /// The model named on its command line, if any.
+    pub model: Option<String>,
+    /// How long it has run, seconds.
+    pub uptime_seconds: u64,
+    /// Resident memory, bytes.
+    pub rss_bytes: u64,
+}
+
+/// Reads processes from a proc filesystem.
+#[derive(Debug, Clone)]
+pub struct ProcReader {
+    root: PathBuf,
+    boot_time_secs: u64,
+}
+
+impl ProcReader {
+    /// The live `/proc`.
+    pub fn live() -> Result<ProcReader, String> {
+        let boot_time_secs = procfs::boot_time_secs().map_err(|err| format!("cannot read boot time: {err}"))?;
+        Ok(ProcReader {
+            root: PathBuf::from("/proc"),
+            boot_time_secs,
+        })
+    }
+
+    /// Sample `pid`.
+    pub fn read(&self, pid: u32) -> Result<ProcessInfo, String> {
+        let process = self.process(pid)?;
+        let stat = process.stat().map_err(|err| format!("process {pid}: {err}"))?;
+        let cmdline = process.cmdline().unwrap_or_default();
+        let started = self.boot_time_secs + stat.starttime / procfs::ticks_per_second().max(1);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        Ok(ProcessInfo {
+            pid,
+            model: model_of(&cmdline),
+            cmdline,
+            uptime_seconds: now.saturating_sub(started),
+            rss_bytes: stat.rss * procfs::page_size(),
+        })
+    }
+
+    /// The cgroup of `pid` in the hierarchy of `version`: v2's unified path,
+    /// or v1's `cpuacct` path (relative to the hierarchy root).
+    pub fn cgroup_of(&self, pid: u32, version: u8) -> Result<String, String> {
+        let groups = self
+            .process(pid)?
+            .cgroups()
+            .map_err(|err| format!("process {pid}: {err}"))?;
+        groups
+            .into_iter()
+            .find(|group| match version {
+                2 => group.hierarchy == 0,
+                _ => group.controllers.iter().any(|controller| controller == "cpuacct"),
+            })
+            .map(|group| group.pathname.trim_start_matches('/').to_string())
+            .ok_or_else(|| format!("process {pid} is in no cgroup v{version} hierarchy"))
+    }
+
+    fn process(&self, pid: u32) -> Result<Process, String> {
+        Process::new_with_root(self.root.join(pid.to_string())).map_err(|err| format!("process {pid}: {err}"))
+    }
+
+    /// The proc root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+/// The value of `--model X`, `--model=X` or `-m X`.
+pub fn model_of(cmdline: &[String]) -> Option<String> {
+    let mut args = cmdline.iter();
+    while let Some(arg) = args.next() {
+        if let Some(value) = arg.strip_prefix("--model=") {
+            return Some(value.to_string());
+        }
+        if arg == "--model" || arg == "-m" {
+            return args.next().cloned();
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<String> {
+        line.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn finds_the_model_argument() {
+        assert_eq!(
+            model_of(&args("vllm serve --model meta-llama/Llama-3.2-1B --port 8000")).as_deref(),
+            Some("meta-llama/Llama-3.2-1B")
+        );
+        assert_eq!(
+            model_of(&args("llama-server -m /models/smollm2.gguf -c 2048")).as_deref(),
+            Some("/models/smollm2.gguf")
+        );
+        assert_eq!(model_of(&args("x --model=qwen2.5")).as_deref(), Some("qwen2.5"));
+        assert_eq!(model_of(&args("redis-server --port 6379")), None);
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let reader = ProcReader::live().unwrap();
+        let me = reader.read(std::process::id()).unwrap();
+        assert!(me.rss_bytes > 0);
+        assert!(!me.cmdline.is_empty());
+        assert!(me.uptime_seconds < 24 * 3600);
+        assert!(reader.read(u32::MAX).is_err());
+    }
+}

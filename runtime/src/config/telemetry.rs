@@ -1,0 +1,143 @@
+//! `[telemetry]`: the node's status snapshot, where it is pushed (Redis,
+//! an HTTP endpoint with an on-disk spool) and the status server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::ConfigError;
+
+/// Node telemetry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Status is published at least this often, s.
+    pub status_interval_s: u64,
+    /// A change (job started or finished, GPU appeared or vanished) publishes
+    /// at once, but never more often than this, ms.
+    pub min_change_interval_ms: u64,
+    /// How often the GPU list is checked for GPUs appearing or vanishing
+    /// between snapshots, ms (NVML only: a call of a few µs).
+    pub gpu_poll_ms: u64,
+    /// Longest any probe may take, ms.
+    pub probe_timeout_ms: u64,
+    /// Filesystems reported besides `/` (any path on them).
+    pub key_paths: Vec<PathBuf>,
+    /// The `nvidia-smi` program, used only when NVML cannot be loaded.
+    pub nvidia_smi: String,
+    /// POST every status message to this URL (optional).
+    pub http_endpoint: Option<String>,
+    /// Bearer token for `http_endpoint`.
+    pub http_token: Option<String>,
+    /// Messages held in memory while the endpoint is slow or down, before
+    /// they spill to the spool.
+    pub http_queue: usize,
+    /// Per-request timeout, ms.
+    pub http_timeout_ms: u64,
+    /// Where the spool lives (`status-spool.jsonl`); default
+    /// `$XDG_STATE_HOME/citadel` or `~/.local/state/citadel`.
+    pub spool_dir: Option<PathBuf>,
+    /// The spool's size cap, bytes; the oldest messages go first.
+    pub spool_max_bytes: u64,
+    /// Run the status server (`/health`, `/ping`, `/status`, `/metrics`, `/events`).
+    pub status_server: bool,
+    /// Where it listens (loopback by default; port 0: any free port).
+    pub status_addr: SocketAddr,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            status_interval_s: 30,
+            min_change_interval_ms: 1_000,
+            gpu_poll_ms: 5_000,
+            probe_timeout_ms: 2_000,
+            key_paths: Vec::new(),
+            nvidia_smi: "nvidia-smi".into(),
+            http_endpoint: None,
+            http_token: None,
+            http_queue: 256,
+            http_timeout_ms: 5_000,
+            spool_dir: default_state_dir(),
+            spool_max_bytes: 64 << 20,
+            status_server: true,
+            status_addr: SocketAddr::from(([127, 0, 0, 1], 9330)),
+        }
+    }
+}
+
+fn default_state_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local").join("state")))?;
+    Some(base.join("citadel"))
+}
+
+impl TelemetryConfig {
+    /// The spool file.
+    pub fn spool_file(&self) -> Option<PathBuf> {
+        self.spool_dir.as_ref().map(|dir| dir.join("status-spool.jsonl"))
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, problem: String| Err(ConfigError::Invalid { key, problem });
+        if !(1..=3600).contains(&self.status_interval_s) {
+            return invalid(
+                "telemetry.status_interval_s",
+                format!("must be between 1 and 3600, got {}", self.status_interval_s),
+            );
+        }
+        if self.min_change_interval_ms > self.status_interval_s * 1000 {
+            return invalid(
+                "telemetry.min_change_interval_ms",
+                format!(
+                    "({}) must not exceed telemetry.status_interval_s ({} s)",
+                    self.min_change_interval_ms, self.status_interval_s
+                ),
+            );
+        }
+        if self.gpu_poll_ms < 100 {
+            return invalid(
+                "telemetry.gpu_poll_ms",
+                format!("must be at least 100, got {}", self.gpu_poll_ms),
+            );
+        }
+        if !(10..=60_000).contains(&self.probe_timeout_ms) {
+            return invalid(
+                "telemetry.probe_timeout_ms",
+                format!("must be between 10 and 60000, got {}", self.probe_timeout_ms),
+            );
+        }
+        if self.nvidia_smi.trim().is_empty() {
+            return invalid("telemetry.nvidia_smi", "must name a program".into());
+        }
+        if let Some(endpoint) = &self.http_endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return invalid(
+                    "telemetry.http_endpoint",
+                    format!("{endpoint:?} must be an http:// or https:// URL"),
+                );
+            }
+            if self.spool_dir.is_none() {
+                return invalid(
+                    "telemetry.spool_dir",
+                    "must be set when telemetry.http_endpoint is (no $HOME to default to)".into(),
+                );
+            }
+        }
+        if self.http_queue == 0 {
+            return invalid("telemetry.http_queue", "must be at least 1".into());
+        }
+        if self.http_timeout_ms == 0 {
+            return invalid("telemetry.http_timeout_ms", "must be at least 1".into());
+        }
+        if self.spool_max_bytes < 4096 {
+            return invalid(
+                "telemetry.spool_max_bytes",
+                format!("must be at least 4096, got {}", self.spool_max_bytes),
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,174 @@
+//! The node beside the worker: its telemetry (snapshots pushed to Redis
+//! and an HTTP endpoint, on an interval and on change), its metrics, and
+//! its status server (`/health`, `/ping`, `/status`, `/metrics`, `/events`).
+//!
+//! - [`telemetry`]: the status loop and what the status server serves;
+//! - [`feed`]: the worker's job observer (metrics, live events, triggers);
+//! - [`metrics`]: the Prometheus registry.
+//!
+//! [`NodeServices::start`] wires them from the configuration; `citadel
+//! work` runs them for as long as the worker runs.
+
+pub mod feed;
+pub mod metrics;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use citadel_collector::{Collector, CollectorConfig};
+use citadel_transports::redis as transport;
+use citadel_transports::status::{HttpPublisher, HttpPublisherConfig, RedisStatusPublisher, StatusServer};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use feed::JobFeed;
+pub use metrics::Metrics;
+pub use telemetry::{Telemetry, Timings};
+
+use crate::config::{Config, TelemetryConfig};
+use crate::worker::Worker;
+
+/// Telemetry that cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The status server's address is taken or not ours.
+    #[error("cannot listen on {addr} for the status server (telemetry.status_addr, --status-addr): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP publisher's spool cannot be opened.
+    #[error("cannot open the status spool {} (telemetry.spool_dir): {source}", path.display())]
+    Spool {
+        /// The spool file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `redis_url` does not parse.
+    #[error("invalid redis_url {url:?}: {source}")]
+    RedisUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        source: transport::RedisError,
+    },
+}
+
+/// The collector set up as `[telemetry]` says.
+pub async fn collector(telemetry: &TelemetryConfig) -> Collector {
+    Collector::new(CollectorConfig {
+        probe_timeout: Duration::from_millis(telemetry.probe_timeout_ms),
+        smi: telemetry.nvidia_smi.clone(),
+        key_paths: telemetry.key_paths.clone(),
+        cgroups: None,
+    })
+    .await
+}
+
+/// The node's telemetry, running.
+pub struct NodeServices {
+    /// The telemetry (latest status, health, metrics, feed).
+    pub telemetry: Arc<Telemetry>,
+    /// Where the status server listens, when it runs.
+    pub status_addr: Option<SocketAddr>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl NodeServices {
+    /// Start telemetry for a node in `mode` running `worker` (observed from
+    /// now on): the status loop, its publishers and the status server.
+    pub async fn start(config: &Config, mode: &str, worker: Option<&Worker>) -> Result<NodeServices, NodeError> {
+        let settings = &config.telemetry;
+        let node_id = config.node_id();
+        let redis = match &config.redis_url {
+            Some(url) => {
+                let invalid = |source| NodeError::RedisUrl {
+                    url: url.clone(),
+                    source,
+                };
+                let client = transport::client(url).map_err(invalid)?;
+                let conn = transport::command_connection(&client).map_err(invalid)?;
+                Some(RedisStatusPublisher::new(conn, &node_id))
+            }
+            None => None,
+        };
+        let http = match (&settings.http_endpoint, settings.spool_file()) {
+            (Some(endpoint), Some(spool)) => {
+                let publisher = HttpPublisher::start(HttpPublisherConfig {
+                    endpoint: endpoint.clone(),
+                    token: settings.http_token.clone(),
+                    queue: settings.http_queue,
+                    spool: spool.clone(),
+                    spool_max_bytes: settings.spool_max_bytes,
+                    timeout: Duration::from_millis(settings.http_timeout_ms),
+                })
+                .map_err(|source| NodeError::Spool { path: spool, source })?;
+                Some(publisher)
+            }
+            _ => None,
+        };
+        let server = if settings.status_server {
+            let addr = settings.status_addr;
+            Some(
+                StatusServer::bind(addr)
+                    .await
+                    .map_err(|source| NodeError::Bind { addr, source })?,
+            )
+        } else {
+            None
+        };
+        let timings = Timings {
+            interval: Duration::from_secs(settings.status_interval_s),
+            min_change_interval: Duration::from_millis(settings.min_change_interval_ms),
+            gpu_poll: Duration::from_millis(settings.gpu_poll_ms),
+            probe_timeout: Duration::from_millis(settings.probe_timeout_ms),
+        };
+        let identity = telemetry::identity(node_id, config.node_name());
+        let collector = collector(settings).await;
+        let telemetry = Arc::new(Telemetry::new(
+            identity,
+            timings,
+            mode,
+            collector,
+            worker.cloned(),
+            redis,
+            http,
+        ));
+        if let Some(worker) = worker {
+            worker.observe(telemetry.job_feed());
+        }
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(Arc::clone(&telemetry).run(stop.clone()));
+        let mut status_addr = None;
+        if let Some(server) = server {
+            let addr = server.local_addr().map_err(|source| NodeError::Bind {
+                addr: settings.status_addr,
+                source,
+            })?;
+            tracing::info!(addr = %format!("http://{addr}"), "status server listening");
+            status_addr = Some(addr);
+            tasks.spawn(server.serve(telemetry.clone(), stop.clone()));
+        }
+        tasks.close();
+        Ok(NodeServices {
+            telemetry,
+            status_addr,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Stop publishing and serving; the HTTP backlog goes to the spool.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.tasks.wait().await;
+    }
+}

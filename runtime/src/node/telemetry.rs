@@ -1,0 +1,331 @@
+//! The status loop: snapshot → StatusMessage → Redis, HTTP, `/events` — every
+//! `status_interval_s`, and soon after a change (a job started or finished,
+//! a GPU appeared or vanished, a service changed state), never more often
+//! than `min_change_interval_ms`. Also what the status server serves: the
+//! latest status, health with its reasons, metrics and the live feed.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use citadel_collector::status::{NodeIdentity, Reported, ServiceStatus, WorkerStatus, status_message};
+use citadel_collector::{Collector, CollectorError, Snapshot, Watch};
+use citadel_transports::backoff::worth_logging;
+use citadel_transports::status::{Health, HttpPublisher, RedisStatusPublisher, ServerEvent, StatusSource};
+use citadel_transports::wire;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use super::feed::JobFeed;
+use crate::worker::Worker;
+
+/// Probes whose failure makes the node unhealthy (a process that exited,
+/// by contrast, is the business of its service's health).
+const NODE_PROBES: [&str; 2] = ["system", "gpu"];
+
+/// Timings of the loop.
+#[derive(Debug, Clone, Copy)]
+pub struct Timings {
+    /// Publish at least this often.
+    pub interval: Duration,
+    /// Publish changes no more often than this.
+    pub min_change_interval: Duration,
+    /// Check the GPU list this often.
+    pub gpu_poll: Duration,
+    /// Longest a probe or a Redis publish may take.
+    pub probe_timeout: Duration,
+}
+
+/// The GPUs as last seen: their UUIDs, or `None` when the probe failed.
+type GpuFingerprint = Option<Vec<String>>;
+
+#[derive(Default)]
+struct Latest {
+    status: Option<Arc<str>>,
+    at: Option<Instant>,
+    failing_probes: Vec<CollectorError>,
+    gpus: GpuFingerprint,
+    redis_failing: Option<(Instant, String)>,
+    redis_failures: u32,
+    published: u64,
+}
+
+/// The node's telemetry.
+pub struct Telemetry {
+    pub(super) identity: NodeIdentity,
+    pub(super) timings: Timings,
+    pub(super) mode: String,
+    pub(super) collector: Collector,
+    pub(super) feed: Arc<JobFeed>,
+    pub(super) worker: Option<Worker>,
+    pub(super) redis: Option<RedisStatusPublisher>,
+    pub(super) http: Mutex<Option<HttpPublisher>>,
+    pub(super) watches: Mutex<Vec<Watch>>,
+    pub(super) services: Mutex<Vec<ServiceStatus>>,
+    latest: Mutex<Latest>,
+}
+
+impl Telemetry {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        identity: NodeIdentity,
+        timings: Timings,
+        mode: &str,
+        collector: Collector,
+        worker: Option<Worker>,
+        redis: Option<RedisStatusPublisher>,
+        http: Option<HttpPublisher>,
+    ) -> Telemetry {
+        Telemetry {
+            identity,
+            timings,
+            mode: mode.to_string(),
+            collector,
+            feed: Arc::default(),
+            worker,
+            redis,
+            http: Mutex::new(http),
+            watches: Mutex::default(),
+            services: Mutex::default(),
+            latest: Mutex::default(),
+        }
+    }
+
+    /// The worker's job observer.
+    pub fn job_feed(&self) -> Arc<JobFeed> {
+        Arc::clone(&self.feed)
+    }
+
+    /// Report these processes and cgroups from now on.
+    pub fn set_watches(&self, watches: Vec<Watch>) {
+        *self.watches.lock().expect("watches poisoned") = watches;
+        self.feed.changed();
+    }
+
+    /// Report these services from now on; a change publishes at once.
+    pub fn set_services(&self, services: Vec<ServiceStatus>) {
+        let mut current = self.services.lock().expect("services poisoned");
+        if *current != services {
+            *current = services;
+            self.feed.changed();
+        }
+    }
+
+    /// Status messages published so far.
+    pub fn published(&self) -> u64 {
+        self.latest.lock().expect("latest status poisoned").published
+    }
+
+    /// Publish until `stop`, then hand the HTTP backlog to the spool.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let timings = self.timings;
+        let mut next_periodic = tokio::time::Instant::now();
+        let mut last: Option<tokio::time::Instant> = None;
+        let mut gpu_poll = tokio::time::interval(timings.gpu_poll);
+        gpu_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        gpu_poll.tick().await;
+        loop {
+            let periodic = tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep_until(next_periodic) => true,
+                _ = self.feed.changed.notified() => false,
+                _ = gpu_poll.tick() => {
+                    if !self.gpus_changed().await {
+                        continue;
+                    }
+                    tracing::info!("the GPUs changed; publishing status");
+                    false
+                }
+            };
+            if !periodic && let Some(last) = last {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep_until(last + timings.min_change_interval) => {}
+                }
+            }
+            self.publish_once().await;
+            let now = tokio::time::Instant::now();
+            last = Some(now);
+            next_periodic = now + timings.interval;
+        }
+        let http = self.http.lock().expect("http publisher poisoned").take();
+        if let Some(http) = http {
+            http.shutdown().await;
+        }
+    }
+
+    /// Whether the GPU list differs from the last snapshot's. Only with
+    /// NVML (a few µs); `nvidia-smi` is too dear to poll between snapshots.
+    async fn gpus_changed(&self) -> bool {
+        if self.collector.gpu_source() == "nvidia-smi" {
+            return false;
+        }
+        let now = fingerprint(&self.collector.gpus().await.map(|report| report.gpus).ok());
+        now != self.latest.lock().expect("latest status poisoned").gpus
+    }
+
+    /// Take a snapshot and publish it everywhere.
+    pub async fn publish_once(&self) -> Arc<str> {
+        let watches = self.watches.lock().expect("watches poisoned").clone();
+        let snapshot = self.collector.collect(&watches).await;
+        self.feed.metrics.observe(&snapshot);
+        let status: Arc<str> = self.status_of(&snapshot).to_string().into();
+        {
+            let mut latest = self.latest.lock().expect("latest status poisoned");
+            latest.status = Some(Arc::clone(&status));
+            latest.at = Some(Instant::now());
+            latest.failing_probes = snapshot
+                .errors
+                .iter()
+                .filter(|err| NODE_PROBES.contains(&err.probe.as_str()))
+                .cloned()
+                .collect();
+            let gpu_failed = snapshot.errors.iter().any(|err| err.probe == "gpu");
+            latest.gpus = if gpu_failed {
+                None
+            } else {
+                fingerprint(&Some(snapshot.gpu.gpus.clone()))
+            };
+            latest.published += 1;
+        }
+        self.feed.send("status", status.to_string());
+        if let Some(http) = self.http.lock().expect("http publisher poisoned").as_ref() {
+            http.submit(&status);
+        }
+        if let Some(redis) = &self.redis {
+            let outcome = match tokio::time::timeout(self.timings.probe_timeout, redis.publish(&status)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(err)) => Err(err.to_string()),
+                Err(_) => Err(format!(
+                    "no answer within {} ms",
+                    self.timings.probe_timeout.as_millis()
+                )),
+            };
+            self.redis_outcome(outcome);
+        }
+        status
+    }
+
+    fn redis_outcome(&self, outcome: Result<(), String>) {
+        let mut latest = self.latest.lock().expect("latest status poisoned");
+        match outcome {
+            Ok(()) => {
+                latest.redis_failures = 0;
+                if latest.redis_failing.take().is_some() {
+                    tracing::info!("publishing status on Redis again");
+                }
+            }
+            Err(err) => {
+                self.feed.metrics.publish_failed("redis");
+                if worth_logging(latest.redis_failures) {
+                    tracing::warn!(error = %err, "cannot publish status on Redis; will try again at the next status");
+                }
+                let since = latest
+                    .redis_failing
+                    .as_ref()
+                    .map_or_else(Instant::now, |(since, _)| *since);
+                latest.redis_failing = Some((since, err));
+                latest.redis_failures += 1;
+            }
+        }
+    }
+
+    /// The StatusMessage for `snapshot`.
+    pub fn status_of(&self, snapshot: &Snapshot) -> serde_json::Value {
+        let worker = self.worker.as_ref().map(|worker| {
+            let health = worker.health();
+            WorkerStatus {
+                consuming: health.consuming,
+                in_flight: health.in_flight as u64,
+                processed: health.completed + health.failed,
+                failed: health.failed,
+                last_job_consumed_at: health.last_job_consumed_at.map(wire::timestamp),
+            }
+        });
+        let reported = Reported {
+            services: self.services.lock().expect("services poisoned").clone(),
+            worker: worker.unwrap_or_default(),
+            mode: self.mode.clone(),
+        };
+        status_message(&self.identity, snapshot, &reported)
+    }
+}
+
+fn fingerprint(gpus: &Option<Vec<citadel_collector::GpuInfo>>) -> GpuFingerprint {
+    gpus.as_ref()
+        .map(|gpus| gpus.iter().map(|gpu| gpu.uuid.clone()).collect())
+}
+
+fn seconds(duration: Duration) -> String {
+    format!("{:.1}s", duration.as_secs_f64())
+}
+
+impl StatusSource for Telemetry {
+    fn health(&self) -> Health {
+        let mut reasons = Vec::new();
+        if let Some(worker) = &self.worker {
+            let health = worker.health();
+            if let Some(down) = health.redis_down_for {
+                reasons.push(format!(
+                    "redis: unreachable for {}; no jobs are being read (reconnecting with backoff)",
+                    seconds(down)
+                ));
+            }
+            if let Some(stalled) = health.stalled_for {
+                reasons.push(format!(
+                    "worker: no progress reading jobs for {} although it has free slots",
+                    seconds(stalled)
+                ));
+            }
+        }
+        let latest = self.latest.lock().expect("latest status poisoned");
+        if let Some((since, err)) = &latest.redis_failing {
+            reasons.push(format!(
+                "redis: cannot publish status for {}: {err}",
+                seconds(since.elapsed())
+            ));
+        }
+        // Allow one interval plus the slowest snapshot before calling it stale.
+        let stale_after = self.timings.interval * 2 + self.timings.probe_timeout * 2;
+        match latest.at {
+            None => reasons.push("collector: no snapshot taken yet".into()),
+            Some(at) if at.elapsed() > stale_after => {
+                reasons.push(format!("collector: no snapshot for {}", seconds(at.elapsed())))
+            }
+            Some(_) => {}
+        }
+        for err in &latest.failing_probes {
+            reasons.push(format!("collector: {} probe failing: {}", err.probe, err.error));
+        }
+        Health { reasons }
+    }
+
+    fn status(&self) -> Option<String> {
+        self.latest
+            .lock()
+            .expect("latest status poisoned")
+            .status
+            .as_deref()
+            .map(str::to_string)
+    }
+
+    fn metrics(&self) -> String {
+        if let Some(http) = self.http.lock().expect("http publisher poisoned").as_ref() {
+            self.feed.metrics.observe_http(http.stats(), http.backlog());
+        }
+        self.feed.metrics.encode()
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<ServerEvent> {
+        self.feed.events.subscribe()
+    }
+}
+
+/// When the node started (for `uptime_seconds`).
+pub(super) fn identity(id: String, name: String) -> NodeIdentity {
+    NodeIdentity {
+        id,
+        name,
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        started_at: SystemTime::now(),
+    }
+}

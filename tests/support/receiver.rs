@@ -1,0 +1,137 @@
+//! A real HTTP endpoint for the status publisher to POST to: hyper on a
+//! loopback port, answering as the test tells it (`200`, `503`, `400`, or
+//! not at all), recording the bodies it accepted in arrival order.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// How the receiver answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// `200`, and the body is recorded.
+    Accept,
+    /// `503` (a retriable outage).
+    Unavailable,
+    /// `400` (the message is refused for good).
+    Reject,
+}
+
+#[derive(Default)]
+struct State {
+    answer: Option<Answer>,
+    accepted: Vec<String>,
+    attempts: u64,
+    authorization: Vec<Option<String>>,
+}
+
+/// The endpoint; stops when dropped.
+pub struct StatusReceiver {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: JoinHandle<()>,
+}
+
+impl StatusReceiver {
+    /// Listen on a free loopback port, answering `answer`.
+    pub async fn start(answer: Answer) -> StatusReceiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the receiver");
+        let addr = listener.local_addr().expect("receiver address");
+        let state = Arc::new(Mutex::new(State {
+            answer: Some(answer),
+            ..State::default()
+        }));
+        let task = tokio::spawn({
+            let state = Arc::clone(&state);
+            async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let state = Arc::clone(&state);
+                    tokio::spawn(async move {
+                        let service = service_fn(move |request| answer_request(request, Arc::clone(&state)));
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            }
+        });
+        StatusReceiver { addr, state, task }
+    }
+
+    /// The URL to POST to.
+    pub fn url(&self) -> String {
+        format!("http://{}/api/v1/nodes/status", self.addr)
+    }
+
+    /// Answer `answer` from now on.
+    pub fn answer(&self, answer: Answer) {
+        self.state.lock().unwrap().answer = Some(answer);
+    }
+
+    /// Bodies accepted so far, in order.
+    pub fn accepted(&self) -> Vec<String> {
+        self.state.lock().unwrap().accepted.clone()
+    }
+
+    /// Requests received so far (any answer).
+    pub fn attempts(&self) -> u64 {
+        self.state.lock().unwrap().attempts
+    }
+
+    /// The `Authorization` header of each request.
+    pub fn authorization(&self) -> Vec<Option<String>> {
+        self.state.lock().unwrap().authorization.clone()
+    }
+}
+
+impl Drop for StatusReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn answer_request(
+    request: Request<hyper::body::Incoming>,
+    state: Arc<Mutex<State>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let authorization = request
+        .headers()
+        .get("authorization")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_string);
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|body| body.to_bytes())
+        .unwrap_or_default();
+    let status = {
+        let mut state = state.lock().unwrap();
+        state.attempts += 1;
+        state.authorization.push(authorization);
+        match state.answer.expect("an answer") {
+            Answer::Accept => {
+                state.accepted.push(String::from_utf8_lossy(&body).into_owned());
+                StatusCode::OK
+            }
+            Answer::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Answer::Reject => StatusCode::BAD_REQUEST,
+        }
+    };
+    Ok(Response::builder()
+        .status(status)
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap())
+}

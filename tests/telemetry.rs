@@ -1,0 +1,779 @@
+//! Node telemetry end to end: the collector on this machine's real /proc
+//! and cgroups, status on a real Redis, the HTTP publisher against a real
+//! HTTP endpoint that fails and recovers, and the status server's routes
+//! read with a real HTTP client. The one fake is the fault injected on
+//! purpose: an `nvidia-smi` that hangs.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use citadel_collector::status::{NodeIdentity, Reported, status_message};
+use citadel_collector::{Collector, CollectorConfig, Hierarchy, Snapshot, Watch};
+use citadel_runtime::Config;
+use citadel_tests::*;
+use citadel_transports::status::{Health, HttpPublisher, HttpPublisherConfig, ServerEvent, StatusServer, StatusSource};
+use redis::Commands;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+fn collector_config() -> CollectorConfig {
+    CollectorConfig {
+        probe_timeout: Duration::from_secs(2),
+        ..CollectorConfig::default()
+    }
+}
+
+/// Collect until `ready` holds (rates need two samples and some wall time).
+async fn collect_until(
+    collector: &Collector,
+    watches: &[Watch],
+    what: &str,
+    ready: impl Fn(&Snapshot) -> bool,
+) -> Snapshot {
+    let deadline = Instant::now() + SETTLE;
+    let mut ticks = tokio::time::interval(Duration::from_millis(300));
+    loop {
+        ticks.tick().await;
+        let snapshot = collector.collect(watches).await;
+        if ready(&snapshot) {
+            return snapshot;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {SETTLE:?} waiting for {what}; last snapshot: {snapshot:#?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_snapshot_matches_the_machine() {
+    let collector = Collector::new(collector_config()).await;
+    let snapshot = collect_until(&collector, &[], "a system sample", |snapshot| snapshot.system.is_some()).await;
+    let system = snapshot.system.as_ref().unwrap();
+
+    let nproc = Command::new("nproc").arg("--all").output().expect("nproc");
+    let nproc: usize = String::from_utf8_lossy(&nproc.stdout).trim().parse().unwrap();
+    assert_eq!(system.cpu_cores, nproc, "CPU cores = nproc --all");
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let mem_total_kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .expect("MemTotal in /proc/meminfo");
+    assert_eq!(
+        system.memory_total_bytes,
+        mem_total_kib * 1024,
+        "memory total = MemTotal"
+    );
+    assert!(system.memory_used_bytes > 0 && system.memory_used_bytes < system.memory_total_bytes);
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(system.hostname, hostname.trim());
+    assert!((0.0..=100.0).contains(&system.cpu_percent), "{}", system.cpu_percent);
+    let root = &system.disks[0];
+    assert_eq!(root.mount, "/");
+    assert!(root.total_bytes > 0 && root.used_bytes <= root.total_bytes);
+    if snapshot.gpu.source == "none" {
+        assert!(snapshot.gpu.gpus.is_empty());
+        let reason = snapshot
+            .gpu
+            .unavailable
+            .as_deref()
+            .expect("a reason when there are no GPUs");
+        assert!(reason.contains("NVML"), "{reason}");
+        assert!(
+            snapshot.errors.is_empty(),
+            "no GPU is not an error: {:?}",
+            snapshot.errors
+        );
+    }
+
+    // And as the StatusMessage, with Citadel's field names.
+    let identity = NodeIdentity {
+        id: "n1".into(),
+        name: "node one".into(),
+        agent_version: "0.1.0".into(),
+        started_at: snapshot.at,
+    };
+    let message = status_message(&identity, &snapshot, &Reported::default());
+    assert_citadel_status_shape(&message, "n1");
+    assert_eq!(message["status"]["node"]["cpu_cores"], nproc);
+}
+
+/// Every field DESIGN §3 names, with the right JSON type.
+fn assert_citadel_status_shape(message: &Value, node_id: &str) {
+    assert_eq!(message["version"], "1.0");
+    assert_eq!(message["nodeId"], node_id);
+    assert!(
+        message["timestamp"].as_str().is_some_and(|at| at.ends_with('Z')),
+        "{message}"
+    );
+    let status = &message["status"];
+    for key in ["version", "timestamp"] {
+        assert!(status[key].is_string(), "status.{key}: {status}");
+    }
+    assert!(status["node"]["name"].is_string());
+    assert!(status["node"]["uptime_seconds"].is_u64());
+    for key in [
+        "cpu_percent",
+        "memory_used_gb",
+        "memory_total_gb",
+        "memory_percent",
+        "disk_used_gb",
+        "disk_total_gb",
+        "disk_percent",
+    ] {
+        assert!(
+            status["system"][key].is_number(),
+            "status.system.{key}: {}",
+            status["system"]
+        );
+    }
+    for key in ["gpu", "services", "processes", "collector_errors"] {
+        assert!(status[key].is_array(), "status.{key}: {status}");
+    }
+    for gpu in status["gpu"].as_array().unwrap() {
+        for key in [
+            "index",
+            "name",
+            "uuid",
+            "memory_used_mb",
+            "memory_total_mb",
+            "utilization_percent",
+            "temperature_celsius",
+            "power_watts",
+            "driver",
+        ] {
+            assert!(gpu.get(key).is_some(), "gpu.{key}: {gpu}");
+        }
+    }
+    let worker = &status["worker"];
+    assert!(worker["consuming"].is_boolean());
+    for key in ["in_flight", "processed", "failed"] {
+        assert!(worker[key].is_u64(), "worker.{key}: {worker}");
+    }
+    assert!(worker.get("last_job_consumed_at").is_some());
+}
+
+/// A cgroup this test creates (v1: one per controller; v2: one), removed
+/// with its processes when dropped.
+struct TestCgroup {
+    name: String,
+    dirs: Vec<PathBuf>,
+    children: Vec<Child>,
+}
+
+impl TestCgroup {
+    fn create(hierarchy: &Hierarchy) -> TestCgroup {
+        let name = format!("citadel-test-{}-{}", std::process::id(), rand_suffix());
+        let dirs: Vec<PathBuf> = match hierarchy {
+            Hierarchy::V1 {
+                cpuacct, memory, blkio, ..
+            } => [cpuacct, memory, blkio].iter().map(|mount| mount.join(&name)).collect(),
+            Hierarchy::V2 { root } => {
+                let _ = std::fs::write(root.join("cgroup.subtree_control"), "+cpu +memory +io");
+                vec![root.join(&name)]
+            }
+        };
+        for dir in &dirs {
+            std::fs::create_dir_all(dir).unwrap_or_else(|err| {
+                panic!(
+                    "cannot create {} (the cgroup tests need root and a writable cgroup tree): {err}",
+                    dir.display()
+                )
+            });
+        }
+        TestCgroup {
+            name,
+            dirs,
+            children: Vec::new(),
+        }
+    }
+
+    /// Run `script` with `sh`, moved into the group before it starts working.
+    fn spawn(&mut self, script: &str) -> u32 {
+        let joins: String = self
+            .dirs
+            .iter()
+            .map(|dir| format!("echo $$ > {}/cgroup.procs; ", dir.display()))
+            .collect();
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{joins}{script}"))
+            .spawn()
+            .expect("spawn sh");
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Processes that exited leave the group; rmdir succeeds once it is empty.
+        for dir in &self.dirs {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while std::fs::remove_dir(dir).is_err() && Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+fn rand_suffix() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_cgroup_reports_cpu_memory_and_io_rates_from_its_processes() {
+    let hierarchy = Hierarchy::detect().expect("a cgroup hierarchy");
+    let mut group = TestCgroup::create(&hierarchy);
+    let burner = group.spawn("while :; do :; done");
+    // Direct I/O, so the writes reach the block layer (and its counters)
+    // instead of the page cache.
+    let scratch = tempfile::tempdir_in(workspace().join("target")).unwrap();
+    let file = scratch.path().join("io");
+    group.spawn(&format!(
+        "while :; do dd if=/dev/zero of={} bs=1M count=8 oflag=direct conv=notrunc status=none; done",
+        file.display()
+    ));
+    let collector = Collector::new(collector_config()).await;
+    let watches = [
+        Watch {
+            name: "burner".into(),
+            pid: Some(burner),
+            cgroup: None,
+        },
+        Watch {
+            name: "group".into(),
+            pid: None,
+            cgroup: Some(group.name.clone()),
+        },
+    ];
+    let snapshot = collect_until(&collector, &watches, "CPU and write rates of the group", |snapshot| {
+        snapshot.watched.iter().all(|watched| {
+            watched.cgroup.as_ref().is_some_and(|cgroup| {
+                cgroup.cpu_percent.is_some_and(|cpu| cpu > 20.0)
+                    && cgroup.io_write_bytes_per_s.is_some_and(|rate| rate > 0.0)
+            })
+        })
+    })
+    .await;
+    assert!(snapshot.errors.is_empty(), "{:?}", snapshot.errors);
+    let by_pid = &snapshot.watched[0];
+    let by_path = &snapshot.watched[1];
+    let process = by_pid.process.as_ref().expect("the burner's /proc entry");
+    assert_eq!(process.pid, burner);
+    assert_eq!(process.cmdline[0], "sh");
+    assert!(process.rss_bytes > 0);
+    let cgroup = by_path.cgroup.as_ref().unwrap();
+    assert_eq!(
+        by_pid.cgroup.as_ref().unwrap().path,
+        cgroup.path,
+        "the burner's cgroup is found from /proc"
+    );
+    assert_eq!(cgroup.version, hierarchy.version());
+    assert!(cgroup.memory_bytes > 0, "{cgroup:?}");
+    // Two busy processes on a 2-core machine: well above 20 %, at most all cores.
+    let cpu = cgroup.cpu_percent.unwrap();
+    let cores = std::thread::available_parallelism().unwrap().get() as f64;
+    assert!(cpu <= cores * 100.0 + 10.0, "{cpu}");
+    println!(
+        "group: cpu {cpu:.1} %, writes {:.0} B/s, memory {} B",
+        cgroup.io_write_bytes_per_s.unwrap(),
+        cgroup.memory_bytes
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_nvidia_smi_does_not_stall_collection() {
+    // Fault injection: an `nvidia-smi` that never answers.
+    let dir = tempfile::tempdir().unwrap();
+    let smi = dir.path().join("nvidia-smi");
+    std::fs::write(&smi, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    std::fs::set_permissions(&smi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let timeout = Duration::from_millis(300);
+    let collector = Collector::new(CollectorConfig {
+        probe_timeout: timeout,
+        smi: smi.display().to_string(),
+        ..CollectorConfig::default()
+    })
+    .await;
+    if collector.gpu_source() == "nvml" {
+        println!("NVML loads on this machine: the nvidia-smi fallback is not used");
+        return;
+    }
+    assert_eq!(collector.gpu_source(), "nvidia-smi");
+    for _ in 0..3 {
+        let snapshot = collector.collect(&[]).await;
+        assert!(
+            snapshot.took < timeout + Duration::from_secs(1),
+            "took {:?}",
+            snapshot.took
+        );
+        assert!(snapshot.system.is_some(), "the rest of the snapshot is there");
+        assert!(snapshot.gpu.gpus.is_empty());
+        let gpu_errors: Vec<_> = snapshot.errors.iter().filter(|err| err.probe == "gpu").collect();
+        assert_eq!(gpu_errors.len(), 1, "{:?}", snapshot.errors);
+        assert!(gpu_errors[0].error.contains("timed out"), "{:?}", gpu_errors[0]);
+    }
+    // The hung programs were killed, not left behind.
+    eventually(SETTLE, "the hung nvidia-smi children to be gone", || {
+        !hung_children_running()
+    })
+    .await;
+}
+
+/// Whether a child of this process still runs `sleep 60` (what the hung
+/// `nvidia-smi` became).
+fn hung_children_running() -> bool {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let cmdline = std::fs::read_to_string(entry.path().join("cmdline")).unwrap_or_default();
+        let parent = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .unwrap_or("");
+        parent == me && cmdline == "sleep\u{0}60\u{0}"
+    })
+}
+
+fn node_config(redis: &RedisServer) -> Config {
+    let mut config = worker_config(redis);
+    // Long interval: what arrives in a test arrives because something changed.
+    config.telemetry.status_interval_s = 600;
+    config.telemetry.min_change_interval_ms = 100;
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_goes_to_the_redis_stream_and_channel_at_start_and_on_change() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let mut subscriber = redis.conn();
+    let mut pubsub = subscriber.as_pubsub();
+    pubsub.subscribe(format!("node:status:{NODE}")).unwrap();
+    pubsub.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let node = TestWorker::start_node(&node_config(&redis)).await;
+
+    // The first status, at start.
+    let first = next_status(&mut pubsub, |_| true);
+    assert_citadel_status_shape(&first, NODE);
+    assert_eq!(first["status"]["node"]["mode"], "redis");
+    // A job finishing is a change: published at once, not in 600 s.
+    enqueue(&mut conn, "job-status-1", "echo", r#"{"text":"a b"}"#);
+    let after = next_status(&mut pubsub, |status| status["status"]["worker"]["processed"] == 1);
+    assert_eq!(after["status"]["worker"]["failed"], 0);
+    assert_eq!(after["status"]["worker"]["consuming"], true);
+    assert!(after["status"]["worker"]["last_job_consumed_at"].is_string());
+
+    // The stream holds the same messages: nodeId, timestamp, payload.
+    let entries: redis::streams::StreamRangeReply = conn.xrange_all("node:status:stream").unwrap();
+    assert!(entries.ids.len() >= 2, "{} entries", entries.ids.len());
+    let mut payloads = Vec::new();
+    for entry in &entries.ids {
+        let fields: BTreeSet<&str> = entry.map.keys().map(String::as_str).collect();
+        assert_eq!(fields, BTreeSet::from(["nodeId", "timestamp", "payload"]));
+        let field = |name: &str| -> String { redis::from_redis_value(entry.map[name].clone()).unwrap() };
+        assert_eq!(field("nodeId"), NODE);
+        let timestamp = field("timestamp");
+        assert!(humantime_like(&timestamp), "{timestamp}");
+        payloads.push(serde_json::from_str::<Value>(&field("payload")).unwrap());
+    }
+    assert!(
+        payloads.contains(&first) && payloads.contains(&after),
+        "the channel and the stream carry the same messages"
+    );
+    node.stop().await;
+}
+
+/// `2026-01-02T03:04:05Z`.
+fn humantime_like(text: &str) -> bool {
+    text.len() == 20 && text.as_bytes()[10] == b'T' && text.ends_with('Z')
+}
+
+/// The next status on `pubsub` that satisfies `wanted`.
+fn next_status(pubsub: &mut redis::PubSub<'_>, wanted: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for a status on the node's channel"
+        );
+        let Ok(message) = pubsub.get_message() else { continue };
+        let status: Value = serde_json::from_str(&message.get_payload::<String>().unwrap()).unwrap();
+        if wanted(&status) {
+            return status;
+        }
+    }
+}
+
+fn seq_of(message: &str) -> u64 {
+    serde_json::from_str::<Value>(message).unwrap()["seq"].as_u64().unwrap()
+}
+
+fn numbered(seq: u64) -> String {
+    serde_json::json!({"seq": seq, "pad": "x".repeat(200)}).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_publisher_spools_through_an_outage_and_replays_in_order() {
+    let receiver = StatusReceiver::start(Answer::Unavailable).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("status-spool.jsonl");
+    // Room for about ten messages on disk.
+    let spool_max_bytes = 10 * (numbered(0).len() as u64 + 1) + 100;
+    let config = HttpPublisherConfig {
+        endpoint: receiver.url(),
+        token: Some("s3cret".into()),
+        queue: 4,
+        spool: spool.clone(),
+        spool_max_bytes,
+        timeout: Duration::from_secs(2),
+    };
+    let publisher = HttpPublisher::start(config.clone()).unwrap();
+    let sent = 40;
+    for seq in 0..sent {
+        publisher.submit(&numbered(seq));
+    }
+    eventually(SETTLE, "the endpoint to be tried while it is down", || {
+        receiver.attempts() >= 2
+    })
+    .await;
+    let stats = publisher.stats();
+    let dropped = stats.dropped.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(dropped > 0, "the spool overflowed: oldest messages dropped and counted");
+    let on_disk = std::fs::metadata(&spool).unwrap().len();
+    assert!(
+        on_disk <= spool_max_bytes,
+        "spool {on_disk} B over its cap {spool_max_bytes} B"
+    );
+    assert!(receiver.accepted().is_empty());
+
+    // The endpoint recovers: everything kept arrives, in order, once.
+    receiver.answer(Answer::Accept);
+    eventually(SETTLE, "the last message to arrive", || {
+        receiver.accepted().last().is_some_and(|last| seq_of(last) == sent - 1)
+    })
+    .await;
+    let seqs: Vec<u64> = receiver.accepted().iter().map(|message| seq_of(message)).collect();
+    assert!(
+        seqs.windows(2).all(|pair| pair[0] < pair[1]),
+        "in order, no duplicates: {seqs:?}"
+    );
+    assert_eq!(
+        seqs.len() as u64 + dropped,
+        sent,
+        "every message either arrived or was counted as dropped: {seqs:?}"
+    );
+    assert!(
+        receiver
+            .authorization()
+            .iter()
+            .all(|auth| auth.as_deref() == Some("Bearer s3cret"))
+    );
+    assert_eq!(publisher.backlog(), (0, 0));
+
+    // A message the endpoint refuses (4xx) is dropped, not retried forever.
+    receiver.answer(Answer::Reject);
+    publisher.submit(&numbered(100));
+    eventually(SETTLE, "the refusal to be counted", || {
+        stats.rejected.load(std::sync::atomic::Ordering::Relaxed) == 1
+    })
+    .await;
+    receiver.answer(Answer::Accept);
+    publisher.submit(&numbered(101));
+    eventually(SETTLE, "the next message to arrive", || {
+        receiver.accepted().last().is_some_and(|m| seq_of(m) == 101)
+    })
+    .await;
+
+    // Down at shutdown: the queue goes to the spool, and the next run sends it.
+    receiver.answer(Answer::Unavailable);
+    for seq in 200..203 {
+        publisher.submit(&numbered(seq));
+    }
+    publisher.shutdown().await;
+    receiver.answer(Answer::Accept);
+    let restarted = HttpPublisher::start(config).unwrap();
+    eventually(SETTLE, "the spooled messages to arrive after a restart", || {
+        receiver.accepted().last().is_some_and(|m| seq_of(m) == 202)
+    })
+    .await;
+    let tail: Vec<u64> = receiver.accepted().iter().rev().take(3).map(|m| seq_of(m)).collect();
+    assert_eq!(tail, [202, 201, 200]);
+    restarted.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_pushes_status_over_http_and_jobs_do_not_wait_on_it() {
+    let redis = RedisServer::start();
+    // The endpoint is down throughout: jobs must not notice.
+    let receiver = StatusReceiver::start(Answer::Unavailable).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = node_config(&redis);
+    config.telemetry.http_endpoint = Some(receiver.url());
+    config.telemetry.spool_dir = Some(dir.path().to_path_buf());
+    let node = TestWorker::start_node(&config).await;
+    let mut conn = redis.conn();
+    for n in 0..5 {
+        enqueue(&mut conn, &format!("job-http-{n}"), "echo", r#"{"text":"x"}"#);
+    }
+    for n in 0..5 {
+        wait_status(&redis, &format!("job-http-{n}"), "completed", SETTLE).await;
+    }
+    eventually(SETTLE, "the endpoint to be tried", || receiver.attempts() >= 1).await;
+    receiver.answer(Answer::Accept);
+    eventually(SETTLE, "a status with the five jobs to arrive", || {
+        receiver
+            .accepted()
+            .iter()
+            .any(|message| serde_json::from_str::<Value>(message).unwrap()["status"]["worker"]["processed"] == 5)
+    })
+    .await;
+    node.stop().await;
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let response = reqwest::get(url).await.unwrap_or_else(|err| panic!("GET {url}: {err}"));
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_status_route_answers_and_health_follows_redis() {
+    let mut redis = RedisServer::start();
+    let node = TestWorker::start_node(&node_config(&redis)).await;
+    let base = node.status_url();
+
+    let (code, body) = get(&format!("{base}/ping")).await;
+    let ping: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((code, ping["status"].as_str()), (200, Some("pong")));
+    assert!(humantime_like(ping["timestamp"].as_str().unwrap()));
+
+    let health = eventually_some(SETTLE, "healthy once the first snapshot is in", || async {
+        let (code, body) = get(&format!("{base}/health")).await;
+        (code == 200).then_some(body)
+    })
+    .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&health).unwrap(),
+        serde_json::json!({"status": "ok"})
+    );
+
+    let (code, body) = get(&format!("{base}/status")).await;
+    assert_eq!(code, 200);
+    assert_citadel_status_shape(&serde_json::from_str(&body).unwrap(), NODE);
+
+    // Live events: a job's start and finish, and the status they trigger.
+    let events = reqwest::get(format!("{base}/events")).await.unwrap();
+    assert_eq!(events.status(), 200);
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
+    let mut conn = redis.conn();
+    enqueue(&mut conn, "job-routes-1", "echo", r#"{"text":"hello there"}"#);
+    let text = read_events_until(events, |text| text.contains(r#""event":"finished""#)).await;
+    assert!(
+        text.contains("event: job\ndata: {") && text.contains(r#""event":"started""#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#""jobId":"job-routes-1""#) && text.contains(r#""outcome":"ok""#),
+        "{text}"
+    );
+    assert!(text.contains("event: status\ndata: {"), "{text}");
+
+    let (code, metrics) = get(&format!("{base}/metrics")).await;
+    assert_eq!(code, 200);
+    for needle in [
+        "citadel_jobs_started_total{type=\"echo\"} 1",
+        "citadel_jobs_finished_total{type=\"echo\",outcome=\"ok\"} 1",
+        "citadel_job_duration_seconds_bucket{",
+        "citadel_job_first_chunk_seconds_count{type=\"echo\"} 1",
+        "citadel_node_memory_total_bytes ",
+        "# EOF",
+    ] {
+        assert!(metrics.contains(needle), "/metrics lacks {needle:?}:\n{metrics}");
+    }
+
+    let (code, body) = get(&format!("{base}/nope")).await;
+    assert_eq!(code, 404, "{body}");
+    let posted = reqwest::Client::new()
+        .post(format!("{base}/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status().as_u16(), 405);
+
+    // Redis dies: the node says so; Redis returns: healthy again.
+    redis.kill();
+    let unhealthy = eventually_some(SETTLE, "503 while Redis is down", || async {
+        let (code, body) = get(&format!("{base}/health")).await;
+        (code == 503).then_some(body)
+    })
+    .await;
+    let unhealthy: Value = serde_json::from_str(&unhealthy).unwrap();
+    assert_eq!(unhealthy["status"], "unhealthy");
+    let reasons: Vec<&str> = unhealthy["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert!(
+        reasons.iter().any(|reason| reason.starts_with("redis: unreachable")),
+        "{reasons:?}"
+    );
+    redis.restart();
+    eventually_some(SETTLE, "healthy again once Redis is back", || async {
+        (get(&format!("{base}/health")).await.0 == 200).then_some(())
+    })
+    .await;
+    node.stop().await;
+}
+
+/// Read an SSE response until `done` holds for what was read.
+async fn read_events_until(mut response: reqwest::Response, done: impl Fn(&str) -> bool) -> String {
+    let mut text = String::new();
+    let read = async {
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if done(&text) {
+                return;
+            }
+        }
+        panic!("the event stream ended");
+    };
+    tokio::time::timeout(SETTLE, read)
+        .await
+        .unwrap_or_else(|_| panic!("no matching event in {SETTLE:?}"));
+    text
+}
+
+/// The event feed of the SSE test: events it is handed, nothing else.
+struct Feed {
+    events: broadcast::Sender<ServerEvent>,
+}
+
+impl StatusSource for Feed {
+    fn health(&self) -> Health {
+        Health::default()
+    }
+    fn status(&self) -> Option<String> {
+        None
+    }
+    fn metrics(&self) -> String {
+        String::new()
+    }
+    fn subscribe(&self) -> broadcast::Receiver<ServerEvent> {
+        self.events.subscribe()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_events_client_skips_ahead_and_holds_nobody_up() {
+    let feed = Arc::new(Feed {
+        events: broadcast::channel(16).0,
+    });
+    let server = StatusServer::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(server.serve(feed.clone(), stop.clone()));
+
+    // The slow client: a small receive window, and it reads nothing yet.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut slow = socket.connect(addr).await.unwrap();
+    slow.write_all(b"GET /events HTTP/1.1\r\nhost: citadel\r\n\r\n")
+        .await
+        .unwrap();
+    // The fast client acknowledges every event it reads.
+    let fast = reqwest::get(format!("http://{addr}/events")).await.unwrap();
+    let (acks, mut acked) = mpsc::unbounded_channel::<u64>();
+    let reader = tokio::spawn(read_numbered_events(fast, acks));
+    eventually(SETTLE, "both clients to subscribe", || {
+        feed.events.receiver_count() == 2
+    })
+    .await;
+
+    // Far more than the slow client's buffers hold: 2000 events of 16 KiB.
+    let events = 2000u64;
+    let pad = "y".repeat(16 * 1024);
+    for seq in 0..events {
+        let data = format!(r#"{{"seq":{seq},"pad":"{pad}"}}"#);
+        feed.events
+            .send(ServerEvent {
+                kind: "big",
+                data: data.into(),
+            })
+            .unwrap();
+        // The fast client gets each event while the slow one is stuck.
+        let got = tokio::time::timeout(SETTLE, acked.recv())
+            .await
+            .expect("the fast client is held up")
+            .unwrap();
+        assert_eq!(got, seq, "the fast client missed nothing");
+    }
+    reader.abort();
+
+    // Now the slow client reads: what it had, a `lagged` event, then the newest.
+    let mut text = Vec::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    let last = format!(r#""seq":{}"#, events - 1);
+    tokio::time::timeout(SETTLE, async {
+        while !String::from_utf8_lossy(&text).contains(&last) {
+            let read = slow.read(&mut buffer).await.unwrap();
+            assert!(read > 0, "the server closed the slow client's stream");
+            text.extend_from_slice(&buffer[..read]);
+        }
+    })
+    .await
+    .expect("the slow client catches up with the newest event");
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{}", &text[..200.min(text.len())]);
+    let lagged = text.find("event: lagged\ndata: {\"missed\":").expect("a lagged event");
+    let seqs: Vec<u64> = text
+        .match_indices(r#"{"seq":"#)
+        .map(|(at, _)| text[at + 7..].split(',').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|pair| pair[0] < pair[1]), "in order");
+    assert!(
+        (seqs.len() as u64) < events,
+        "it skipped ahead rather than buffering everything"
+    );
+    assert!(text[lagged..].contains(&last));
+    stop.cancel();
+    serving.await.unwrap();
+}
+
+/// Read `event: big` frames and acknowledge each one's `seq`.
+async fn read_numbered_events(mut response: reqwest::Response, acks: mpsc::UnboundedSender<u64>) {
+    let mut pending = String::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        pending.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = pending.find("\n\n") {
+            let frame: String = pending.drain(..end + 2).collect();
+            if let Some(at) = frame.find(r#"{"seq":"#) {
+                let seq = frame[at + 7..].split(',').next().unwrap().parse().unwrap();
+                if acks.send(seq).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
