@@ -3,105 +3,78 @@
 //!   processes, each in its own cgroup (v1 here: cpuacct, memory, blkio),
 //!   against reading the same processes and groups with `cgroups-rs`'s
 //!   controller API (every file of each controller), the straightforward
-//!   way to get the same figures.
+//!   way to get the same figures; and the floor: the same files the
+//!   collector reads, each read whole by one thread (what the kernel
+//!   charges for them).
 //! - `snapshot_cpu`: CPU time (not wall time) of one node snapshot with 10
 //!   managed processes, against `sysinfo`'s `refresh_all` (what a generic
 //!   system agent samples); at a 1 s status interval, CPU time per snapshot
 //!   ÷ 1 s is the collector's share of a core.
 //!
+//! - `gpu_sample`: one sample of every GPU through NVML against one
+//!   `nvidia-smi --query-gpu` call (only where NVML loads and `nvidia-smi`
+//!   is on PATH: the GPU machine).
+//!
 //! Needs root and a writable cgroup v1 tree (as the test machines have);
-//! elsewhere the cgroup groups are skipped with a note.
+//! elsewhere the cgroup groups are skipped with a note. Processes and groups
+//! come from the test harness (`citadel_tests::TestCgroups`).
 
-use std::path::PathBuf;
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cgroups_rs::fs::Cgroup;
 use cgroups_rs::fs::blkio::BlkIoController;
 use cgroups_rs::fs::cpuacct::CpuAcctController;
 use cgroups_rs::fs::memory::MemController;
-use citadel_collector::{Collector, CollectorConfig, Hierarchy, ProcReader, Watch};
+use citadel_collector::gpu::Smi;
+use citadel_collector::{Collector, CollectorConfig, GpuProbe, Hierarchy, ProcReader, Watch};
+use citadel_tests::TestCgroups;
 use cpu_time::ProcessTime;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
-/// N processes, each asleep in its own cgroup; removed on drop.
-struct ManagedProcesses {
-    dirs: Vec<PathBuf>,
-    children: Vec<Child>,
-    watches: Vec<Watch>,
+/// N processes, each asleep in its own cgroup, and their watches.
+fn managed_processes(hierarchy: &Hierarchy, count: usize) -> (TestCgroups, Vec<Watch>) {
+    let mut groups = TestCgroups::new(hierarchy);
+    let watches = (0..count)
+        .map(|n| {
+            let name = format!("p{n}");
+            let pid = groups.spawn(&name, "exec sleep 3600");
+            Watch {
+                pid: Some(pid),
+                cgroup: Some(groups.path(&name)),
+                name,
+            }
+        })
+        .collect();
+    groups.wait_joined(Duration::from_secs(60));
+    (groups, watches)
 }
 
-impl ManagedProcesses {
-    fn start(hierarchy: &Hierarchy, count: usize) -> Result<ManagedProcesses, String> {
-        let Hierarchy::V1 {
-            cpuacct, memory, blkio, ..
-        } = hierarchy
-        else {
-            return Err("this bench places processes in cgroup v1 groups".into());
-        };
-        let mut managed = ManagedProcesses {
-            dirs: Vec::new(),
-            children: Vec::new(),
-            watches: Vec::new(),
-        };
-        for n in 0..count {
-            let group = format!("citadel-bench/p{n}");
-            let dirs: Vec<PathBuf> = [cpuacct, memory, blkio]
-                .iter()
-                .map(|mount| mount.join(&group))
-                .collect();
-            for dir in &dirs {
-                std::fs::create_dir_all(dir).map_err(|err| format!("{}: {err}", dir.display()))?;
-            }
-            let joins: String = dirs
-                .iter()
-                .map(|dir| format!("echo $$ > {}/cgroup.procs; ", dir.display()))
-                .collect();
-            let child = Command::new("sh")
-                .arg("-c")
-                .arg(format!("{joins}exec sleep 3600"))
-                .spawn()
-                .map_err(|err| err.to_string())?;
-            managed.watches.push(Watch {
-                name: format!("p{n}"),
-                pid: Some(child.id()),
-                cgroup: Some(group),
-            });
-            managed.children.push(child);
-            managed.dirs.extend(dirs);
-        }
-        // Every process has joined its groups (and exec'd) before measuring.
-        let procs = ProcReader::live()?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        for watch in &managed.watches {
-            while procs
-                .read(watch.pid.unwrap())
-                .map(|process| process.cmdline[0] != "sleep")
-                .unwrap_or(true)
-            {
-                if Instant::now() > deadline {
-                    return Err("managed processes did not start".into());
-                }
-                std::thread::yield_now();
-            }
-        }
-        Ok(managed)
-    }
-}
-
-impl Drop for ManagedProcesses {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for dir in self.dirs.iter().rev() {
-            let _ = std::fs::remove_dir(dir);
-        }
-        for dir in self.dirs.iter().filter_map(|dir| dir.parent()) {
-            let _ = std::fs::remove_dir(dir);
+/// The floor: the files the collector reads per watch in steady state
+/// (v1), each read whole with `std::fs::read`, one thread.
+fn read_the_files(hierarchy: &Hierarchy, watches: &[Watch]) -> usize {
+    let Hierarchy::V1 {
+        cpuacct, memory, blkio, ..
+    } = hierarchy
+    else {
+        unreachable!("v1 only")
+    };
+    let mut bytes = 0;
+    for watch in watches {
+        let pid = watch.pid.unwrap();
+        let group = watch.cgroup.as_ref().unwrap();
+        for file in [
+            format!("/proc/{pid}/stat"),
+            format!("{}/{group}/cpuacct.usage", cpuacct.display()),
+            format!("{}/{group}/memory.usage_in_bytes", memory.display()),
+            format!("{}/{group}/memory.limit_in_bytes", memory.display()),
+            format!("{}/{group}/blkio.throttle.io_service_bytes", blkio.display()),
+            format!("{}/{group}/cgroup.procs", cpuacct.display()),
+            format!("/proc/{pid}/io"),
+        ] {
+            bytes += std::fs::read(file).expect("readable").len();
         }
     }
+    bytes
 }
 
 /// The same figures through `cgroups-rs` (and the same procfs reads).
@@ -142,35 +115,32 @@ fn snapshots(c: &mut Criterion) {
             return;
         }
     };
+    if !matches!(hierarchy, Hierarchy::V1 { .. }) {
+        eprintln!("snapshot benches skipped: they place processes in cgroup v1 groups");
+        return;
+    }
     for count in [10, 100, 1000] {
-        let managed = match ManagedProcesses::start(&hierarchy, count) {
-            Ok(managed) => managed,
-            Err(err) => {
-                eprintln!("snapshot_{count} skipped: {err}");
-                continue;
-            }
-        };
+        let (_groups, watches) = managed_processes(&hierarchy, count);
         let mut group = c.benchmark_group(format!("snapshot_{count}"));
         group.sample_size(if count == 1000 { 20 } else { 50 });
         group.bench_function(BenchmarkId::from_parameter("collector"), |b| {
             b.iter(|| {
-                let snapshot = runtime.block_on(collector.collect(&managed.watches));
+                let snapshot = runtime.block_on(collector.collect(&watches));
                 assert!(snapshot.errors.is_empty(), "{:?}", snapshot.errors);
                 snapshot
             })
         });
+        group.bench_function(BenchmarkId::from_parameter("file_floor"), |b| {
+            b.iter(|| read_the_files(&hierarchy, &watches))
+        });
         group.bench_function(BenchmarkId::from_parameter("cgroups_rs"), |b| {
-            b.iter(|| read_with_cgroups_rs(&procs, &managed.watches))
+            b.iter(|| read_with_cgroups_rs(&procs, &watches))
         });
         group.finish();
     }
 
     // CPU time per snapshot, measured as process CPU time.
-    let managed = ManagedProcesses::start(&hierarchy, 10).ok();
-    let watches = managed
-        .as_ref()
-        .map(|managed| managed.watches.clone())
-        .unwrap_or_default();
+    let (_groups, watches) = managed_processes(&hierarchy, 10);
     let mut group = c.benchmark_group("snapshot_cpu");
     group.bench_function("node_snapshot", |b| {
         b.iter_custom(|iters| {
@@ -194,5 +164,26 @@ fn snapshots(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, snapshots);
+fn gpu_samples(c: &mut Criterion) {
+    let timeout = Duration::from_secs(5);
+    let mut probe = GpuProbe::new("nvidia-smi", timeout);
+    if probe.source() != "nvml" || !citadel_collector::gpu::smi_available("nvidia-smi") {
+        eprintln!(
+            "gpu_sample skipped: needs NVML and nvidia-smi (source here: {})",
+            probe.source()
+        );
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let smi = Smi::new("nvidia-smi", timeout);
+    let mut group = c.benchmark_group("gpu_sample");
+    group.bench_function("nvml", |b| b.iter(|| probe.sample_blocking().expect("NVML sample")));
+    group.sample_size(20);
+    group.bench_function("nvidia_smi", |b| {
+        b.iter(|| runtime.block_on(smi.sample()).expect("nvidia-smi sample"))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, snapshots, gpu_samples);
 criterion_main!(benches);

@@ -21,6 +21,19 @@ CRITERION = {
         ("cached_load", "load `extract` from the compiled cache"),
         ("compile", "compile `extract` (775 KB)"),
     ]),
+    **{f"snapshot_{n}": ("cgroups_rs", [
+        ("collector", f"citadel collector: {n} processes, each in its own cgroup"),
+        ("file_floor", f"floor: the same files, plain reads, one thread"),
+        ("cgroups_rs", f"the same {n} through cgroups-rs controllers"),
+    ]) for n in (10, 100, 1000)},
+    "snapshot_cpu": ("sysinfo_refresh_all", [
+        ("node_snapshot", "CPU time of one node snapshot (10 managed processes)"),
+        ("sysinfo_refresh_all", "CPU time of sysinfo `refresh_all`"),
+    ]),
+    "gpu_sample": ("nvidia_smi", [
+        ("nvml", "every GPU through NVML"),
+        ("nvidia_smi", "`nvidia-smi --query-gpu` once"),
+    ]),
 }
 
 QUEUES = [
@@ -57,6 +70,9 @@ def criterion_table(root):
                 continue
             note = "baseline" if bench == baseline else f"{value / base:.3g}×"
             print(f"| {group}: {label} | {human(value)} | {note} |")
+    snapshot_cpu = median_ns(root, "snapshot_cpu", "node_snapshot")
+    if snapshot_cpu is not None:
+        print(f"| collector at a 1 s status interval: share of one core | {snapshot_cpu / 1e9 * 100:.3f} % | |")
 
 
 def queue_tables(summary):
@@ -81,11 +97,25 @@ def queue_tables(summary):
               f"| {ours['p99_ms'] - base['p99_ms']:+.3f} ms |")
 
 
+def telemetry_table(summary):
+    print(f"\n| idle `citadel work` node, CPU over {summary['window_s']:.0f} s | share of one core | vs baseline |")
+    print("| --- | ---: | ---: |")
+    base = summary["idle_node_status_hourly_core_share"]
+    ours = summary["idle_node_status_every_second_core_share"]
+    print(f"| baseline: status every hour | {base * 100:.3f} % | baseline |")
+    print(f"| status every second | {ours * 100:.3f} % | {ours / base:.3g}× |" if base else
+          f"| status every second | {ours * 100:.3f} % | |")
+    print(f"| telemetry at a 1 s interval (the difference) | {(ours - base) * 100:.3f} % | |")
+
+
 def main():
     criterion_table(pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/criterion"))
     queues = pathlib.Path(sys.argv[2] if len(sys.argv) > 2 else "target/bench/queues.json")
     if queues.exists():
         queue_tables(json.loads(queues.read_text()))
+    telemetry = pathlib.Path(sys.argv[3] if len(sys.argv) > 3 else "target/bench/telemetry.json")
+    if telemetry.exists():
+        telemetry_table(json.loads(telemetry.read_text()))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,7 @@
 //! purpose: an `nvidia-smi` that hangs.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -162,95 +161,23 @@ fn assert_citadel_status_shape(message: &Value, node_id: &str) {
     assert!(worker.get("last_job_consumed_at").is_some());
 }
 
-/// A cgroup this test creates (v1: one per controller; v2: one), removed
-/// with its processes when dropped.
-struct TestCgroup {
-    name: String,
-    dirs: Vec<PathBuf>,
-    children: Vec<Child>,
-}
-
-impl TestCgroup {
-    fn create(hierarchy: &Hierarchy) -> TestCgroup {
-        let name = format!("citadel-test-{}-{}", std::process::id(), rand_suffix());
-        let dirs: Vec<PathBuf> = match hierarchy {
-            Hierarchy::V1 {
-                cpuacct, memory, blkio, ..
-            } => [cpuacct, memory, blkio].iter().map(|mount| mount.join(&name)).collect(),
-            Hierarchy::V2 { root } => {
-                let _ = std::fs::write(root.join("cgroup.subtree_control"), "+cpu +memory +io");
-                vec![root.join(&name)]
-            }
-        };
-        for dir in &dirs {
-            std::fs::create_dir_all(dir).unwrap_or_else(|err| {
-                panic!(
-                    "cannot create {} (the cgroup tests need root and a writable cgroup tree): {err}",
-                    dir.display()
-                )
-            });
-        }
-        TestCgroup {
-            name,
-            dirs,
-            children: Vec::new(),
-        }
-    }
-
-    /// Run `script` with `sh`, moved into the group before it starts working.
-    fn spawn(&mut self, script: &str) -> u32 {
-        let joins: String = self
-            .dirs
-            .iter()
-            .map(|dir| format!("echo $$ > {}/cgroup.procs; ", dir.display()))
-            .collect();
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(format!("{joins}{script}"))
-            .spawn()
-            .expect("spawn sh");
-        let pid = child.id();
-        self.children.push(child);
-        pid
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // Processes that exited leave the group; rmdir succeeds once it is empty.
-        for dir in &self.dirs {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while std::fs::remove_dir(dir).is_err() && Instant::now() < deadline {
-                std::thread::yield_now();
-            }
-        }
-    }
-}
-
-fn rand_suffix() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_cgroup_reports_cpu_memory_and_io_rates_from_its_processes() {
     let hierarchy = Hierarchy::detect().expect("a cgroup hierarchy");
-    let mut group = TestCgroup::create(&hierarchy);
-    let burner = group.spawn("while :; do :; done");
+    let mut groups = TestCgroups::new(&hierarchy);
+    let burner = groups.spawn("work", "while :; do :; done");
     // Direct I/O, so the writes reach the block layer (and its counters)
     // instead of the page cache.
     let scratch = tempfile::tempdir_in(workspace().join("target")).unwrap();
     let file = scratch.path().join("io");
-    group.spawn(&format!(
-        "while :; do dd if=/dev/zero of={} bs=1M count=8 oflag=direct conv=notrunc status=none; done",
-        file.display()
-    ));
+    groups.spawn(
+        "work",
+        &format!(
+            "while :; do dd if=/dev/zero of={} bs=1M count=8 oflag=direct conv=notrunc status=none; done",
+            file.display()
+        ),
+    );
+    groups.wait_joined(SETTLE);
     let collector = Collector::new(collector_config()).await;
     let watches = [
         Watch {
@@ -261,7 +188,7 @@ async fn a_real_cgroup_reports_cpu_memory_and_io_rates_from_its_processes() {
         Watch {
             name: "group".into(),
             pid: None,
-            cgroup: Some(group.name.clone()),
+            cgroup: Some(groups.path("work")),
         },
     ];
     let snapshot = collect_until(&collector, &watches, "CPU and write rates of the group", |snapshot| {
@@ -550,8 +477,17 @@ async fn a_node_pushes_status_over_http_and_jobs_do_not_wait_on_it() {
     node.stop().await;
 }
 
+/// The HTTP client of the tests (citadel's own client set-up).
+fn http() -> reqwest::Client {
+    citadel_transports::http::client(SETTLE).expect("HTTP client")
+}
+
 async fn get(url: &str) -> (u16, String) {
-    let response = reqwest::get(url).await.unwrap_or_else(|err| panic!("GET {url}: {err}"));
+    let response = http()
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|err| panic!("GET {url}: {err}"));
     let status = response.status().as_u16();
     (status, response.text().await.unwrap())
 }
@@ -582,7 +518,7 @@ async fn every_status_route_answers_and_health_follows_redis() {
     assert_citadel_status_shape(&serde_json::from_str(&body).unwrap(), NODE);
 
     // Live events: a job's start and finish, and the status they trigger.
-    let events = reqwest::get(format!("{base}/events")).await.unwrap();
+    let events = http().get(format!("{base}/events")).send().await.unwrap();
     assert_eq!(events.status(), 200);
     assert_eq!(events.headers()["content-type"], "text/event-stream");
     let mut conn = redis.conn();
@@ -613,11 +549,7 @@ async fn every_status_route_answers_and_health_follows_redis() {
 
     let (code, body) = get(&format!("{base}/nope")).await;
     assert_eq!(code, 404, "{body}");
-    let posted = reqwest::Client::new()
-        .post(format!("{base}/status"))
-        .send()
-        .await
-        .unwrap();
+    let posted = http().post(format!("{base}/status")).send().await.unwrap();
     assert_eq!(posted.status().as_u16(), 405);
 
     // Redis dies: the node says so; Redis returns: healthy again.
@@ -644,6 +576,47 @@ async fn every_status_route_answers_and_health_follows_redis() {
         (get(&format!("{base}/health")).await.0 == 200).then_some(())
     })
     .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_names_a_failing_probe_and_the_status_still_flows() {
+    // Fault injection: the GPU source hangs on every call.
+    let dir = tempfile::tempdir().unwrap();
+    let smi = dir.path().join("nvidia-smi");
+    std::fs::write(&smi, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    std::fs::set_permissions(&smi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let redis = RedisServer::start();
+    let mut config = node_config(&redis);
+    config.telemetry.nvidia_smi = smi.display().to_string();
+    config.telemetry.probe_timeout_ms = 300;
+    let node = TestWorker::start_node(&config).await;
+    if node.node.as_ref().unwrap().telemetry.gpu_source() == "nvml" {
+        println!("NVML loads on this machine: the nvidia-smi fallback is not used");
+        node.stop().await;
+        return;
+    }
+    let base = node.status_url();
+    let unhealthy = eventually_some(SETTLE, "503 naming the GPU probe", || async {
+        let (code, body) = get(&format!("{base}/health")).await;
+        (code == 503 && body.contains("gpu probe")).then_some(body)
+    })
+    .await;
+    let unhealthy: Value = serde_json::from_str(&unhealthy).unwrap();
+    let expected = format!("{} timed out after 300 ms (killed)", smi.display());
+    assert_eq!(
+        unhealthy["reasons"],
+        serde_json::json!([format!("collector: gpu probe failing: {expected}")])
+    );
+    // The rest of the status is published regardless, with the error in it.
+    let (code, body) = get(&format!("{base}/status")).await;
+    assert_eq!(code, 200);
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert_citadel_status_shape(&status, NODE);
+    assert_eq!(
+        status["status"]["collector_errors"],
+        serde_json::json!([{"probe": "gpu", "error": expected}])
+    );
     node.stop().await;
 }
 
@@ -703,7 +676,7 @@ async fn a_slow_events_client_skips_ahead_and_holds_nobody_up() {
         .await
         .unwrap();
     // The fast client acknowledges every event it reads.
-    let fast = reqwest::get(format!("http://{addr}/events")).await.unwrap();
+    let fast = http().get(format!("http://{addr}/events")).send().await.unwrap();
     let (acks, mut acked) = mpsc::unbounded_channel::<u64>();
     let reader = tokio::spawn(read_numbered_events(fast, acks));
     eventually(SETTLE, "both clients to subscribe", || {

@@ -14,6 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use procfs::FromRead;
 use serde::Serialize;
 
 /// Where the controllers this module reads are mounted.
@@ -229,7 +230,7 @@ fn blkio_bytes(dir: &Path) -> Result<(u64, u64), String> {
 fn processes_io(dir: &Path, proc: &Path) -> Result<(u64, u64), String> {
     let mut totals = (0, 0);
     for pid in read(&dir.join("cgroup.procs"))?.lines().filter(|line| !line.is_empty()) {
-        let Ok(io) = procfs::process::Process::new_with_root(proc.join(pid)).and_then(|process| process.io()) else {
+        let Ok(io) = procfs::process::Io::from_file(proc.join(pid).join("io")) else {
             continue;
         };
         totals.0 += io.read_bytes;

@@ -223,60 +223,74 @@ impl Collector {
     }
 }
 
+/// What one watch read, before rates.
+struct Reading {
+    process: Option<Result<ProcessInfo, String>>,
+    /// The group and its counters (or why they could not be read).
+    cgroup: Option<(String, Result<cgroups::Counters, String>)>,
+    hierarchy_error: Option<String>,
+}
+
+/// Watches per reading thread: below this, one thread reads them all.
+const WATCHES_PER_THREAD: usize = 64;
+
 /// Read every watch; errors are collected (and capped) per probe.
+///
+/// A snapshot of many managed processes is a few thousand small reads of
+/// `/proc` and cgroupfs, dominated by system calls: they are spread over
+/// the cores, then turned into rates in order, under the lock.
 fn read_watches(
     watches: &[Watch],
     procs: Result<&ProcReader, &String>,
     hierarchy: Result<&Hierarchy, &String>,
     rates: &Mutex<cgroups::Rates>,
 ) -> (Vec<Watched>, Vec<CollectorError>) {
+    let read = |watch: &Watch| read_watch(watch, procs, hierarchy);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |cores| cores.get())
+        .min(8);
+    let per_thread = watches.len().div_ceil(threads).max(WATCHES_PER_THREAD);
+    let readings: Vec<Reading> = if watches.len() <= WATCHES_PER_THREAD {
+        watches.iter().map(read).collect()
+    } else {
+        std::thread::scope(|scope| {
+            let parts: Vec<_> = watches
+                .chunks(per_thread)
+                .map(|part| scope.spawn(move || part.iter().map(read).collect::<Vec<_>>()))
+                .collect();
+            parts
+                .into_iter()
+                .flat_map(|part| part.join().expect("watch reader panicked"))
+                .collect()
+        })
+    };
+
     let mut errors = ErrorList::default();
     let mut watched = Vec::with_capacity(watches.len());
     let mut groups = Vec::new();
     let mut read_now: std::collections::HashMap<String, CgroupStats> = std::collections::HashMap::new();
     let mut rates = rates.lock().expect("cgroup rates poisoned");
-    for watch in watches {
-        let process = watch.pid.and_then(|pid| match procs {
-            Ok(procs) => procs
-                .read(pid)
-                .map_err(|err| errors.push("processes", &watch.name, err))
-                .ok(),
-            Err(err) => {
-                errors.push("processes", &watch.name, err.clone());
-                None
+    let now = Instant::now();
+    for (watch, reading) in watches.iter().zip(readings) {
+        let process = reading
+            .process
+            .and_then(|process| process.map_err(|err| errors.push("processes", &watch.name, err)).ok());
+        if let Some(err) = reading.hierarchy_error {
+            errors.push("cgroups", &watch.name, err);
+        }
+        let cgroup = reading.cgroup.and_then(|(group, counters)| {
+            // Two watches of one group (a service and its process) share
+            // one reading: a second delta microseconds later would be noise.
+            if let Some(stats) = read_now.get(&group) {
+                return Some(stats.clone());
             }
+            let counters = counters.map_err(|err| errors.push("cgroups", &watch.name, err)).ok()?;
+            let version = hierarchy.map_or(0, Hierarchy::version);
+            let stats = rates.update(&group, version, counters, now);
+            groups.push(group.clone());
+            read_now.insert(group, stats.clone());
+            Some(stats)
         });
-        let cgroup = match hierarchy {
-            Ok(hierarchy) => {
-                let group = match (&watch.cgroup, watch.pid, procs) {
-                    (Some(group), _, _) => Some(group.clone()),
-                    (None, Some(pid), Ok(procs)) => procs.cgroup_of(pid, hierarchy.version()).ok(),
-                    _ => None,
-                };
-                group.and_then(|group| {
-                    // Two watches of one group (a service and its process)
-                    // share one reading: a second delta microseconds later
-                    // would be noise.
-                    if let Some(stats) = read_now.get(&group) {
-                        return Some(stats.clone());
-                    }
-                    let counters = hierarchy
-                        .read(&group)
-                        .map_err(|err| errors.push("cgroups", &watch.name, err))
-                        .ok()?;
-                    groups.push(group.clone());
-                    let stats = rates.update(&group, hierarchy.version(), counters, Instant::now());
-                    read_now.insert(group, stats.clone());
-                    Some(stats)
-                })
-            }
-            Err(err) => {
-                if watch.cgroup.is_some() {
-                    errors.push("cgroups", &watch.name, err.clone());
-                }
-                None
-            }
-        };
         watched.push(Watched {
             name: watch.name.clone(),
             process,
@@ -286,6 +300,37 @@ fn read_watches(
     }
     rates.retain(&groups);
     (watched, errors.finish())
+}
+
+/// Read one watch's process and cgroup counters.
+fn read_watch(watch: &Watch, procs: Result<&ProcReader, &String>, hierarchy: Result<&Hierarchy, &String>) -> Reading {
+    let process = watch.pid.map(|pid| match procs {
+        Ok(procs) => procs.read(pid),
+        Err(err) => Err(err.clone()),
+    });
+    match hierarchy {
+        Ok(hierarchy) => {
+            let group = match (&watch.cgroup, watch.pid, procs) {
+                (Some(group), _, _) => Some(group.clone()),
+                (None, Some(pid), Ok(procs)) => procs.cgroup_of(pid, hierarchy.version()).ok(),
+                _ => None,
+            };
+            let cgroup = group.map(|group| {
+                let counters = hierarchy.read(&group);
+                (group, counters)
+            });
+            Reading {
+                process,
+                cgroup,
+                hierarchy_error: None,
+            }
+        }
+        Err(err) => Reading {
+            process,
+            cgroup: None,
+            hierarchy_error: watch.cgroup.is_some().then(|| err.clone()),
+        },
+    }
 }
 
 /// Errors of the watch probes, at most [`MAX_ERRORS_PER_PROBE`] listed each.
@@ -310,5 +355,48 @@ impl ErrorList {
                 .push(CollectorError::new(probe, format!("… and {count} more errors")));
         }
         self.errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn many_watches_are_read_in_parallel_and_reported_in_order() {
+        let root = tempfile::tempdir().unwrap();
+        let watches: Vec<Watch> = (0..300)
+            .map(|n| {
+                let dir = root.path().join(format!("g{n}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join("cpu.stat"), format!("usage_usec {n}\n")).unwrap();
+                std::fs::write(dir.join("memory.current"), format!("{}\n", n * 4096)).unwrap();
+                std::fs::write(dir.join("memory.max"), "max\n").unwrap();
+                std::fs::write(dir.join("io.stat"), "").unwrap();
+                Watch {
+                    name: format!("w{n}"),
+                    pid: None,
+                    cgroup: Some(format!("g{n}")),
+                }
+            })
+            .collect();
+        // One watch names a group that does not exist: an error, not a failed snapshot.
+        let mut watches = watches;
+        watches.push(Watch {
+            name: "gone".into(),
+            pid: None,
+            cgroup: Some("nope".into()),
+        });
+        let hierarchy = Hierarchy::v2(root.path());
+        let rates = Mutex::new(cgroups::Rates::default());
+        let (watched, errors) = read_watches(&watches, Err(&"no procfs".to_string()), Ok(&hierarchy), &rates);
+        assert_eq!(watched.len(), 301);
+        for (n, entry) in watched.iter().take(300).enumerate() {
+            assert_eq!(entry.name, format!("w{n}"));
+            assert_eq!(entry.cgroup.as_ref().unwrap().memory_bytes, n as u64 * 4096);
+        }
+        assert!(watched[300].cgroup.is_none());
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].error.starts_with("gone: "), "{errors:?}");
     }
 }

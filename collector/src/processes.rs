@@ -2,10 +2,13 @@
 //! `procfs`: command line, the model it serves (`--model X`, `--model=X`,
 //! `-m X`), uptime, resident memory, and its cgroup.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use procfs::process::Process;
+use procfs::FromRead;
+use procfs::process::{Process, Stat};
 use serde::Serialize;
 
 /// One process sample.
@@ -23,11 +26,20 @@ pub struct ProcessInfo {
     pub rss_bytes: u64,
 }
 
+/// Command lines remembered per process: pid, start time (a reused pid is
+/// another process) and `comm` (which an `exec` changes). Not reading it
+/// again saves a file read per managed process per snapshot.
+type Cmdlines = Arc<Mutex<HashMap<(u32, u64, String), Vec<String>>>>;
+
+/// Remembered command lines at most (then forgotten all at once).
+const MAX_CMDLINES: usize = 8192;
+
 /// Reads processes from a proc filesystem.
 #[derive(Debug, Clone)]
 pub struct ProcReader {
     root: PathBuf,
     boot_time_secs: u64,
+    cmdlines: Cmdlines,
 }
 
 impl ProcReader {
@@ -37,14 +49,17 @@ impl ProcReader {
         Ok(ProcReader {
             root: PathBuf::from("/proc"),
             boot_time_secs,
+            cmdlines: Cmdlines::default(),
         })
     }
 
-    /// Sample `pid`.
+    /// Sample `pid`: two files (`stat`, `cmdline`), read by path — no
+    /// directory handle — because a snapshot reads them for every managed
+    /// process.
     pub fn read(&self, pid: u32) -> Result<ProcessInfo, String> {
-        let process = self.process(pid)?;
-        let stat = process.stat().map_err(|err| format!("process {pid}: {err}"))?;
-        let cmdline = process.cmdline().unwrap_or_default();
+        let dir = self.root.join(pid.to_string());
+        let stat = Stat::from_file(dir.join("stat")).map_err(|err| format!("process {pid}: {err}"))?;
+        let cmdline = self.cmdline(&dir, (pid, stat.starttime, stat.comm.clone()));
         let started = self.boot_time_secs + stat.starttime / procfs::ticks_per_second().max(1);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -57,6 +72,30 @@ impl ProcReader {
             uptime_seconds: now.saturating_sub(started),
             rss_bytes: stat.rss * procfs::page_size(),
         })
+    }
+
+    fn cmdline(&self, dir: &Path, key: (u32, u64, String)) -> Vec<String> {
+        if let Some(known) = self.cmdlines.lock().expect("cmdline cache poisoned").get(&key) {
+            return known.clone();
+        }
+        // Arguments are NUL-terminated; a kernel thread has none.
+        let bytes = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+        let cmdline: Vec<String> = match bytes.strip_suffix(&[0]).unwrap_or(&bytes) {
+            [] => Vec::new(),
+            args => args
+                .split(|byte| *byte == 0)
+                .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                .collect(),
+        };
+        // A process still exec()ing has an empty one for a moment: not remembered.
+        if !cmdline.is_empty() {
+            let mut known = self.cmdlines.lock().expect("cmdline cache poisoned");
+            if known.len() >= MAX_CMDLINES {
+                known.clear();
+            }
+            known.insert(key, cmdline.clone());
+        }
+        cmdline
     }
 
     /// The cgroup of `pid` in the hierarchy of `version`: v2's unified path,
@@ -130,5 +169,33 @@ mod tests {
         assert!(!me.cmdline.is_empty());
         assert!(me.uptime_seconds < 24 * 3600);
         assert!(reader.read(u32::MAX).is_err());
+    }
+
+    #[test]
+    fn a_remembered_command_line_follows_an_exec() {
+        use std::io::Write;
+        let reader = ProcReader::live().unwrap();
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "read line; exec sleep 30"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let running = |program: &str| loop {
+            // Between fork and exec a child shows its parent's command line.
+            let now = reader.read(pid).unwrap();
+            if now.cmdline.first().is_some_and(|arg| arg == program) {
+                break now;
+            }
+            assert!(std::time::Instant::now() < deadline, "{program} never showed");
+            std::thread::yield_now();
+        };
+        assert_eq!(running("sh").cmdline, ["sh", "-c", "read line; exec sleep 30"]);
+        writeln!(child.stdin.as_mut().unwrap()).unwrap();
+        let after = running("sleep");
+        assert_eq!(after.cmdline, ["sleep", "30"]);
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }

@@ -3,15 +3,18 @@
 //! compiled once per run), helpers to run a job and collect its chunks, a
 //! private `redis-server` per test (`redis.rs`) and a Redis Streams worker
 //! with its producer side (`worker.rs`), and an HTTP endpoint receiving
-//! status messages (`receiver.rs`).
+//! status messages (`receiver.rs`), and real cgroups with processes in them
+//! (`cgroup.rs`).
 //!
 //! Guests are built by `scripts/build-guests` and the binary by
 //! `cargo build`; `scripts/test` does both before running the tests.
 
+mod cgroup;
 mod receiver;
 mod redis;
 mod worker;
 
+pub use cgroup::TestCgroups;
 pub use receiver::{Answer, StatusReceiver};
 pub use redis::RedisServer;
 pub use worker::*;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-pub use smi::{SMI_QUERY, parse_smi_csv};
+pub use smi::{SMI_QUERY, available as smi_available, parse_smi_csv};
 
 /// Clock rates, MHz.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
@@ -158,6 +158,14 @@ pub struct Smi {
 }
 
 impl Smi {
+    /// `program` (an `nvidia-smi`), each call bounded by `timeout`.
+    pub fn new(program: &str, timeout: Duration) -> Smi {
+        Smi {
+            program: program.to_string(),
+            timeout,
+        }
+    }
+
     /// Query every GPU, killing `nvidia-smi` when it overruns.
     pub async fn sample(&self) -> Result<GpuReport, String> {
         let gpus = smi::query(&self.program, self.timeout).await?;

@@ -110,6 +110,11 @@ impl Telemetry {
         }
     }
 
+    /// The GPU source in use (`nvml`, `nvidia-smi`, `none`).
+    pub fn gpu_source(&self) -> &'static str {
+        self.collector.gpu_source()
+    }
+
     /// Status messages published so far.
     pub fn published(&self) -> u64 {
         self.latest.lock().expect("latest status poisoned").published
