@@ -4,17 +4,20 @@
 //! private `redis-server` per test (`redis.rs`) and a Redis Streams worker
 //! with its producer side (`worker.rs`), and an HTTP endpoint receiving
 //! status messages (`receiver.rs`), and real cgroups with processes in them
-//! (`cgroup.rs`).
+//! (`cgroup.rs`), and inference engines: the real llama.cpp test engine, an
+//! Ollama emulator and a misbehaving engine (`engine.rs`).
 //!
 //! Guests are built by `scripts/build-guests` and the binary by
 //! `cargo build`; `scripts/test` does both before running the tests.
 
 mod cgroup;
+mod engine;
 mod receiver;
 mod redis;
 mod worker;
 
 pub use cgroup::TestCgroups;
+pub use engine::{LlmEngine, Misbehaviour, misbehaving_engine, ollama_emulator};
 pub use receiver::{Answer, StatusReceiver};
 pub use redis::RedisServer;
 pub use worker::*;

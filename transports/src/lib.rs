@@ -8,9 +8,12 @@
 //! - [`status`]: the node's status pushed to Redis and HTTP (with a spool),
 //!   and served by the status server (`/health`, `/metrics`, `/events`…);
 //! - [`http`]: the outbound HTTP client;
+//! - [`engines`]: clients of local inference engines (OpenAI-compatible,
+//!   Ollama), streaming tokens;
 //! - [`backoff`]: the one jittered retry policy every transport uses.
 
 pub mod backoff;
+pub mod engines;
 pub mod http;
 pub mod redis;
 pub mod status;

@@ -1,0 +1,254 @@
+//! The inference engine clients against the real llama.cpp test engine
+//! (SmolLM2-135M, deterministic at temperature 0), Ollama's wire format
+//! through an emulator fed with that engine's real tokens, and every fault a
+//! misbehaving engine can inject. Generation tests share one engine and are
+//! few: one CPU thread decodes ~50 tokens/s here.
+
+use std::time::{Duration, Instant};
+
+use citadel_tests::*;
+use citadel_transports::engines::{
+    Engine, EngineConfig, EngineError, EngineKind, Finish, GenerationRequest, Input, Message, TokenStream,
+};
+
+fn engine(kind: EngineKind, base_url: &str) -> Engine {
+    Engine::new(EngineConfig {
+        name: "local".into(),
+        kind,
+        base_url: base_url.into(),
+        token_timeout: Duration::from_secs(60),
+        max_bytes_without_token: 1 << 20,
+    })
+    .unwrap()
+}
+
+fn chat(text: &str, max_tokens: u32) -> GenerationRequest {
+    GenerationRequest {
+        model: "smollm2".into(),
+        input: Input::Messages(vec![Message {
+            role: "user".into(),
+            content: text.into(),
+        }]),
+        max_tokens: Some(max_tokens),
+        temperature: Some(0.0),
+        top_p: None,
+        stop: Vec::new(),
+    }
+}
+
+/// Every token, then how it finished.
+async fn drain(mut stream: TokenStream) -> (Vec<String>, Finish) {
+    let mut tokens = Vec::new();
+    while let Some(token) = stream.next().await.expect("a token") {
+        tokens.push(token);
+    }
+    (tokens, stream.finish().expect("finished"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_chat_streams_real_tokens_deterministically_with_usage() {
+    let llm = LlmEngine::shared();
+    let engine = engine(EngineKind::OpenAi, &llm.url());
+    engine.health().await.expect("healthy");
+    let stream = engine.generate(&chat("Say hi", 8)).await.unwrap();
+    let (tokens, finish) = drain(stream).await;
+    assert_eq!(tokens.len(), 8, "{tokens:?}");
+    assert_eq!(finish.reason, "length");
+    let usage = finish.usage.expect("usage");
+    assert_eq!(usage.completion_tokens, 8);
+    assert!(usage.prompt_tokens > 0);
+    // Temperature 0: the same text again.
+    let (again, _) = drain(engine.generate(&chat("Say hi", 8)).await.unwrap()).await;
+    assert_eq!(again.concat(), tokens.concat());
+    println!("chat: {:?}", tokens.concat());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_completion_of_a_prompt() {
+    let engine = engine(EngineKind::OpenAi, &LlmEngine::shared().url());
+    let request = GenerationRequest {
+        input: Input::Prompt("The capital of France is".into()),
+        stop: vec!["\n".into()],
+        ..chat("", 12)
+    };
+    let mut stream = engine.generate(&request).await.unwrap();
+    let mut text = String::new();
+    while let Some(token) = stream.next().await.unwrap() {
+        text.push_str(&token);
+    }
+    assert!(text.contains("Paris"), "{text:?}");
+    assert!(stream.time_to_first_token().is_some());
+    assert_eq!(stream.finish().unwrap().reason, "stop", "the stop sequence ended it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ollama_wire_format_through_the_emulator_gives_the_same_tokens() {
+    let llm = LlmEngine::shared();
+    let emulator = ollama_emulator(llm.url(), &["smollm2"]).await;
+    let ollama = engine(EngineKind::Ollama, &emulator);
+    ollama.health().await.expect("healthy");
+    let (tokens, finish) = drain(ollama.generate(&chat("Say hi", 8)).await.unwrap()).await;
+    let (direct, _) = drain(
+        engine(EngineKind::OpenAi, &llm.url())
+            .generate(&chat("Say hi", 8))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(tokens.concat(), direct.concat());
+    assert_eq!(finish.reason, "length");
+    assert_eq!(finish.usage.unwrap().completion_tokens, 8);
+    // /api/generate for prompts.
+    let request = GenerationRequest {
+        input: Input::Prompt("The capital of France is".into()),
+        ..chat("", 6)
+    };
+    let (tokens, _) = drain(ollama.generate(&request).await.unwrap()).await;
+    assert!(tokens.concat().contains("Paris"), "{tokens:?}");
+    // An unknown model: Ollama's 404.
+    let unknown = GenerationRequest {
+        model: "llama3.2".into(),
+        ..chat("hi", 4)
+    };
+    let err = ollama.generate(&unknown).await.err().unwrap();
+    assert_eq!(
+        err,
+        EngineError::Rejected {
+            engine: "local".into(),
+            status: 404,
+            message: "model \"llama3.2\" not found, try pulling it first".into()
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_engine_refuses_is_rejected_with_its_message() {
+    let engine = engine(EngineKind::OpenAi, &LlmEngine::shared().url());
+    // Far more than the 2048-token context.
+    let long = "lorem ipsum ".repeat(3000);
+    let err = engine.generate(&chat(&long, 4)).await.err().expect("refused");
+    match err {
+        EngineError::Rejected {
+            status: 400, message, ..
+        } => assert!(message.contains("context"), "{message}"),
+        other => panic!("expected a 400 rejection, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_is_down_is_unavailable() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let engine = engine(EngineKind::OpenAi, &format!("http://127.0.0.1:{port}"));
+    let err = engine.generate(&chat("hi", 4)).await.err().unwrap();
+    assert!(
+        matches!(&err, EngineError::Unavailable { reason, .. } if reason.contains("Connection refused")),
+        "{err}"
+    );
+    assert!(matches!(engine.health().await, Err(EngineError::Unavailable { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_killed_mid_stream_ends_the_stream_with_a_clear_error() {
+    let mut llm = LlmEngine::start(1);
+    let engine = engine(EngineKind::OpenAi, &llm.url());
+    let mut stream = engine
+        .generate(&chat("Write a long story about a dragon.", 400))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        stream.next().await.unwrap().expect("a token");
+    }
+    llm.kill();
+    let started = Instant::now();
+    let err = loop {
+        match stream.next().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("finished although the engine was killed"),
+            Err(err) => break err,
+        }
+    };
+    assert!(matches!(err, EngineError::Interrupted { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "noticed at once");
+    println!("{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_stream_stops_the_generation() {
+    // One slot: a second request waits for the first generation to end.
+    let llm = LlmEngine::start(1);
+    let engine = engine(EngineKind::OpenAi, &llm.url());
+    let mut long = engine
+        .generate(&chat("Write a long story about a dragon.", 1500))
+        .await
+        .unwrap();
+    long.next().await.unwrap().expect("a token");
+    drop(long);
+    let started = Instant::now();
+    let (tokens, _) = drain(engine.generate(&chat("Say hi", 4)).await.unwrap()).await;
+    assert_eq!(tokens.len(), 4);
+    // Had the first kept going, 1500 tokens at ~50 tokens/s would be ~30 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "waited {:?}: the first generation went on",
+        started.elapsed()
+    );
+}
+
+async fn fault(misbehaviour: Misbehaviour) -> EngineError {
+    let url = misbehaving_engine(misbehaviour).await;
+    let engine = Engine::new(EngineConfig {
+        name: "bad".into(),
+        kind: EngineKind::OpenAi,
+        base_url: url,
+        token_timeout: Duration::from_millis(500),
+        max_bytes_without_token: 64 * 1024,
+    })
+    .unwrap();
+    let mut stream = engine.generate(&chat("hi", 4)).await.unwrap();
+    let started = Instant::now();
+    let err = loop {
+        match stream.next().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("{misbehaviour:?} ended as a success"),
+            Err(err) => break err,
+        }
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{misbehaviour:?} was not bounded"
+    );
+    err
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_engine_output_ends_in_a_bounded_clear_error() {
+    let garbage = fault(Misbehaviour::Garbage).await;
+    assert!(
+        matches!(&garbage, EngineError::Malformed { reason, .. } if reason.starts_with("not JSON") && reason.contains("502 Bad Gateway")),
+        "{garbage}"
+    );
+    let truncated = fault(Misbehaviour::TruncatedJson).await;
+    assert!(
+        matches!(&truncated, EngineError::Malformed { reason, .. } if reason.starts_with("not JSON")),
+        "{truncated}"
+    );
+    let cut = fault(Misbehaviour::CutShort).await;
+    assert!(matches!(cut, EngineError::Interrupted { .. }), "{cut}");
+    let endless = fault(Misbehaviour::Endless).await;
+    assert_eq!(
+        endless,
+        EngineError::Stalled {
+            engine: "bad".into(),
+            waited: Duration::from_millis(500)
+        }
+    );
+    let flood = fault(Misbehaviour::Flood).await;
+    assert!(
+        matches!(&flood, EngineError::Malformed { reason, .. } if reason.contains("without a token")),
+        "{flood}"
+    );
+}
