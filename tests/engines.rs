@@ -252,3 +252,87 @@ async fn malformed_engine_output_ends_in_a_bounded_clear_error() {
         "{flood}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_are_services_in_status_and_a_dead_one_is_published_at_once() {
+    let redis = RedisServer::start();
+    let mut llm = LlmEngine::start(1);
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut config = worker_config(&redis);
+    config.telemetry.status_interval_s = 600;
+    config.telemetry.min_change_interval_ms = 100;
+    config.telemetry.service_poll_ms = 200;
+    let engine = |name: &str, url: String| citadel_runtime::config::EngineSettings {
+        name: name.into(),
+        kind: EngineKind::OpenAi,
+        base_url: url,
+        models: vec!["smollm2".into()],
+        max_concurrency: 2,
+        timeout_ms: 2_000,
+    };
+    config.engines = vec![
+        engine("llama", llm.url()),
+        engine("ghost", format!("http://127.0.0.1:{dead_port}")),
+    ];
+    let mut subscriber = redis.conn();
+    let mut pubsub = subscriber.as_pubsub();
+    pubsub.subscribe(format!("node:status:{NODE}")).unwrap();
+    pubsub.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let node = TestWorker::start_node(&config).await;
+
+    let health = |status: &serde_json::Value, name: &str| -> Option<String> {
+        status["status"]["services"]
+            .as_array()?
+            .iter()
+            .find(|service| service["name"] == name)
+            .map(|service| {
+                format!(
+                    "{}/{}",
+                    service["status"].as_str().unwrap(),
+                    service["health"].as_str().unwrap()
+                )
+            })
+    };
+    let first = next_status(&mut pubsub, |status| health(status, "llama").is_some());
+    assert_eq!(health(&first, "llama").as_deref(), Some("running/ok"));
+    assert_eq!(health(&first, "ghost").as_deref(), Some("error/unhealthy"));
+    let llama = first["status"]["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "llama")
+        .unwrap()
+        .clone();
+    assert_eq!(llama["type"], "inference");
+    assert_eq!(llama["models"], serde_json::json!(["smollm2"]));
+    assert!(llama["port"].is_u64());
+
+    // The engine dies: published on change, not at the next 600 s interval.
+    llm.kill();
+    let killed_at = Instant::now();
+    next_status(&mut pubsub, |status| {
+        health(status, "llama").as_deref() == Some("error/unhealthy")
+    });
+    println!("an engine's death was published {:?} after it", killed_at.elapsed());
+    node.stop().await;
+}
+
+/// The next status on `pubsub` that satisfies `wanted`.
+fn next_status(pubsub: &mut redis::PubSub<'_>, wanted: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for a status on the node's channel"
+        );
+        let Ok(message) = pubsub.get_message() else { continue };
+        let status: serde_json::Value = serde_json::from_str(&message.get_payload::<String>().unwrap()).unwrap();
+        if wanted(&status) {
+            return status;
+        }
+    }
+}

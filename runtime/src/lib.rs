@@ -11,6 +11,8 @@
 //! - [`capabilities`]: host sides of the WIT interfaces (`log`, `stream`);
 //! - [`job`], [`joblog`], [`output`], [`limits`], [`capture`], [`state`]:
 //!   what a job is, logs, output accounting, limits, stdio capture, store data;
+//! - [`inference`]: the node's inference engines (routing, concurrency,
+//!   health);
 //! - [`worker`]: the Redis Streams worker (`citadel work`);
 //! - [`node`]: telemetry beside the worker: status publishing, metrics,
 //!   the status server;
@@ -27,6 +29,7 @@ pub mod config;
 pub mod engine;
 pub mod executor;
 pub mod grant;
+pub mod inference;
 pub mod job;
 pub mod joblog;
 pub mod limits;

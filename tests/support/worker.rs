@@ -8,6 +8,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use citadel_runtime::inference::Engines;
 use citadel_runtime::node::NodeServices;
 use citadel_runtime::worker::{HandlerTable, Worker, WorkerError};
 use citadel_runtime::{Config, Executor};
@@ -79,7 +80,8 @@ impl TestWorker {
     /// A worker with the node's telemetry beside it, as `citadel work` runs.
     pub async fn start_node(config: &Config) -> TestWorker {
         let worker = Self::worker(config);
-        let node = NodeServices::start(config, "redis", Some(&worker))
+        let engines = Arc::new(Engines::from_config(&config.engines).expect("engines"));
+        let node = NodeServices::start(config, "redis", Some(&worker), engines)
             .await
             .expect("node telemetry");
         Self::spawn(config, Some((worker, node)))

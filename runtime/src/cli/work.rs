@@ -18,6 +18,7 @@ use super::Failure;
 use crate::config::Config;
 use crate::engine::Allocation;
 use crate::executor::Executor;
+use crate::inference::Engines;
 use crate::node::NodeServices;
 use crate::worker::{HandlerTable, Worker};
 
@@ -129,7 +130,8 @@ pub(super) async fn work(config: &Config) -> Result<(), Failure> {
         eprintln!("citadel: second signal: exiting without draining; unfinished jobs stay pending");
         std::process::exit(130);
     });
-    let node = NodeServices::start(config, "redis", Some(&worker))
+    let engines = Arc::new(Engines::from_config(&config.engines).map_err(Failure::input)?);
+    let node = NodeServices::start(config, "redis", Some(&worker), engines)
         .await
         .map_err(Failure::input)?;
     let outcome = worker.run(stop).await;

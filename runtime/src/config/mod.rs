@@ -15,8 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::{Policy, PolicyError};
 
+mod engines;
 mod telemetry;
 
+pub use engines::EngineSettings;
 pub use telemetry::TelemetryConfig;
 
 /// Environment variables that configure the command line itself, not a
@@ -64,6 +66,8 @@ pub struct Config {
     pub handlers: BTreeMap<String, PathBuf>,
     /// Node telemetry: status snapshot, publishers, status server.
     pub telemetry: TelemetryConfig,
+    /// Local inference engines (`[[engines]]`).
+    pub engines: Vec<EngineSettings>,
 }
 
 /// Who this node is.
@@ -319,7 +323,8 @@ impl Config {
             });
         }
         self.worker.validate(sandbox)?;
-        self.telemetry.validate()
+        self.telemetry.validate()?;
+        engines::validate(&self.engines)
     }
 
     /// The node id: `node.id`, else the host name (made valid).
@@ -419,6 +424,35 @@ mod tests {
         config.validate().unwrap();
         assert_eq!(config.node_id(), "gpu-7.rack_2");
         assert_eq!(config.node_name(), "gpu-7.rack_2");
+    }
+
+    #[test]
+    fn engines_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("citadel.toml");
+        let engine = |name: &str, kind: &str, url: &str| {
+            format!("[[engines]]\nname = \"{name}\"\nkind = \"{kind}\"\nbase_url = \"{url}\"\nmodels = [\"smollm2\"]\n")
+        };
+        let load = |text: String| {
+            std::fs::write(&file, text).unwrap();
+            Config::load(Some(&file), NoOverrides {})
+        };
+        let config = load(
+            engine("llama", "openai", "http://127.0.0.1:8081") + &engine("ollama", "ollama", "http://127.0.0.1:11434"),
+        )
+        .unwrap();
+        assert_eq!(config.engines.len(), 2);
+        assert_eq!(config.engines[0].max_concurrency, 4, "default");
+        assert_eq!(config.engines[1].kind, citadel_transports::engines::EngineKind::Ollama);
+        let err = load(engine("llama", "openai", "http://a:1") + &engine("llama", "openai", "http://b:1")).unwrap_err();
+        assert!(
+            err.to_string().contains("engines.name") && err.to_string().contains("another engine"),
+            "{err}"
+        );
+        let err = load(engine("llama", "openai", "127.0.0.1:8081")).unwrap_err();
+        assert!(err.to_string().contains("engines.base_url"), "{err}");
+        let err = load(engine("llama", "tgi", "http://a:1")).unwrap_err();
+        assert!(err.to_string().contains("tgi"), "{err}");
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub struct TelemetryConfig {
     /// How often the GPU list is checked for GPUs appearing or vanishing
     /// between snapshots, ms (NVML only: a call of a few µs).
     pub gpu_poll_ms: u64,
+    /// How often the node's services (inference engines) are health-checked, ms;
+    /// a change of state publishes status at once.
+    pub service_poll_ms: u64,
     /// Longest any probe may take, ms.
     pub probe_timeout_ms: u64,
     /// Filesystems reported besides `/` (any path on them).
@@ -52,6 +55,7 @@ impl Default for TelemetryConfig {
             status_interval_s: 30,
             min_change_interval_ms: 1_000,
             gpu_poll_ms: 5_000,
+            service_poll_ms: 5_000,
             probe_timeout_ms: 2_000,
             key_paths: Vec::new(),
             nvidia_smi: "nvidia-smi".into(),
@@ -101,6 +105,12 @@ impl TelemetryConfig {
             return invalid(
                 "telemetry.gpu_poll_ms",
                 format!("must be at least 100, got {}", self.gpu_poll_ms),
+            );
+        }
+        if self.service_poll_ms < 100 {
+            return invalid(
+                "telemetry.service_poll_ms",
+                format!("must be at least 100, got {}", self.service_poll_ms),
             );
         }
         if !(10..=60_000).contains(&self.probe_timeout_ms) {

@@ -29,6 +29,7 @@ pub use metrics::Metrics;
 pub use telemetry::{Telemetry, Timings};
 
 use crate::config::{Config, TelemetryConfig};
+use crate::inference::Engines;
 use crate::worker::Worker;
 
 /// Telemetry that cannot start.
@@ -71,6 +72,39 @@ pub async fn collector(telemetry: &TelemetryConfig) -> Collector {
     .await
 }
 
+/// Health-check the engines every `poll` and report them as services (a
+/// change publishes status at once).
+async fn watch_engines(engines: Arc<Engines>, telemetry: Arc<Telemetry>, poll: Duration, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(poll);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Vec<(String, String)> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let services = tokio::select! {
+            _ = stop.cancelled() => return,
+            services = engines.health() => services,
+        };
+        let now: Vec<(String, String)> = services
+            .iter()
+            .map(|service| (service.name.clone(), service.health.clone()))
+            .collect();
+        for (name, health) in &now {
+            let before = last
+                .iter()
+                .find(|(known, _)| known == name)
+                .map(|(_, health)| health.as_str());
+            if before.is_some_and(|before| before != health) || (before.is_none() && health != "ok") {
+                tracing::warn!(engine = %name, health = %health, "inference engine health changed");
+            }
+        }
+        last = now;
+        telemetry.set_services(services);
+    }
+}
+
 /// The node's telemetry, running.
 pub struct NodeServices {
     /// The telemetry (latest status, health, metrics, feed).
@@ -84,7 +118,12 @@ pub struct NodeServices {
 impl NodeServices {
     /// Start telemetry for a node in `mode` running `worker` (observed from
     /// now on): the status loop, its publishers and the status server.
-    pub async fn start(config: &Config, mode: &str, worker: Option<&Worker>) -> Result<NodeServices, NodeError> {
+    pub async fn start(
+        config: &Config,
+        mode: &str,
+        worker: Option<&Worker>,
+        engines: Arc<Engines>,
+    ) -> Result<NodeServices, NodeError> {
         let settings = &config.telemetry;
         let node_id = config.node_id();
         let redis = match &config.redis_url {
@@ -147,6 +186,10 @@ impl NodeServices {
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(Arc::clone(&telemetry).run(stop.clone()));
+        if !engines.is_empty() {
+            let poll = Duration::from_millis(settings.service_poll_ms);
+            tasks.spawn(watch_engines(engines, Arc::clone(&telemetry), poll, stop.clone()));
+        }
         let mut status_addr = None;
         if let Some(server) = server {
             let addr = server.local_addr().map_err(|source| NodeError::Bind {
