@@ -236,11 +236,14 @@ async fn ungranted_capability_is_refused_before_the_component_runs() {
         "{message}"
     );
 
-    // Granted, but this node does not implement it: refused as well, saying so.
+    // Granted: it runs, and the call answers that no engine here serves the model.
     let policy = "[tenants.acme]\ncapabilities = [\"log\", \"stream\", \"inference\"]\n";
     let (report, _) = run(&executor(policy), &load("bad-sneaky"), job("acme", "{}", None)).await;
     let message = report.outcome.unwrap_err().to_string();
-    assert!(message.contains("does not provide"), "{message}");
+    assert!(
+        message.contains("no engine on this node serves model `any`"),
+        "{message}"
+    );
 }
 
 #[tokio::test]

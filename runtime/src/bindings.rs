@@ -13,6 +13,7 @@ wasmtime::component::bindgen!({
     path: "../wit",
     imports: { default: async | trappable },
     exports: { default: async },
+    with: { "citadel:handler/inference.completion": crate::capabilities::inference::ActiveCompletion },
 });
 
 pub use Job as JobRecord;

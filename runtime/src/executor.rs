@@ -29,6 +29,7 @@ use crate::components::{ComponentStore, Digest, LoadedComponent};
 use crate::config::{Config, ConfigError};
 use crate::engine::{Allocation, SandboxEngine};
 use crate::grant::Grant;
+use crate::inference::Engines;
 use crate::job::{Chunk, HandlerErrorKind, JobError, JobReport, JobSpec, Refusal};
 use crate::joblog::{JobLog, Source};
 use crate::limits::{JobLimits, StoreLimiter};
@@ -71,6 +72,9 @@ pub enum SetupError {
     /// wasmtime refused the engine settings.
     #[error("cannot create the wasmtime engine: {0}")]
     Engine(String),
+    /// An inference engine's client cannot be built.
+    #[error("cannot set up the inference engines: {0}")]
+    Engines(String),
     /// The compiled-component cache directory is unusable.
     #[error("cannot use component cache {}: {source} (set sandbox.cache_dir to a private directory)", .dir.display())]
     Cache {
@@ -85,6 +89,7 @@ pub enum SetupError {
 pub struct Executor {
     components: Arc<ComponentStore>,
     policy: Policy,
+    engines: Arc<Engines>,
     prepared: Mutex<HashMap<(Digest, Capabilities), HandlerPre<JobState>>>,
 }
 
@@ -94,8 +99,20 @@ impl Executor {
         Executor {
             components,
             policy,
+            engines: Arc::default(),
             prepared: Mutex::default(),
         }
+    }
+
+    /// The same executor, giving capability `inference` these engines.
+    pub fn with_engines(mut self, engines: Arc<Engines>) -> Executor {
+        self.engines = engines;
+        self
+    }
+
+    /// The node's inference engines.
+    pub fn engines(&self) -> &Arc<Engines> {
+        &self.engines
     }
 
     /// Build the engine, component store and policy `config` describes.
@@ -108,7 +125,8 @@ impl Executor {
             dir: cache_dir.map(PathBuf::from).unwrap_or_default(),
             source,
         })?;
-        Ok(Executor::new(Arc::new(components), policy))
+        let engines = Engines::from_config(&config.engines).map_err(SetupError::Engines)?;
+        Ok(Executor::new(Arc::new(components), policy).with_engines(Arc::new(engines)))
     }
 
     /// The component store.
@@ -238,6 +256,7 @@ impl Executor {
             log.clone(),
             OutputBudget::new(limits.max_output_bytes),
             StreamState::new(chunks, limits.max_chunk_bytes, limits.max_chunks_per_second),
+            Arc::clone(&self.engines),
             wasi,
         );
         let mut store = Store::new(self.components.engine().engine(), state);

@@ -25,6 +25,8 @@ pub struct Grant {
     capabilities: Capabilities,
     /// Denials already logged for this job (each is logged once).
     logged: Capabilities,
+    /// Finer-grained denials (engines, models) already logged.
+    logged_reasons: Vec<String>,
 }
 
 impl Grant {
@@ -36,6 +38,15 @@ impl Grant {
             capabilities: tenant_policy.capability_set(),
             policy: Arc::clone(tenant_policy),
             logged: Capabilities::NONE,
+            logged_reasons: Vec::new(),
+        }
+    }
+
+    /// Log a finer-grained denial (an engine, a model) once per job.
+    pub fn deny_once(&mut self, reason: &str, job_id: &str) {
+        if !self.logged_reasons.iter().any(|logged| logged == reason) {
+            self.logged_reasons.push(reason.to_string());
+            tracing::warn!(job_id, tenant = %self.tenant, %reason, "denied");
         }
     }
 

@@ -3,10 +3,11 @@
 //! which engine serves a request, and their health, reported in status as
 //! services.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use citadel_collector::status::ServiceStatus;
-use citadel_transports::engines::{Engine, EngineError, GenerationRequest, TokenStream};
+use citadel_transports::engines::{Engine, EngineError, Finish, GenerationRequest, TokenStream, Usage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::EngineSettings;
@@ -71,10 +72,119 @@ impl EngineSlot {
     }
 }
 
+/// One generation, as metered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationRecord<'a> {
+    /// The tenant.
+    pub tenant: &'a str,
+    /// The engine.
+    pub engine: &'a str,
+    /// The model.
+    pub model: &'a str,
+    /// `ok`, or how it failed (`unavailable`, `rejected`, `malformed`,
+    /// `failed`, `interrupted`, `stalled`, `abandoned` when the job stopped
+    /// pulling: deadline, cancellation, the guest dropped it).
+    pub outcome: &'a str,
+    /// Token counts, when the engine reported them.
+    pub usage: Option<Usage>,
+    /// Time from the request to the first token.
+    pub time_to_first_token: Option<Duration>,
+    /// Time from the request to the end.
+    pub duration: Duration,
+}
+
+/// Told about every generation when it ends (metrics).
+pub trait InferenceObserver: Send + Sync {
+    /// A generation ended.
+    fn generation(&self, record: &GenerationRecord<'_>);
+}
+
+/// Meters one generation; reports it exactly once (when dropped unfinished:
+/// as `abandoned`).
+pub struct Metered {
+    observer: Option<Arc<dyn InferenceObserver>>,
+    tenant: String,
+    engine: String,
+    model: String,
+    started: Instant,
+    first_token: Option<Duration>,
+    reported: bool,
+}
+
+impl Metered {
+    /// Start metering a generation of `tenant` on `engine`.
+    pub fn start(engines: &Engines, tenant: &str, engine: &str, model: &str) -> Metered {
+        Metered {
+            observer: engines.observer.get().cloned(),
+            tenant: tenant.into(),
+            engine: engine.into(),
+            model: model.into(),
+            started: Instant::now(),
+            first_token: None,
+            reported: false,
+        }
+    }
+
+    /// A token arrived; `first` is the stream's own time to first token.
+    pub fn token(&mut self, first: Option<Duration>) {
+        if self.first_token.is_none() {
+            self.first_token = first.or_else(|| Some(self.started.elapsed()));
+        }
+    }
+
+    /// Time to first token, ms (0 before the first).
+    pub fn time_to_first_token_ms(&self) -> u32 {
+        self.first_token
+            .map_or(0, |first| u32::try_from(first.as_millis()).unwrap_or(u32::MAX))
+    }
+
+    /// It finished.
+    pub fn finished(&mut self, finish: &Finish) {
+        self.report("ok", finish.usage);
+    }
+
+    /// It failed with `err`.
+    pub fn failed(&mut self, err: &EngineError) {
+        let outcome = match err {
+            EngineError::Unavailable { .. } => "unavailable",
+            EngineError::Rejected { .. } => "rejected",
+            EngineError::Malformed { .. } => "malformed",
+            EngineError::Failed { .. } => "failed",
+            EngineError::Interrupted { .. } => "interrupted",
+            EngineError::Stalled { .. } => "stalled",
+        };
+        self.report(outcome, None);
+    }
+
+    fn report(&mut self, outcome: &str, usage: Option<Usage>) {
+        if std::mem::replace(&mut self.reported, true) {
+            return;
+        }
+        if let Some(observer) = &self.observer {
+            observer.generation(&GenerationRecord {
+                tenant: &self.tenant,
+                engine: &self.engine,
+                model: &self.model,
+                outcome,
+                usage,
+                time_to_first_token: self.first_token,
+                duration: self.started.elapsed(),
+            });
+        }
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        self.report("abandoned", None);
+    }
+}
+
 /// Every engine of the node.
 #[derive(Default)]
 pub struct Engines {
     slots: Vec<EngineSlot>,
+    observer: OnceLock<Arc<dyn InferenceObserver>>,
 }
 
 impl Engines {
@@ -90,7 +200,15 @@ impl Engines {
                 })
             })
             .collect::<Result<_, String>>()?;
-        Ok(Engines { slots })
+        Ok(Engines {
+            slots,
+            observer: OnceLock::new(),
+        })
+    }
+
+    /// Report every generation to `observer` (once, at start-up).
+    pub fn observe(&self, observer: Arc<dyn InferenceObserver>) {
+        let _ = self.observer.set(observer);
     }
 
     /// Whether the node has none.

@@ -88,6 +88,53 @@ pub struct TenantPolicy {
     /// Jobs of this tenant running at once on one node.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: u32,
+    /// Which engines and models capability `inference` reaches.
+    #[serde(default)]
+    pub inference: InferencePolicy,
+}
+
+/// `[tenants.<name>.inference]`: glob allowlists (`*`, `?`, `[…]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferencePolicy {
+    /// Engines (by `[[engines]]` name) the tenant may use; every engine by default.
+    #[serde(default = "every_engine")]
+    pub engines: Vec<String>,
+    /// Models the tenant may run; none by default (deny by default).
+    #[serde(default)]
+    pub models: Vec<String>,
+}
+
+fn every_engine() -> Vec<String> {
+    vec!["*".into()]
+}
+
+impl Default for InferencePolicy {
+    fn default() -> Self {
+        InferencePolicy {
+            engines: every_engine(),
+            models: Vec::new(),
+        }
+    }
+}
+
+impl InferencePolicy {
+    /// Whether `engine` is allowed.
+    pub fn allows_engine(&self, engine: &str) -> bool {
+        matches_any(&self.engines, engine)
+    }
+
+    /// Whether `model` is allowed.
+    pub fn allows_model(&self, model: &str) -> bool {
+        matches_any(&self.models, model)
+    }
+}
+
+/// Whether `name` matches one of `patterns` (validated at load).
+fn matches_any(patterns: &[String], name: &str) -> bool {
+    patterns
+        .iter()
+        .any(|pattern| glob::Pattern::new(pattern).is_ok_and(|pattern| pattern.matches(name)))
 }
 
 fn default_memory_mib() -> u32 {
@@ -124,6 +171,7 @@ impl Default for TenantPolicy {
             max_chunks_per_second: default_max_chunks_per_second(),
             max_log_bytes: default_max_log_bytes(),
             max_in_flight: default_max_in_flight(),
+            inference: InferencePolicy::default(),
         }
     }
 }
@@ -164,6 +212,16 @@ impl TenantPolicy {
         }
         if self.max_in_flight == 0 {
             return Err(invalid("max_in_flight", "must be at least 1".into()));
+        }
+        for (key, patterns) in [
+            ("inference.engines", &self.inference.engines),
+            ("inference.models", &self.inference.models),
+        ] {
+            for pattern in patterns {
+                if let Err(err) = glob::Pattern::new(pattern) {
+                    return Err(invalid(key, format!("{pattern:?} is not a valid pattern: {err}")));
+                }
+            }
         }
         Ok(())
     }
@@ -278,6 +336,28 @@ mod tests {
         assert!(message.contains("policy.toml"), "{message}");
         let err = Policy::from_toml("[tenant.acme]\n", "policy.toml").unwrap_err();
         assert!(err.to_string().contains("tenant"), "{err}");
+    }
+
+    #[test]
+    fn inference_allowlists_are_globs_denying_by_default() {
+        let policy = Policy::from_toml(
+            "[tenants.acme]\ncapabilities = [\"inference\"]\ninference.models = [\"llama-3.2-*\", \"smollm2\"]\n\
+             [tenants.globex]\ncapabilities = [\"inference\"]\ninference.engines = [\"vllm-*\"]\ninference.models = [\"*\"]\n",
+            "p",
+        )
+        .unwrap();
+        let acme = &policy.tenant("acme").1.inference;
+        assert!(acme.allows_model("llama-3.2-1b") && acme.allows_model("smollm2"));
+        assert!(!acme.allows_model("llama-3.1-8b"));
+        assert!(acme.allows_engine("anything"), "every engine by default");
+        let globex = &policy.tenant("globex").1.inference;
+        assert!(globex.allows_engine("vllm-a") && !globex.allows_engine("ollama"));
+        assert!(
+            !policy.tenant("nobody").1.inference.allows_model("smollm2"),
+            "no model by default"
+        );
+        let err = Policy::from_toml("[tenants.acme]\ninference.models = [\"[oops\"]\n", "p").unwrap_err();
+        assert!(err.to_string().contains("tenants.acme.inference.models"), "{err}");
     }
 
     #[test]

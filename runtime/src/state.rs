@@ -8,6 +8,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::grant::Grant;
+use crate::inference::Engines;
 use crate::joblog::JobLog;
 use crate::limits::StoreLimiter;
 use crate::output::{OutputBudget, StreamState};
@@ -26,12 +27,16 @@ pub struct JobState {
     pub(crate) output: OutputBudget,
     /// Where chunks go, their numbering and pacing.
     pub(crate) stream: StreamState,
+    /// The node's inference engines.
+    pub(crate) engines: Arc<Engines>,
+    /// Resources handed to the guest (WASI's and citadel's).
+    pub(crate) table: ResourceTable,
     wasi: WasiCtx,
-    table: ResourceTable,
 }
 
 impl JobState {
     /// Assemble a job's state.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         job_id: Arc<str>,
         grant: Grant,
@@ -39,6 +44,7 @@ impl JobState {
         log: JobLog,
         output: OutputBudget,
         stream: StreamState,
+        engines: Arc<Engines>,
         wasi: WasiCtx,
     ) -> JobState {
         JobState {
@@ -48,6 +54,7 @@ impl JobState {
             log,
             output,
             stream,
+            engines,
             wasi,
             table: ResourceTable::new(),
         }

@@ -79,8 +79,7 @@ impl TestWorker {
 
     /// A worker with the node's telemetry beside it, as `citadel work` runs.
     pub async fn start_node(config: &Config) -> TestWorker {
-        let worker = Self::worker(config);
-        let engines = Arc::new(Engines::from_config(&config.engines).expect("engines"));
+        let (worker, engines) = Self::worker(config);
         let node = NodeServices::start(config, "redis", Some(&worker), engines)
             .await
             .expect("node telemetry");
@@ -97,17 +96,18 @@ impl TestWorker {
         format!("http://{addr}")
     }
 
-    fn worker(config: &Config) -> Worker {
+    fn worker(config: &Config) -> (Worker, Arc<Engines>) {
         let policy = config.load_policy().expect("policy");
-        let executor = Arc::new(Executor::new(shared_store(), policy));
+        let engines = Arc::new(Engines::from_config(&config.engines).expect("engines"));
+        let executor = Arc::new(Executor::new(shared_store(), policy).with_engines(Arc::clone(&engines)));
         let handlers = HandlerTable::load(&shared_store(), &config.handlers).expect("handlers");
-        Worker::new(executor, handlers, config).expect("worker")
+        (Worker::new(executor, handlers, config).expect("worker"), engines)
     }
 
     fn spawn(config: &Config, prepared: Option<(Worker, NodeServices)>) -> TestWorker {
         let (worker, node) = match prepared {
             Some((worker, node)) => (worker, Some(node)),
-            None => (Self::worker(config), None),
+            None => (Self::worker(config).0, None),
         };
         let worker = Arc::new(worker);
         let stop = CancellationToken::new();

@@ -8,6 +8,7 @@
 //! here with its `Host` impl, one line in [`PROVIDED`] and one in
 //! [`linker`].
 
+pub(crate) mod inference;
 mod log;
 mod stream;
 
@@ -19,7 +20,10 @@ use crate::capability::{Capabilities, Capability};
 use crate::state::JobState;
 
 /// Capabilities this node implements.
-pub const PROVIDED: Capabilities = Capabilities::NONE.with(Capability::Log).with(Capability::Stream);
+pub const PROVIDED: Capabilities = Capabilities::NONE
+    .with(Capability::Log)
+    .with(Capability::Stream)
+    .with(Capability::Inference);
 
 /// A linker offering the WASI base plus the granted capabilities.
 pub(crate) fn linker(engine: &Engine, granted: Capabilities) -> wasmtime::Result<Linker<JobState>> {
@@ -31,6 +35,9 @@ pub(crate) fn linker(engine: &Engine, granted: Capabilities) -> wasmtime::Result
     }
     if granted.contains(Capability::Stream) {
         handler::stream::add_to_linker::<_, HasSelf<JobState>>(&mut linker, |state| state)?;
+    }
+    if granted.contains(Capability::Inference) {
+        handler::inference::add_to_linker::<_, HasSelf<JobState>>(&mut linker, |state| state)?;
     }
     Ok(linker)
 }

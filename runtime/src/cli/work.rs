@@ -18,7 +18,6 @@ use super::Failure;
 use crate::config::Config;
 use crate::engine::Allocation;
 use crate::executor::Executor;
-use crate::inference::Engines;
 use crate::node::NodeServices;
 use crate::worker::{HandlerTable, Worker};
 
@@ -117,6 +116,7 @@ impl WorkArgs {
 pub(super) async fn work(config: &Config) -> Result<(), Failure> {
     let executor = Executor::from_config(config, Allocation::Pooling).map_err(Failure::input)?;
     let handlers = HandlerTable::load(executor.components(), &config.handlers).map_err(Failure::input)?;
+    let engines = Arc::clone(executor.engines());
     let worker = Worker::new(Arc::new(executor), handlers, config).map_err(Failure::input)?;
     let stop = CancellationToken::new();
     let mut terminate = signal(SignalKind::terminate()).map_err(Failure::input)?;
@@ -130,7 +130,6 @@ pub(super) async fn work(config: &Config) -> Result<(), Failure> {
         eprintln!("citadel: second signal: exiting without draining; unfinished jobs stay pending");
         std::process::exit(130);
     });
-    let engines = Arc::new(Engines::from_config(&config.engines).map_err(Failure::input)?);
     let node = NodeServices::start(config, "redis", Some(&worker), engines)
         .await
         .map_err(Failure::input)?;

@@ -1,5 +1,5 @@
-//! The worker's [`JobObserver`] for telemetry: counts and times jobs into
-//! the metrics, sends each start and finish to `/events` listeners, and
+//! The worker's [`JobObserver`] (and the engines' [`InferenceObserver`])
+//! for telemetry: counts and times jobs and generations into the metrics, sends each start and finish to `/events` listeners, and
 //! nudges the status loop (a job starting or finishing is a change). All of
 //! it is a few atomic updates and a non-blocking broadcast: it never holds
 //! a job up.
@@ -13,6 +13,7 @@ use serde_json::json;
 use tokio::sync::{Notify, broadcast};
 
 use super::metrics::Metrics;
+use crate::inference::{GenerationRecord, InferenceObserver};
 use crate::worker::{JobInfo, JobObserver};
 
 /// Events buffered for `/events` listeners; a listener further behind gets
@@ -67,6 +68,12 @@ impl JobFeed {
             data.extend(extra);
         }
         self.send("job", data.to_string());
+    }
+}
+
+impl InferenceObserver for JobFeed {
+    fn generation(&self, record: &GenerationRecord<'_>) {
+        self.metrics.generation(record);
     }
 }
 

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use citadel_collector::Snapshot;
 use citadel_transports::status::HttpPublisherStats;
+
+use crate::inference::GenerationRecord;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -33,6 +35,25 @@ struct OutcomeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeOnly {
     outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InferenceLabels {
+    tenant: String,
+    engine: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    tenant: String,
+    engine: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EngineLabels {
+    engine: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -75,6 +96,9 @@ pub struct Metrics {
     http_messages: Family<OutcomeOnly, Gauge>,
     http_queued: Gauge,
     http_spool_bytes: Gauge,
+    inference_requests: Family<InferenceLabels, Counter>,
+    inference_tokens: Family<TokenLabels, Counter>,
+    inference_first_token: Family<EngineLabels, Histogram>,
 }
 
 /// The dcgm-exporter gauges exported per GPU.
@@ -119,6 +143,9 @@ impl Metrics {
         let http_messages = Family::<OutcomeOnly, Gauge>::default();
         let http_queued = Gauge::default();
         let http_spool_bytes = Gauge::default();
+        let inference_requests = Family::<InferenceLabels, Counter>::default();
+        let inference_tokens = Family::<TokenLabels, Counter>::default();
+        let inference_first_token = Family::<EngineLabels, Histogram>::new_with_constructor(|| histogram(0.001, 16));
         registry.register("citadel_jobs_started", "Jobs started, by type", jobs_started.clone());
         registry.register(
             "citadel_jobs_finished",
@@ -191,6 +218,21 @@ impl Metrics {
             "Bytes waiting in the status spool",
             http_spool_bytes.clone(),
         );
+        registry.register(
+            "citadel_inference_requests",
+            "Generations on inference engines, by tenant, engine and outcome",
+            inference_requests.clone(),
+        );
+        registry.register(
+            "citadel_inference_tokens",
+            "Tokens metered per tenant and engine (kind: prompt or completion)",
+            inference_tokens.clone(),
+        );
+        registry.register(
+            "citadel_inference_time_to_first_token_seconds",
+            "Time from the request to the first token, by engine",
+            inference_first_token.clone(),
+        );
         let gpu = GPU_GAUGES
             .iter()
             .map(|(name, help)| {
@@ -218,6 +260,9 @@ impl Metrics {
             http_messages,
             http_queued,
             http_spool_bytes,
+            inference_requests,
+            inference_tokens,
+            inference_first_token,
         }
     }
 
@@ -325,6 +370,35 @@ impl Metrics {
         }
     }
 
+    /// A generation ended.
+    pub fn generation(&self, record: &GenerationRecord<'_>) {
+        self.inference_requests
+            .get_or_create(&InferenceLabels {
+                tenant: record.tenant.into(),
+                engine: record.engine.into(),
+                outcome: record.outcome.into(),
+            })
+            .inc();
+        if let Some(usage) = record.usage {
+            for (kind, count) in [("prompt", usage.prompt_tokens), ("completion", usage.completion_tokens)] {
+                self.inference_tokens
+                    .get_or_create(&TokenLabels {
+                        tenant: record.tenant.into(),
+                        engine: record.engine.into(),
+                        kind: kind.into(),
+                    })
+                    .inc_by(u64::from(count));
+            }
+        }
+        if let Some(first) = record.time_to_first_token {
+            self.inference_first_token
+                .get_or_create(&EngineLabels {
+                    engine: record.engine.into(),
+                })
+                .observe(first.as_secs_f64());
+        }
+    }
+
     /// Mirror the HTTP status publisher's counters and backlog.
     pub fn observe_http(&self, stats: &HttpPublisherStats, (queued, spooled_bytes): (usize, u64)) {
         for (outcome, count) in [
@@ -417,6 +491,37 @@ mod tests {
         // A GPU that vanished stops reporting.
         metrics.observe(&snapshot(Vec::new()));
         assert!(!metrics.encode().contains("DCGM_FI_DEV_GPU_UTIL{"));
+    }
+
+    #[test]
+    fn generations_are_metered_per_tenant_and_engine() {
+        let metrics = Metrics::new();
+        let record = |outcome, usage| GenerationRecord {
+            tenant: "acme",
+            engine: "llama",
+            model: "smollm2",
+            outcome,
+            usage,
+            time_to_first_token: Some(Duration::from_millis(40)),
+            duration: Duration::from_millis(300),
+        };
+        let usage = citadel_transports::engines::Usage {
+            prompt_tokens: 32,
+            completion_tokens: 8,
+        };
+        metrics.generation(&record("ok", Some(usage)));
+        metrics.generation(&record("ok", Some(usage)));
+        metrics.generation(&record("abandoned", None));
+        let text = metrics.encode();
+        for line in [
+            r#"citadel_inference_requests_total{tenant="acme",engine="llama",outcome="ok"} 2"#,
+            r#"citadel_inference_requests_total{tenant="acme",engine="llama",outcome="abandoned"} 1"#,
+            r#"citadel_inference_tokens_total{tenant="acme",engine="llama",kind="prompt"} 64"#,
+            r#"citadel_inference_tokens_total{tenant="acme",engine="llama",kind="completion"} 16"#,
+            r#"citadel_inference_time_to_first_token_seconds_count{engine="llama"} 3"#,
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
     }
 
     #[test]

@@ -183,6 +183,7 @@ impl NodeServices {
         if let Some(worker) = worker {
             worker.observe(telemetry.job_feed());
         }
+        engines.observe(telemetry.job_feed());
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(Arc::clone(&telemetry).run(stop.clone()));
