@@ -303,7 +303,9 @@ async fn llm_inference_jobs_stream_real_tokens_through_redis() {
     let mut config = worker_config(&redis);
     config.policy = Some(policy);
     config.engines = vec![settings("llama", &LlmEngine::shared().url(), &["smollm2"])];
-    config.handlers.insert("llm_inference".into(), guest("llm-chat"));
+    // No [handlers] entry: with engines configured, `llm_inference` goes to
+    // the built-in llm-chat (target/guests beside the binary's directory).
+    assert!(!config.handlers.contains_key("llm_inference"));
     let node = WorkerProcess::start(&config);
     let payload = json!({
         "model": "smollm2", "messages": [{"role": "user", "content": "Say hi"}],
@@ -351,6 +353,7 @@ async fn llm_inference_jobs_stream_real_tokens_through_redis() {
         result["content"].as_str().unwrap().replace(' ', ""),
         chunks.replace(' ', "")
     );
+    assert!(node.log().contains("llm_inference"), "the ready line lists the handler");
     println!("{stdout}");
 }
 

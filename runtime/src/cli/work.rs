@@ -115,7 +115,8 @@ impl WorkArgs {
 
 pub(super) async fn work(config: &Config) -> Result<(), Failure> {
     let executor = Executor::from_config(config, Allocation::Pooling).map_err(Failure::input)?;
-    let handlers = HandlerTable::load(executor.components(), &config.handlers).map_err(Failure::input)?;
+    let handlers =
+        HandlerTable::load(executor.components(), &config.handlers_with_defaults()).map_err(Failure::input)?;
     let engines = Arc::clone(executor.engines());
     let worker = Worker::new(Arc::new(executor), handlers, config).map_err(Failure::input)?;
     let stop = CancellationToken::new();

@@ -68,7 +68,14 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Local inference engines (`[[engines]]`).
     pub engines: Vec<EngineSettings>,
+    /// Where the built-in handlers are (`llm-chat.wasm`, the default handler
+    /// of `llm_inference` when engines are configured); default: `guests/`
+    /// beside the binary's directory (`target/guests` in a checkout).
+    pub guests_dir: Option<PathBuf>,
 }
+
+/// The job type Citadel sends to inference handlers.
+pub const LLM_INFERENCE: &str = "llm_inference";
 
 /// Who this node is.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -348,6 +355,29 @@ impl Config {
         if id.is_empty() { "citadel-node".into() } else { id }
     }
 
+    /// The handlers to load: `[handlers]`, plus the built-in `llm-chat` for
+    /// `llm_inference` when engines are configured and no handler is named
+    /// for it (and the component is in `guests_dir`).
+    pub fn handlers_with_defaults(&self) -> BTreeMap<String, PathBuf> {
+        let mut handlers = self.handlers.clone();
+        if !self.engines.is_empty() && !handlers.contains_key(LLM_INFERENCE) {
+            let dir = self.guests_dir.clone().or_else(|| {
+                let exe = std::env::current_exe().ok()?;
+                Some(exe.parent()?.parent()?.join("guests"))
+            });
+            match dir.map(|dir| dir.join("llm-chat.wasm")) {
+                Some(component) if component.is_file() => {
+                    handlers.insert(LLM_INFERENCE.into(), component);
+                }
+                component => tracing::warn!(
+                    looked_at = ?component,
+                    "engines are configured but no llm_inference handler: set [handlers] llm_inference or guests_dir"
+                ),
+            }
+        }
+        handlers
+    }
+
     /// The node's display name: `node.name`, else its id.
     pub fn node_name(&self) -> String {
         self.node.name.clone().unwrap_or_else(|| self.node_id())
@@ -453,6 +483,35 @@ mod tests {
         assert!(err.to_string().contains("engines.base_url"), "{err}");
         let err = load(engine("llama", "tgi", "http://a:1")).unwrap_err();
         assert!(err.to_string().contains("tgi"), "{err}");
+    }
+
+    #[test]
+    fn llm_inference_defaults_to_the_built_in_handler_when_engines_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("llm-chat.wasm"), b"").unwrap();
+        let mut config = Config {
+            guests_dir: Some(dir.path().to_path_buf()),
+            ..Config::default()
+        };
+        assert!(config.handlers_with_defaults().is_empty(), "no engines, no default");
+        config.engines = vec![EngineSettings {
+            name: "llama".into(),
+            kind: citadel_transports::engines::EngineKind::OpenAi,
+            base_url: "http://127.0.0.1:8081".into(),
+            models: vec!["smollm2".into()],
+            max_concurrency: 1,
+            timeout_ms: 1000,
+        }];
+        assert_eq!(
+            config.handlers_with_defaults()[LLM_INFERENCE],
+            dir.path().join("llm-chat.wasm")
+        );
+        config.handlers.insert(LLM_INFERENCE.into(), "mine.wasm".into());
+        assert_eq!(
+            config.handlers_with_defaults()[LLM_INFERENCE],
+            PathBuf::from("mine.wasm"),
+            "a named handler wins"
+        );
     }
 
     #[test]
