@@ -352,6 +352,13 @@ fn error_message(body: &str) -> String {
     }
 }
 
+/// A token count from an engine's JSON (0 when absent, saturating).
+fn count(value: &serde_json::Value) -> u32 {
+    value
+        .as_u64()
+        .map_or(0, |count| u32::try_from(count).unwrap_or(u32::MAX))
+}
+
 /// `text` cut to `max` characters, marked when cut.
 fn clip(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {

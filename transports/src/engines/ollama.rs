@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::io::StreamReader;
 
-use super::{ByteFault, Frame, GenerationRequest, Input, Usage, clip, fault_error};
+use super::{ByteFault, Frame, GenerationRequest, Input, Usage, clip, count, fault_error};
 
 /// Longest NDJSON line accepted.
 const MAX_LINE: usize = 1 << 20;
@@ -94,12 +94,6 @@ fn parse(line: &str) -> Result<Vec<Frame>, String> {
         None => return Err(format!("a frame without `done`: {}", clip(line, 120))),
     }
     Ok(frames)
-}
-
-fn count(value: &Value) -> u32 {
-    value
-        .as_u64()
-        .map_or(0, |count| u32::try_from(count).unwrap_or(u32::MAX))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
 
-use super::{ByteFault, Frame, GenerationRequest, Input, Usage, clip, fault_error};
+use super::{ByteFault, Frame, GenerationRequest, Input, Usage, clip, count, fault_error};
 
 /// The path and JSON body for `request`.
 pub(super) fn request(request: &GenerationRequest) -> (&'static str, Value) {
@@ -85,12 +85,6 @@ fn parse(data: &str) -> Result<Vec<Frame>, String> {
         }));
     }
     Ok(frames)
-}
-
-fn count(value: &Value) -> u32 {
-    value
-        .as_u64()
-        .map_or(0, |count| u32::try_from(count).unwrap_or(u32::MAX))
 }
 
 #[cfg(test)]
