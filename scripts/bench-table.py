@@ -108,6 +108,34 @@ def telemetry_table(summary):
     print(f"| telemetry at a 1 s interval (the difference) | {(ours - base) * 100:.3f} % | |")
 
 
+def inference_table(summary):
+    print(f"\n| token latency, engine → reader ({summary['tokens']} tokens at {summary['rate']}/s, synthetic engine) "
+          "| p50 | p99 | added p99 |")
+    print("| --- | ---: | ---: | ---: |")
+    base = summary["direct"]
+    rows = [("direct", "baseline: reading the engine's SSE directly"),
+            ("splice", "citadel splice (`complete-to-stream`) → Redis subscriber"),
+            ("pull", "citadel pull (`complete` + `next` + `emit`) → Redis subscriber")]
+    for name, label in rows:
+        row = summary[name]
+        added = "" if name == "direct" else f"{row['p99_ms'] - base['p99_ms']:+.3f} ms"
+        print(f"| {label} | {row['p50_ms']:.3f} ms | {row['p99_ms']:.3f} ms | {added} |")
+    print("\n| tokens/s, unthrottled synthetic engine | tokens/s | vs direct |")
+    print("| --- | ---: | ---: |")
+    direct = summary["direct_tokens_per_s"]
+    for name, label in (("direct", "baseline: reading the engine's SSE directly"), ("splice", "citadel splice → Redis subscriber"),
+                        ("pull", "citadel pull → Redis subscriber")):
+        rate = summary[f"{name}_tokens_per_s"]
+        note = "baseline" if name == "direct" else f"{rate / direct:.3g}×"
+        print(f"| {label} | {rate:,.0f} | {note} |")
+    if "llm_direct" in summary:
+        print("\n| real llama.cpp engine (SmolLM2-135M, 1 thread), 100 tokens | time to first token | tokens/s |")
+        print("| --- | ---: | ---: |")
+        for name, label in (("llm_direct", "reading its SSE directly"), ("llm_splice", "citadel splice → Redis subscriber")):
+            row = summary[name]
+            print(f"| {label} | {row['ttft_ms']:.1f} ms | {row['tokens_per_s']:.1f} |")
+
+
 def main():
     criterion_table(pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/criterion"))
     queues = pathlib.Path(sys.argv[2] if len(sys.argv) > 2 else "target/bench/queues.json")
@@ -116,6 +144,9 @@ def main():
     telemetry = pathlib.Path(sys.argv[3] if len(sys.argv) > 3 else "target/bench/telemetry.json")
     if telemetry.exists():
         telemetry_table(json.loads(telemetry.read_text()))
+    inference = pathlib.Path(sys.argv[4] if len(sys.argv) > 4 else "target/bench/inference.json")
+    if inference.exists():
+        inference_table(json.loads(inference.read_text()))
 
 
 if __name__ == "__main__":

@@ -123,9 +123,21 @@ async fn a_chat_streams_real_tokens_as_chunks_with_usage() {
     .await;
     assert!(chunks.is_empty());
     assert_eq!(result_of(&report)["content"], streamed);
+    // Streaming through the guest (pull, then emit each token): the same chunks.
+    let (report, chunks) = run(
+        &executor,
+        &load("llm-chat"),
+        job("acme", &say_hi(json!({"splice": false})), None),
+    )
+    .await;
+    assert_eq!(
+        chunks.iter().map(|chunk| chunk.content.as_str()).collect::<String>(),
+        streamed
+    );
+    assert_eq!(result_of(&report)["content"], streamed);
     // Metered for the tenant.
     let recorded = recorded.0.lock().unwrap().clone();
-    assert_eq!(recorded.len(), 2);
+    assert_eq!(recorded.len(), 3);
     for (tenant, engine, outcome, usage, first_token) in recorded {
         assert_eq!(
             (tenant.as_str(), engine.as_str(), outcome.as_str()),

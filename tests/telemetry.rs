@@ -571,6 +571,12 @@ async fn every_status_route_answers_and_health_follows_redis() {
         reasons.iter().any(|reason| reason.starts_with("redis: unreachable")),
         "{reasons:?}"
     );
+    // A status published into the outage fails and is said so; it is sent
+    // again with the backoff once Redis returns (no 600 s wait, no change needed).
+    node.node.as_ref().unwrap().telemetry.publish_once().await;
+    let (code, body) = get(&format!("{base}/health")).await;
+    assert_eq!(code, 503);
+    assert!(body.contains("redis: cannot publish status"), "{body}");
     redis.restart();
     eventually_some(SETTLE, "healthy again once Redis is back", || async {
         (get(&format!("{base}/health")).await.0 == 200).then_some(())

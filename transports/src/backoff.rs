@@ -79,10 +79,16 @@ impl Waits {
         self.attempts
     }
 
+    /// The next delay (counting an attempt), for callers that wait on
+    /// something else as well.
+    pub fn next_delay(&mut self) -> Duration {
+        self.attempts += 1;
+        self.delays.next().unwrap_or(self.policy.max)
+    }
+
     /// Wait for the next delay; `false` when `stop` fired first.
     pub async fn wait(&mut self, stop: &CancellationToken) -> bool {
-        self.attempts += 1;
-        let delay = self.delays.next().unwrap_or(self.policy.max);
+        let delay = self.next_delay();
         tokio::select! {
             _ = stop.cancelled() => false,
             _ = tokio::time::sleep(delay) => true,

@@ -3,11 +3,13 @@
 //! backend, stop}`; with `stream` (the default) every token becomes a
 //! `chunk` through the host's splice path (`complete-to-stream`), otherwise
 //! tokens are pulled (`complete`) and only the result carries the text.
+//! `splice: false` streams through the guest instead: each pulled token is
+//! emitted by the guest (the path a handler that edits tokens takes).
 //! Result: `{content, finish_reason, model, usage: {prompt_tokens,
 //! completion_tokens, total_tokens}, time_to_first_token_ms}`.
 
 use citadel_guest::inference::{self, Error, Input, Message, Request, Summary};
-use citadel_guest::{Guest, HandlerError, Job};
+use citadel_guest::{Guest, HandlerError, Job, stream};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -34,6 +36,8 @@ struct Payload {
     top_p: Option<f32>,
     #[serde(default = "streams")]
     stream: bool,
+    #[serde(default = "streams")]
+    splice: bool,
     /// Citadel's name for the engine to use.
     backend: Option<String>,
     stop: Option<Stop>,
@@ -90,10 +94,10 @@ impl Guest for LlmChat {
                 Some(Stop::Many(stops)) => stops,
             },
         };
-        let summary = if payload.stream {
-            inference::complete_to_stream(&request)
-        } else {
-            pull(&request)
+        let summary = match (payload.stream, payload.splice) {
+            (true, true) => inference::complete_to_stream(&request),
+            (true, false) => pull(&request, true),
+            (false, _) => pull(&request, false),
         }
         .map_err(handler_error)?;
         let usage = summary.usage;
@@ -112,10 +116,14 @@ impl Guest for LlmChat {
     }
 }
 
-/// Pull every token, then the summary.
-fn pull(request: &Request) -> Result<Summary, Error> {
+/// Pull every token (emitting each when `emit`), then the summary.
+fn pull(request: &Request, emit: bool) -> Result<Summary, Error> {
     let completion = inference::complete(request)?;
-    while completion.next()?.is_some() {}
+    while let Some(token) = completion.next()? {
+        if emit {
+            stream::emit(&token).map_err(|err| Error::Engine(format!("emit: {err:?}")))?;
+        }
+    }
     completion
         .summary()
         .ok_or_else(|| Error::Engine("the generation ended without a summary".into()))

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use citadel_collector::status::{NodeIdentity, Reported, ServiceStatus, WorkerStatus, status_message};
 use citadel_collector::{Collector, CollectorError, Snapshot, Watch};
-use citadel_transports::backoff::worth_logging;
+use citadel_transports::backoff::{Backoff, worth_logging};
 use citadel_transports::status::{Health, HttpPublisher, RedisStatusPublisher, ServerEvent, StatusSource};
 use citadel_transports::wire;
 use tokio::sync::broadcast;
@@ -125,6 +125,7 @@ impl Telemetry {
         let timings = self.timings;
         let mut next_periodic = tokio::time::Instant::now();
         let mut last: Option<tokio::time::Instant> = None;
+        let mut redis_retries = Backoff::DEFAULT.start();
         let mut gpu_poll = tokio::time::interval(timings.gpu_poll);
         gpu_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         gpu_poll.tick().await;
@@ -151,6 +152,19 @@ impl Telemetry {
             let now = tokio::time::Instant::now();
             last = Some(now);
             next_periodic = now + timings.interval;
+            // Status that did not reach Redis is sent again soon, with the
+            // shared backoff, rather than at the next interval or change.
+            if self
+                .latest
+                .lock()
+                .expect("latest status poisoned")
+                .redis_failing
+                .is_some()
+            {
+                next_periodic = next_periodic.min(now + redis_retries.next_delay());
+            } else {
+                redis_retries.reset();
+            }
         }
         let http = self.http.lock().expect("http publisher poisoned").take();
         if let Some(http) = http {

@@ -36,6 +36,8 @@ use crate::policy::DEFAULT_TENANT;
 
 /// Chunks buffered between a running handler and the publisher.
 const CHUNK_BUFFER: usize = 256;
+/// Most chunks published in one write (those that queued while the last write was out).
+const CHUNKS_PER_WRITE: usize = 128;
 
 impl Shared {
     /// Hold `delivery` (visible to the cancel watcher and the sweeper), take
@@ -308,19 +310,23 @@ impl Shared {
         started: Instant,
     ) {
         let job = info.job_id;
-        let mut dropped = 0u32;
-        while let Some(chunk) = chunks.recv().await {
-            if chunk.index == 0
+        let mut dropped = 0usize;
+        let mut ready = Vec::with_capacity(CHUNKS_PER_WRITE);
+        // A chunk goes out as soon as it comes; chunks that queued up while
+        // the previous write was in flight go out together, in one write.
+        while chunks.recv_many(&mut ready, CHUNKS_PER_WRITE).await > 0 {
+            if ready[0].index == 0
                 && let Some(observer) = self.observer.get()
             {
                 observer.first_chunk(info, started.elapsed());
             }
-            let event = EventKind::Chunk {
+            let count = ready.len();
+            let events = ready.drain(..).map(|chunk| EventKind::Chunk {
                 content: chunk.content,
                 index: chunk.index,
-            };
-            if self.events.publish(job, ray, event).await.is_err() {
-                dropped += 1;
+            });
+            if self.events.publish_all(job, ray, events).await.is_err() {
+                dropped += count;
             }
         }
         if dropped > 0 {

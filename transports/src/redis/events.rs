@@ -146,8 +146,20 @@ impl EventPublisher {
 
     /// Publish one event right away, on its own (chunks: no grouping delay).
     pub async fn publish(&self, job_id: &str, ray_id: Option<&str>, kind: EventKind) -> redis::RedisResult<()> {
+        self.publish_all(job_id, ray_id, std::iter::once(kind)).await
+    }
+
+    /// Publish events right away, in order, in one pipelined write.
+    pub async fn publish_all(
+        &self,
+        job_id: &str,
+        ray_id: Option<&str>,
+        kinds: impl IntoIterator<Item = EventKind>,
+    ) -> redis::RedisResult<()> {
         let mut batch = Batch::new();
-        self.publish_in(&mut batch, job_id, ray_id, kind);
+        for kind in kinds {
+            self.publish_in(&mut batch, job_id, ray_id, kind);
+        }
         batch.send(&self.conn).await.map(drop)
     }
 
