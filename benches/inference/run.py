@@ -37,7 +37,7 @@ import time
 import redis
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "queues"))
-from run import RedisServer, percentiles, stop  # noqa: E402
+from run import RedisServer, percentiles, stop, write_summary  # noqa: E402
 
 
 class TokenSource(http.server.ThreadingHTTPServer):
@@ -255,10 +255,7 @@ def main():
         stop(procs)
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    summary = json.dumps(results, indent=2)
-    print(summary)
-    if args.out:
-        pathlib.Path(args.out).write_text(summary)
+    write_summary(results, args.out)
 
 
 if __name__ == "__main__":

@@ -271,10 +271,15 @@ def main():
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+    write_summary(results, args.out)
+
+
+def write_summary(results, out):
+    """Print the JSON summary, and write it to `out` when given."""
     summary = json.dumps(results, indent=2)
     print(summary)
-    if args.out:
-        pathlib.Path(args.out).write_text(summary)
+    if out:
+        pathlib.Path(out).write_text(summary)
 
 
 if __name__ == "__main__":
