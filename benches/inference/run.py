@@ -3,7 +3,7 @@
 a Redis subscriber.
 
 The instrument is a synthetic OpenAI-compatible engine (this file,
-`TokenSource`): its `/v1/chat/completions` streams `max_tokens` tokens over
+`TokenSource`, in its own process): its `/v1/chat/completions` streams `max_tokens` tokens over
 SSE, each token the wall-clock time of its emit in ns, at `--rate` tokens/s
 (0: as fast as it can write). Three readers of the same source, same run:
 
@@ -25,6 +25,7 @@ import argparse
 import http.client
 import http.server
 import json
+import multiprocessing
 import os
 import pathlib
 import shutil
@@ -103,6 +104,22 @@ class TokenHandler(http.server.BaseHTTPRequestHandler):
             pass
 
 
+def serve_source(rate, urls):
+    """Child process: serve a TokenSource until killed."""
+    source = TokenSource(rate)
+    urls.put(source.url)
+    threading.Event().wait()
+
+
+def start_source(rate):
+    """A TokenSource in its own process (its writes must not share the
+    readers' interpreter lock); (process, url)."""
+    urls = multiprocessing.Queue()
+    proc = multiprocessing.Process(target=serve_source, args=(rate, urls), daemon=True)
+    proc.start()
+    return proc, urls.get(timeout=30)
+
+
 def read_sse(url, body, on_data):
     """POST `body` to an OpenAI-compatible engine and call on_data per `data:`."""
     host, port = url.removeprefix("http://").split(":")
@@ -118,7 +135,7 @@ def read_sse(url, body, on_data):
     conn.close()
 
 
-def direct(source, tokens):
+def direct(url, tokens):
     latencies = []
 
     def on_data(data):
@@ -129,7 +146,7 @@ def direct(source, tokens):
         if content:
             latencies.append(received - int(content))
 
-    read_sse(source.url, {"model": "synthetic", "messages": [], "max_tokens": tokens, "stream": True}, on_data)
+    read_sse(url, {"model": "synthetic", "messages": [], "max_tokens": tokens, "stream": True}, on_data)
     return latencies
 
 
@@ -207,9 +224,9 @@ def main():
     results = {"tokens": args.tokens, "rate": args.rate}
     procs = []
     try:
-        paced = TokenSource(args.rate)
-        results["direct"] = percentiles(direct(paced, args.tokens))
-        procs.append(node(args, workdir, server, paced.url))
+        paced, paced_url = start_source(args.rate)
+        results["direct"] = percentiles(direct(paced_url, args.tokens))
+        procs.append(node(args, workdir, server, paced_url))
         base = {"model": "synthetic", "messages": [{"role": "user", "content": "go"}]}
         job_chunks(r, "warm", dict(base, max_tokens=50), 50)
         for name, extra in (("splice", {}), ("pull", {"splice": False})):
@@ -219,11 +236,12 @@ def main():
         stop(procs)
         procs.clear()
 
-        fast = TokenSource(0)
+        paced.kill()
+        fast, fast_url = start_source(0)
         started = time.time_ns()
-        count = len(direct(fast, args.throughput_tokens))
+        count = len(direct(fast_url, args.throughput_tokens))
         results["direct_tokens_per_s"] = count / ((time.time_ns() - started) / 1e9)
-        procs.append(node(args, workdir, server, fast.url))
+        procs.append(node(args, workdir, server, fast_url))
         job_chunks(r, "warm2", dict(base, max_tokens=50), 50)
         for name, extra in (("splice", {}), ("pull", {"splice": False})):
             n = args.throughput_tokens
@@ -232,6 +250,7 @@ def main():
             print(f"  {name}: {results[f'{name}_tokens_per_s']:.0f} tokens/s", file=sys.stderr, flush=True)
         stop(procs)
         procs.clear()
+        fast.kill()
 
         if args.llm:
             # The real engine: time to first token and decode rate, read
