@@ -65,11 +65,6 @@ impl EngineSlot {
             _permit: permit,
         })
     }
-
-    /// Requests waiting for or holding a slot now.
-    pub fn busy(&self) -> usize {
-        self.settings.max_concurrency as usize - self.permits.available_permits()
-    }
 }
 
 /// One generation, as metered.

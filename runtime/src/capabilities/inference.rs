@@ -118,11 +118,10 @@ impl JobState {
             self.grant.deny_once(&reason, &self.job_id);
             return Err(InferenceError::Denied(reason));
         }
-        let metered = Metered::start(&self.engines, &tenant, &engine, &request.model);
+        let mut metered = Metered::start(&self.engines, &tenant, &engine, &request.model);
         match slot.generate(&request).await {
             Ok(generation) => Ok((generation, metered)),
             Err(err) => {
-                let mut metered = metered;
                 metered.failed(&err);
                 Err(engine_error(err))
             }

@@ -46,7 +46,6 @@ struct Latest {
     gpus: GpuFingerprint,
     redis_failing: Option<(Instant, String)>,
     redis_failures: u32,
-    published: u64,
 }
 
 /// The node's telemetry.
@@ -95,12 +94,6 @@ impl Telemetry {
         Arc::clone(&self.feed)
     }
 
-    /// Report these processes and cgroups from now on.
-    pub fn set_watches(&self, watches: Vec<Watch>) {
-        *self.watches.lock().expect("watches poisoned") = watches;
-        self.feed.changed();
-    }
-
     /// Report these services from now on; a change publishes at once.
     pub fn set_services(&self, services: Vec<ServiceStatus>) {
         let mut current = self.services.lock().expect("services poisoned");
@@ -113,11 +106,6 @@ impl Telemetry {
     /// The GPU source in use (`nvml`, `nvidia-smi`, `none`).
     pub fn gpu_source(&self) -> &'static str {
         self.collector.gpu_source()
-    }
-
-    /// Status messages published so far.
-    pub fn published(&self) -> u64 {
-        self.latest.lock().expect("latest status poisoned").published
     }
 
     /// Publish until `stop`, then hand the HTTP backlog to the spool.
@@ -204,7 +192,6 @@ impl Telemetry {
             } else {
                 fingerprint(&Some(snapshot.gpu.gpus.clone()))
             };
-            latest.published += 1;
         }
         self.feed.send("status", status.to_string());
         if let Some(http) = self.http.lock().expect("http publisher poisoned").as_ref() {
