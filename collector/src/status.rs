@@ -25,8 +25,10 @@ pub struct NodeIdentity {
     pub started_at: SystemTime,
 }
 
-/// A service the node runs (an engine, a container), as reported.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A service the node runs (an engine, a container), as reported. The
+/// first six fields are Citadel's; the optional rest are citadel's own and
+/// absent where they do not apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct ServiceStatus {
     /// Its name.
     pub name: String,
@@ -41,6 +43,24 @@ pub struct ServiceStatus {
     pub health: String,
     /// Models it serves.
     pub models: Vec<String>,
+    /// Where it runs: its cgroup (`citadel.slice/services/llama`), `plain`
+    /// (no cgroup: see `warning`), or its container id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placement: Option<String>,
+    /// Its main process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Times it has been restarted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<u32>,
+    /// How its last run ended (`exited with status 1`, `killed by the
+    /// kernel: out of memory (limit 64 MiB)`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+    /// Something the operator should know (it runs without limits because
+    /// cgroups are not writable, it cannot be started, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// The worker's counters.

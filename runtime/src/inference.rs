@@ -268,6 +268,7 @@ fn service_status(settings: &EngineSettings, healthy: bool) -> ServiceStatus {
         port,
         health: if healthy { "ok" } else { "unhealthy" }.into(),
         models: settings.models.clone(),
+        ..ServiceStatus::default()
     }
 }
 

@@ -14,6 +14,7 @@
 //! - [`inference`]: the node's inference engines (routing, concurrency,
 //!   health);
 //! - [`worker`]: the Redis Streams worker (`citadel work`);
+//! - [`services`]: native services in cgroups (`[[services]]`);
 //! - [`node`]: telemetry beside the worker: status publishing, metrics,
 //!   the status server;
 //! - [`bindings`]: the one `bindgen!`;
@@ -36,6 +37,7 @@ pub mod limits;
 pub mod node;
 pub mod output;
 pub mod policy;
+pub mod services;
 pub mod state;
 pub mod worker;
 

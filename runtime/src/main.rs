@@ -5,12 +5,17 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use citadel_runtime::cli::{Cli, Failure, exit_code};
+use citadel_runtime::cli::{Cli, Command, Failure, exit_code};
+use citadel_runtime::services::launch;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A service's launcher: no log, no runtime, straight to exec.
+    if let Command::ServiceExec(args) = &cli.command {
+        return launch::join_and_exec(args);
+    }
     let log = cli.log_filter();
     let filter = match EnvFilter::try_new(&log) {
         Ok(filter) => filter,

@@ -4,22 +4,28 @@
 //! private `redis-server` per test (`redis.rs`) and a Redis Streams worker
 //! with its producer side (`worker.rs`), and an HTTP endpoint receiving
 //! status messages (`receiver.rs`), and real cgroups with processes in them
-//! (`cgroup.rs`), and inference engines: the real llama.cpp test engine, an
-//! Ollama emulator and a misbehaving engine (`engine.rs`).
+//! (`cgroup.rs`), native services in a private cgroup slice (`services.rs`),
+//! and inference engines: the real llama.cpp test engine, an
+//! Ollama emulator and a misbehaving engine (`engine.rs`), and a private
+//! podman serving the Docker Engine API (`podman.rs`).
 //!
 //! Guests are built by `scripts/build-guests` and the binary by
 //! `cargo build`; `scripts/test` does both before running the tests.
 
 mod cgroup;
 mod engine;
+mod podman;
 mod receiver;
 mod redis;
+mod services;
 mod worker;
 
 pub use cgroup::TestCgroups;
 pub use engine::{LlmEngine, Misbehaviour, misbehaving_engine, ollama_emulator};
+pub use podman::Podman;
 pub use receiver::{Answer, StatusReceiver};
 pub use redis::RedisServer;
+pub use services::{TestSlice, shell_service};
 pub use worker::*;
 
 use std::path::{Path, PathBuf};

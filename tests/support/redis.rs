@@ -69,6 +69,14 @@ impl RedisServer {
         });
     }
 
+    /// Let processes of other users (a node run as `nobody`) connect.
+    pub fn open_to_other_users(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        for (path, mode) in [(self.dir.path().to_path_buf(), 0o755), (self.socket(), 0o777)] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        }
+    }
+
     /// `redis+unix:///…/redis.sock`.
     pub fn url(&self) -> String {
         format!("redis+unix://{}", self.socket().display())

@@ -142,15 +142,37 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     /// Start `citadel --config <file> work` with `config` (its compiled
-    /// cache in the test's temp dir), and wait until it is ready.
+    /// cache and, unless set, its state in the test's temp dir), and wait
+    /// until it is ready.
     pub fn start(config: &Config) -> WorkerProcess {
+        Self::start_as(config, &[])
+    }
+
+    /// [`WorkerProcess::start`] under a wrapper command (`setpriv --reuid
+    /// …` to run it as another user: the temp dir is then open to all).
+    pub fn start_as(config: &Config, wrapper: &[&str]) -> WorkerProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = config.clone();
         config.sandbox = sandbox_config(Some(&dir.path().join("cache")));
+        config.node.state_dir.get_or_insert_with(|| dir.path().join("state"));
         let file = dir.path().join("citadel.toml");
         std::fs::write(&file, toml::to_string(&config).expect("config serializes")).expect("write config");
         let log = std::fs::File::create(dir.path().join("worker.log")).expect("worker log");
-        let child = Command::new(citadel_bin())
+        if !wrapper.is_empty() {
+            use std::os::unix::fs::PermissionsExt;
+            for path in [dir.path().to_path_buf(), dir.path().join("worker.log")] {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+            }
+        }
+        let (program, prefix) = match wrapper.split_first() {
+            Some((program, rest)) => (std::path::PathBuf::from(program), rest.to_vec()),
+            None => (citadel_bin(), Vec::new()),
+        };
+        let mut command = Command::new(program);
+        if !wrapper.is_empty() {
+            command.args(prefix).arg(citadel_bin());
+        }
+        let child = command
             .arg("--config")
             .arg(&file)
             .args(["--log", "info", "work"])
@@ -163,15 +185,26 @@ impl WorkerProcess {
             child: Some(child),
             dir,
         };
-        wait_until(Duration::from_secs(60), "the worker process to be ready", || {
-            process.log().contains("worker ready")
-        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !process.log().contains("worker ready") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker process was not ready within 60 s; its log:\n{}",
+                process.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         process
     }
 
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    /// Its temp dir (config, log, cache, state).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     /// Its log so far.

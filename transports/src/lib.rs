@@ -10,9 +10,12 @@
 //! - [`http`]: the outbound HTTP client;
 //! - [`engines`]: clients of local inference engines (OpenAI-compatible,
 //!   Ollama), streaming tokens;
+//! - [`docker`]: the Docker Engine API client (Docker or podman, unix
+//!   socket) for managed service containers;
 //! - [`backoff`]: the one jittered retry policy every transport uses.
 
 pub mod backoff;
+pub mod docker;
 pub mod engines;
 pub mod http;
 pub mod redis;

@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, NoOverrides};
+use crate::services::launch::ServiceExecArgs;
 
 pub use inspect::InspectArgs;
 pub use run::RunArgs;
@@ -55,6 +56,10 @@ pub enum Command {
     /// Inspect, and later publish, handler components.
     #[command(subcommand)]
     Component(ComponentCommand),
+    /// Join cgroups, then exec a program: how the node starts its services
+    /// (internal).
+    #[command(name = "service-exec", hide = true)]
+    ServiceExec(ServiceExecArgs),
 }
 
 /// `citadel component ...`.
@@ -126,6 +131,7 @@ impl Cli {
                 let config = Config::load(self.config.as_deref(), NoOverrides {}).map_err(Failure::input)?;
                 inspect::inspect(args, &config)
             }
+            Command::ServiceExec(_) => Err(Failure::input("service-exec runs before the async runtime (main.rs)")),
         }
     }
 }

@@ -16,9 +16,11 @@ use serde::{Deserialize, Serialize};
 use crate::policy::{Policy, PolicyError};
 
 mod engines;
+mod services;
 mod telemetry;
 
 pub use engines::EngineSettings;
+pub use services::{Limits, RestartPolicy, ServiceSettings};
 pub use telemetry::TelemetryConfig;
 
 /// Environment variables that configure the command line itself, not a
@@ -68,6 +70,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Local inference engines (`[[engines]]`).
     pub engines: Vec<EngineSettings>,
+    /// Native processes the node runs in cgroups (`[[services]]`).
+    pub services: Vec<ServiceSettings>,
     /// Where the built-in handlers are (`llm-chat.wasm`, the default handler
     /// of `llm_inference` when engines are configured); default: `guests/`
     /// beside the binary's directory (`target/guests` in a checkout).
@@ -85,6 +89,13 @@ pub struct NodeConfig {
     pub id: Option<String>,
     /// Display name; the id when absent.
     pub name: Option<String>,
+    /// Where the node keeps its state (service logs, applied device
+    /// configuration); default `$XDG_STATE_HOME/citadel`, else
+    /// `~/.local/state/citadel`.
+    pub state_dir: Option<PathBuf>,
+    /// The cgroup under which services run (`<slice>/<group>/<name>`);
+    /// default `citadel.slice`.
+    pub cgroup_slice: Option<String>,
 }
 
 /// How workers share queues.
@@ -331,7 +342,17 @@ impl Config {
         }
         self.worker.validate(sandbox)?;
         self.telemetry.validate()?;
-        engines::validate(&self.engines)
+        engines::validate(&self.engines)?;
+        services::validate(&self.services)?;
+        if let Some(slice) = &self.node.cgroup_slice
+            && (slice.is_empty() || slice.split('/').any(|part| !valid_node_id(part)))
+        {
+            return Err(ConfigError::Invalid {
+                key: "node.cgroup_slice",
+                problem: format!("{slice:?} must be a relative cgroup path of ^[a-zA-Z0-9._-]{{1,64}}$ parts"),
+            });
+        }
+        Ok(())
     }
 
     /// The node id: `node.id`, else the host name (made valid).
@@ -381,6 +402,25 @@ impl Config {
     /// The node's display name: `node.name`, else its id.
     pub fn node_name(&self) -> String {
         self.node.name.clone().unwrap_or_else(|| self.node_id())
+    }
+
+    /// Where the node keeps its state: `node.state_dir`, else
+    /// `$XDG_STATE_HOME/citadel`, else `~/.local/state/citadel`, else
+    /// `citadel-state` in the temporary directory.
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.node.state_dir {
+            return dir.clone();
+        }
+        std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local").join("state")))
+            .map(|base| base.join("citadel"))
+            .unwrap_or_else(|| std::env::temp_dir().join("citadel-state"))
+    }
+
+    /// The cgroup services run under (`node.cgroup_slice`).
+    pub fn cgroup_slice(&self) -> &str {
+        self.node.cgroup_slice.as_deref().unwrap_or("citadel.slice")
     }
 
     /// The tenant policy named by `policy`, checked against the sandbox

@@ -1,6 +1,7 @@
 //! The node beside the worker: its telemetry (snapshots pushed to Redis
-//! and an HTTP endpoint, on an interval and on change), its metrics, and
-//! its status server (`/health`, `/ping`, `/status`, `/metrics`, `/events`).
+//! and an HTTP endpoint, on an interval and on change), its metrics, its
+//! status server (`/health`, `/ping`, `/status`, `/metrics`, `/events`),
+//! and its supervised native services.
 //!
 //! - [`telemetry`]: the status loop and what the status server serves;
 //! - [`feed`]: the worker's job observer (metrics, live events, triggers);
@@ -30,6 +31,7 @@ pub use telemetry::{Telemetry, Timings};
 
 use crate::config::{Config, TelemetryConfig};
 use crate::inference::Engines;
+use crate::services::{Supervisor, SupervisorSettings};
 use crate::worker::Worker;
 
 /// Telemetry that cannot start.
@@ -51,6 +53,9 @@ pub enum NodeError {
         /// Why.
         source: std::io::Error,
     },
+    /// The services cannot be supervised.
+    #[error("cannot run [[services]]: {0}")]
+    Services(String),
     /// `redis_url` does not parse.
     #[error("invalid redis_url {url:?}: {source}")]
     RedisUrl {
@@ -101,14 +106,30 @@ async fn watch_engines(engines: Arc<Engines>, telemetry: Arc<Telemetry>, poll: D
             }
         }
         last = now;
-        telemetry.set_services(services);
+        telemetry.set_services("inference", services);
     }
 }
 
-/// The node's telemetry, running.
+/// Report the supervised services (and watch their processes and cgroups)
+/// whenever one changes.
+async fn watch_services(supervisor: Arc<Supervisor>, telemetry: Arc<Telemetry>, stop: CancellationToken) {
+    let mut changes = supervisor.subscribe();
+    loop {
+        telemetry.set_services("native", supervisor.statuses());
+        telemetry.set_watches(supervisor.watches());
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// The node's telemetry and services, running.
 pub struct NodeServices {
     /// The telemetry (latest status, health, metrics, feed).
     pub telemetry: Arc<Telemetry>,
+    /// The native services (`[[services]]`).
+    pub supervisor: Arc<Supervisor>,
     /// Where the status server listens, when it runs.
     pub status_addr: Option<SocketAddr>,
     stop: CancellationToken,
@@ -186,6 +207,17 @@ impl NodeServices {
         engines.observe(telemetry.job_feed());
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let supervisor = Arc::new(Supervisor::start(
+            &config.services,
+            SupervisorSettings::from_config(config).map_err(NodeError::Services)?,
+        ));
+        if !supervisor.is_empty() {
+            tasks.spawn(watch_services(
+                Arc::clone(&supervisor),
+                Arc::clone(&telemetry),
+                stop.clone(),
+            ));
+        }
         tasks.spawn(Arc::clone(&telemetry).run(stop.clone()));
         if !engines.is_empty() {
             let poll = Duration::from_millis(settings.service_poll_ms);
@@ -204,14 +236,17 @@ impl NodeServices {
         tasks.close();
         Ok(NodeServices {
             telemetry,
+            supervisor,
             status_addr,
             stop,
             tasks,
         })
     }
 
-    /// Stop publishing and serving; the HTTP backlog goes to the spool.
+    /// Stop the services (gracefully), then publishing and serving; the
+    /// HTTP backlog goes to the spool.
     pub async fn stop(self) {
+        self.supervisor.stop().await;
         self.stop.cancel();
         self.tasks.wait().await;
     }

@@ -4,6 +4,7 @@
 //! than `min_change_interval_ms`. Also what the status server serves: the
 //! latest status, health with its reasons, metrics and the live feed.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -59,7 +60,8 @@ pub struct Telemetry {
     pub(super) redis: Option<RedisStatusPublisher>,
     pub(super) http: Mutex<Option<HttpPublisher>>,
     pub(super) watches: Mutex<Vec<Watch>>,
-    pub(super) services: Mutex<Vec<ServiceStatus>>,
+    /// Services by who reports them (`inference`, `native`, `docker`).
+    pub(super) services: Mutex<BTreeMap<&'static str, Vec<ServiceStatus>>>,
     latest: Mutex<Latest>,
 }
 
@@ -94,11 +96,20 @@ impl Telemetry {
         Arc::clone(&self.feed)
     }
 
-    /// Report these services from now on; a change publishes at once.
-    pub fn set_services(&self, services: Vec<ServiceStatus>) {
+    /// Report these services of `source` from now on; a change publishes at once.
+    pub fn set_services(&self, source: &'static str, services: Vec<ServiceStatus>) {
         let mut current = self.services.lock().expect("services poisoned");
-        if *current != services {
-            *current = services;
+        if current.get(source) != Some(&services) {
+            current.insert(source, services);
+            self.feed.changed();
+        }
+    }
+
+    /// Watch these processes and cgroups (`processes[]`) from now on.
+    pub fn set_watches(&self, watches: Vec<Watch>) {
+        let mut current = self.watches.lock().expect("watches poisoned");
+        if *current != watches {
+            *current = watches;
             self.feed.changed();
         }
     }
@@ -248,7 +259,14 @@ impl Telemetry {
             }
         });
         let reported = Reported {
-            services: self.services.lock().expect("services poisoned").clone(),
+            services: self
+                .services
+                .lock()
+                .expect("services poisoned")
+                .values()
+                .flatten()
+                .cloned()
+                .collect(),
             worker: worker.unwrap_or_default(),
             mode: self.mode.clone(),
         };
