@@ -100,6 +100,8 @@ async fn a_live_snapshot_matches_the_machine() {
         name: "node one".into(),
         agent_version: "0.1.0".into(),
         started_at: snapshot.at,
+        tags: vec!["eu".into()],
+        device_config: None,
     };
     let message = status_message(&identity, &snapshot, &Reported::default());
     assert_citadel_status_shape(&message, "n1");

@@ -23,6 +23,10 @@ pub struct NodeIdentity {
     pub agent_version: String,
     /// When the agent started.
     pub started_at: SystemTime,
+    /// Tags (`node.tags`).
+    pub tags: Vec<String>,
+    /// The device configuration applied by the control plane (`node.device_config`).
+    pub device_config: Option<serde_json::Value>,
 }
 
 /// A service the node runs (an engine, a container), as reported. The
@@ -117,6 +121,8 @@ pub fn status_message(node: &NodeIdentity, snapshot: &Snapshot, reported: &Repor
             "node": {
                 "name": node.name,
                 "id": node.id,
+                "tags": node.tags,
+                "device_config": node.device_config,
                 "uptime_seconds": uptime,
                 "mode": reported.mode,
                 "hostname": system.map(|system| system.hostname.as_str()),

@@ -93,10 +93,8 @@ async fn local_snapshot(config: &Config) -> Value {
     tokio::time::sleep(LOCAL_WINDOW).await;
     let snapshot = collector.collect(&[]).await;
     let identity = NodeIdentity {
-        id: config.node_id(),
-        name: config.node_name(),
-        agent_version: env!("CARGO_PKG_VERSION").into(),
         started_at: snapshot.at,
+        ..node::identity(config)
     };
     let reported = Reported {
         mode: "local".into(),

@@ -2,7 +2,8 @@
 //! first signal drains (stop reading, let running jobs finish within
 //! `worker.shutdown_grace_ms`, leave the rest pending) and exits 0; a second
 //! signal exits at once. Beside the worker run the node's telemetry: status
-//! pushed to Redis (and HTTP when configured) and the status server.
+//! pushed to Redis (and HTTP when configured) and the status server, the
+//! node's `[[services]]`, and the reader of device configuration jobs.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,7 +20,8 @@ use crate::config::Config;
 use crate::engine::Allocation;
 use crate::executor::Executor;
 use crate::node::NodeServices;
-use crate::worker::{HandlerTable, Worker};
+use crate::node::device::{APPLY_DEVICE_CONFIG, DeviceConfigurator};
+use crate::worker::{HandlerTable, NativeHandler, Worker};
 
 /// Arguments of `citadel work` (each overrides its config key).
 #[derive(Debug, Args)]
@@ -118,7 +120,8 @@ pub(super) async fn work(config: &Config) -> Result<(), Failure> {
     let handlers =
         HandlerTable::load(executor.components(), &config.handlers_with_defaults()).map_err(Failure::input)?;
     let engines = Arc::clone(executor.engines());
-    let worker = Worker::new(Arc::new(executor), handlers, config).map_err(Failure::input)?;
+    let executor = Arc::new(executor);
+    let worker = Worker::new(Arc::clone(&executor), handlers, config).map_err(Failure::input)?;
     let stop = CancellationToken::new();
     let mut terminate = signal(SignalKind::terminate()).map_err(Failure::input)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(Failure::input)?;
@@ -134,7 +137,20 @@ pub(super) async fn work(config: &Config) -> Result<(), Failure> {
     let node = NodeServices::start(config, "redis", Some(&worker), engines)
         .await
         .map_err(Failure::input)?;
-    let outcome = worker.run(stop).await;
+    let configurator: Arc<dyn NativeHandler> = Arc::new(DeviceConfigurator::new(
+        config,
+        Arc::clone(&node.supervisor),
+        Arc::clone(&node.telemetry),
+    ));
+    let device_handlers = HandlerTable::native([(APPLY_DEVICE_CONFIG.to_string(), configurator)]);
+    let reader = Worker::device_config_reader(executor, device_handlers, config).map_err(Failure::input)?;
+    let outcome = match reader {
+        Some(reader) => {
+            let (jobs, device) = tokio::join!(worker.run(stop.clone()), reader.run(stop));
+            jobs.and(device)
+        }
+        None => worker.run(stop).await,
+    };
     node.stop().await;
     outcome.map_err(|err| Failure::job(format!("worker failed: {err}")))
 }

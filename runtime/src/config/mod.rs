@@ -15,10 +15,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::{Policy, PolicyError};
 
+mod device;
+mod docker;
 mod engines;
 mod services;
 mod telemetry;
 
+pub use device::{DeviceConfig, DeviceStore};
+pub use docker::DockerConfig;
 pub use engines::EngineSettings;
 pub use services::{Limits, RestartPolicy, ServiceSettings};
 pub use telemetry::TelemetryConfig;
@@ -72,6 +76,12 @@ pub struct Config {
     pub engines: Vec<EngineSettings>,
     /// Native processes the node runs in cgroups (`[[services]]`).
     pub services: Vec<ServiceSettings>,
+    /// The Docker Engine API (`[docker]`).
+    pub docker: DockerConfig,
+    /// The device configuration applied by the control plane, laid over
+    /// this file at start (not a TOML key: see `config/device.rs`).
+    #[serde(skip)]
+    pub device: Option<DeviceConfig>,
     /// Where the built-in handlers are (`llm-chat.wasm`, the default handler
     /// of `llm_inference` when engines are configured); default: `guests/`
     /// beside the binary's directory (`target/guests` in a checkout).
@@ -96,6 +106,8 @@ pub struct NodeConfig {
     /// The cgroup under which services run (`<slice>/<group>/<name>`);
     /// default `citadel.slice`.
     pub cgroup_slice: Option<String>,
+    /// Tags reported in status (`node.tags`).
+    pub tags: Vec<String>,
 }
 
 /// How workers share queues.
@@ -150,6 +162,12 @@ pub struct WorkerConfig {
     pub events_stream_max: usize,
     /// Lifetime of that stream, s.
     pub events_stream_ttl_s: u64,
+    /// The queue of device configuration jobs (`APPLY_DEVICE_CONFIG`), read
+    /// through a consumer group of this node's own so every node sees every
+    /// one; empty: not read.
+    pub config_queue: String,
+    /// That group's name (`<config_group>-<node id>`).
+    pub config_group: String,
 }
 
 impl Default for WorkerConfig {
@@ -172,6 +190,8 @@ impl Default for WorkerConfig {
             events_stream: false,
             events_stream_max: 1_000,
             events_stream_ttl_s: 60 * 60,
+            config_queue: "config".into(),
+            config_group: "citadel-config".into(),
         }
     }
 }
@@ -296,11 +316,17 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(file));
         }
-        let config: Config = figment
+        let mut config: Config = figment
             .merge(Env::prefixed("CITADEL_").split("__").ignore(NON_KEY_ENV))
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(|err| ConfigError::Load(err.to_string()))?;
+        if let Some(device) = DeviceStore::new(&config.state_dir())
+            .load()
+            .map_err(|err| ConfigError::Load(format!("applied device configuration: {err}")))?
+        {
+            config.apply_device(&device);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -344,6 +370,7 @@ impl Config {
         self.telemetry.validate()?;
         engines::validate(&self.engines)?;
         services::validate(&self.services)?;
+        self.docker.validate()?;
         if let Some(slice) = &self.node.cgroup_slice
             && (slice.is_empty() || slice.split('/').any(|part| !valid_node_id(part)))
         {

@@ -20,11 +20,14 @@ pub struct TelemetryConfig {
     /// How often the GPU list is checked for GPUs appearing or vanishing
     /// between snapshots, ms (NVML only: a call of a few µs).
     pub gpu_poll_ms: u64,
-    /// How often the node's services (inference engines) are health-checked, ms;
+    /// How often the node's services (engines, `[[services]]`) are health-checked, ms;
     /// a change of state publishes status at once.
     pub service_poll_ms: u64,
     /// Longest any probe may take, ms.
     pub probe_timeout_ms: u64,
+    /// GPU temperature at which `/health` turns 503 when the device
+    /// configuration asks for it (`alertOnHighTemp`), °C.
+    pub high_temp_celsius: u32,
     /// Filesystems reported besides `/` (any path on them).
     pub key_paths: Vec<PathBuf>,
     /// The `nvidia-smi` program, used only when NVML cannot be loaded.
@@ -57,6 +60,7 @@ impl Default for TelemetryConfig {
             gpu_poll_ms: 5_000,
             service_poll_ms: 5_000,
             probe_timeout_ms: 2_000,
+            high_temp_celsius: 85,
             key_paths: Vec::new(),
             nvidia_smi: "nvidia-smi".into(),
             http_endpoint: None,

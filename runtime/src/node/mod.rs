@@ -5,11 +5,13 @@
 //!
 //! - [`telemetry`]: the status loop and what the status server serves;
 //! - [`feed`]: the worker's job observer (metrics, live events, triggers);
-//! - [`metrics`]: the Prometheus registry.
+//! - [`metrics`]: the Prometheus registry;
+//! - [`device`]: `APPLY_DEVICE_CONFIG`, the control plane configuring the node.
 //!
 //! [`NodeServices::start`] wires them from the configuration; `citadel
 //! work` runs them for as long as the worker runs.
 
+pub mod device;
 pub mod feed;
 pub mod metrics;
 pub mod telemetry;
@@ -27,7 +29,7 @@ use tokio_util::task::TaskTracker;
 
 pub use feed::JobFeed;
 pub use metrics::Metrics;
-pub use telemetry::{Telemetry, Timings};
+pub use telemetry::{Telemetry, Timings, identity};
 
 use crate::config::{Config, TelemetryConfig};
 use crate::inference::Engines;
@@ -190,7 +192,7 @@ impl NodeServices {
             gpu_poll: Duration::from_millis(settings.gpu_poll_ms),
             probe_timeout: Duration::from_millis(settings.probe_timeout_ms),
         };
-        let identity = telemetry::identity(node_id, config.node_name());
+        let identity = identity(config);
         let collector = collector(settings).await;
         let telemetry = Arc::new(Telemetry::new(
             identity,
@@ -204,6 +206,8 @@ impl NodeServices {
         if let Some(worker) = worker {
             worker.observe(telemetry.job_feed());
         }
+        let high_temp_alert = config.device.as_ref().is_some_and(|device| device.alert_on_high_temp);
+        telemetry.alert_on_high_temp(high_temp_alert.then_some(settings.high_temp_celsius));
         engines.observe(telemetry.job_feed());
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();

@@ -17,6 +17,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::feed::JobFeed;
+use crate::config::Config;
 use crate::worker::Worker;
 
 /// Probes whose failure makes the node unhealthy (a process that exited,
@@ -47,11 +48,15 @@ struct Latest {
     gpus: GpuFingerprint,
     redis_failing: Option<(Instant, String)>,
     redis_failures: u32,
+    /// GPUs too hot, in words (when `alertOnHighTemp` is on).
+    hot_gpus: Vec<String>,
 }
 
 /// The node's telemetry.
 pub struct Telemetry {
-    pub(super) identity: NodeIdentity,
+    pub(super) identity: Mutex<NodeIdentity>,
+    /// GPU temperature that makes `/health` 503 (`alertOnHighTemp`), °C.
+    pub(super) high_temp_alert: Mutex<Option<u32>>,
     pub(super) timings: Timings,
     pub(super) mode: String,
     pub(super) collector: Collector,
@@ -77,7 +82,8 @@ impl Telemetry {
         http: Option<HttpPublisher>,
     ) -> Telemetry {
         Telemetry {
-            identity,
+            identity: Mutex::new(identity),
+            high_temp_alert: Mutex::default(),
             timings,
             mode: mode.to_string(),
             collector,
@@ -94,6 +100,20 @@ impl Telemetry {
     /// The worker's job observer.
     pub fn job_feed(&self) -> Arc<JobFeed> {
         Arc::clone(&self.feed)
+    }
+
+    /// Report the node under this name, with these tags and device
+    /// configuration, from the next status on.
+    pub fn set_identity(&self, name: String, tags: Vec<String>, device_config: Option<serde_json::Value>) {
+        let mut identity = self.identity.lock().expect("identity poisoned");
+        identity.name = name;
+        identity.tags = tags;
+        identity.device_config = device_config;
+    }
+
+    /// Answer 503 on `/health` while a GPU is at or above `celsius` (`None`: never).
+    pub fn alert_on_high_temp(&self, celsius: Option<u32>) {
+        *self.high_temp_alert.lock().expect("alert poisoned") = celsius;
     }
 
     /// Report these services of `source` from now on; a change publishes at once.
@@ -183,6 +203,17 @@ impl Telemetry {
 
     /// Take a snapshot and publish it everywhere.
     pub async fn publish_once(&self) -> Arc<str> {
+        self.publish(&[]).await
+    }
+
+    /// Collect and publish now, confirming that device configuration job
+    /// `job_id` has been applied: the status stream entry carries `status
+    /// configured` and `jobId`.
+    pub async fn publish_configured(&self, job_id: &str) -> Arc<str> {
+        self.publish(&[("status", "configured"), ("jobId", job_id)]).await
+    }
+
+    async fn publish(&self, extra: &[(&str, &str)]) -> Arc<str> {
         let watches = self.watches.lock().expect("watches poisoned").clone();
         let snapshot = self.collector.collect(&watches).await;
         self.feed.metrics.observe(&snapshot);
@@ -197,6 +228,22 @@ impl Telemetry {
                 .filter(|err| NODE_PROBES.contains(&err.probe.as_str()))
                 .cloned()
                 .collect();
+            let threshold = *self.high_temp_alert.lock().expect("alert poisoned");
+            latest.hot_gpus = snapshot
+                .gpu
+                .gpus
+                .iter()
+                .filter_map(|gpu| {
+                    let celsius = gpu.temperature_celsius?;
+                    (celsius >= threshold?).then(|| {
+                        format!(
+                            "gpu {}: {celsius} °C, at or above {} °C (alertOnHighTemp; telemetry.high_temp_celsius)",
+                            gpu.index,
+                            threshold.unwrap_or_default()
+                        )
+                    })
+                })
+                .collect();
             let gpu_failed = snapshot.errors.iter().any(|err| err.probe == "gpu");
             latest.gpus = if gpu_failed {
                 None
@@ -209,7 +256,7 @@ impl Telemetry {
             http.submit(&status);
         }
         if let Some(redis) = &self.redis {
-            let outcome = match tokio::time::timeout(self.timings.probe_timeout, redis.publish(&status)).await {
+            let outcome = match tokio::time::timeout(self.timings.probe_timeout, redis.publish(&status, extra)).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(err)) => Err(err.to_string()),
                 Err(_) => Err(format!(
@@ -270,7 +317,8 @@ impl Telemetry {
             worker: worker.unwrap_or_default(),
             mode: self.mode.clone(),
         };
-        status_message(&self.identity, snapshot, &reported)
+        let identity = self.identity.lock().expect("identity poisoned").clone();
+        status_message(&identity, snapshot, &reported)
     }
 }
 
@@ -317,6 +365,7 @@ impl StatusSource for Telemetry {
             }
             Some(_) => {}
         }
+        reasons.extend(latest.hot_gpus.iter().cloned());
         for err in &latest.failing_probes {
             reasons.push(format!("collector: {} probe failing: {}", err.probe, err.error));
         }
@@ -344,12 +393,18 @@ impl StatusSource for Telemetry {
     }
 }
 
-/// When the node started (for `uptime_seconds`).
-pub(super) fn identity(id: String, name: String) -> NodeIdentity {
+/// Who the node is, as configured (device configuration included); it
+/// started now (for `uptime_seconds`).
+pub fn identity(config: &Config) -> NodeIdentity {
     NodeIdentity {
-        id,
-        name,
+        id: config.node_id(),
+        name: config.node_name(),
         agent_version: env!("CARGO_PKG_VERSION").into(),
         started_at: SystemTime::now(),
+        tags: config.node.tags.clone(),
+        device_config: config
+            .device
+            .as_ref()
+            .and_then(|device| serde_json::to_value(device).ok()),
     }
 }

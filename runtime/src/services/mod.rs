@@ -18,6 +18,7 @@ pub mod logs;
 mod supervise;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +43,8 @@ pub struct SupervisorSettings {
     pub health_poll: Duration,
     /// Longest health probe.
     pub probe_timeout: Duration,
+    /// Whether health is probed at all (`healthMonitoringEnabled`).
+    pub health_checks: bool,
 }
 
 impl SupervisorSettings {
@@ -55,6 +58,10 @@ impl SupervisorSettings {
             log_dir: config.state_dir().join("services"),
             health_poll: Duration::from_millis(config.telemetry.service_poll_ms),
             probe_timeout: Duration::from_millis(config.telemetry.probe_timeout_ms),
+            health_checks: config
+                .device
+                .as_ref()
+                .is_none_or(|device| device.health_monitoring_enabled),
         })
     }
 }
@@ -103,6 +110,7 @@ impl Service {
 /// The node's services, supervised.
 pub struct Supervisor {
     services: Vec<Arc<Service>>,
+    health_checks: Arc<AtomicBool>,
     changed: watch::Sender<()>,
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -112,6 +120,7 @@ impl Supervisor {
     /// Start supervising `services` (those with `autostart` start now).
     pub fn start(services: &[ServiceSettings], settings: SupervisorSettings) -> Supervisor {
         let (changed, _) = watch::channel(());
+        let health_checks = Arc::new(AtomicBool::new(settings.health_checks));
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
         let settings = Arc::new(settings);
@@ -135,11 +144,13 @@ impl Supervisor {
                 Arc::clone(&settings),
                 changed.clone(),
                 stop.clone(),
+                Arc::clone(&health_checks),
             ));
         }
         tasks.close();
         Supervisor {
             services,
+            health_checks,
             changed,
             stop,
             tasks,
@@ -195,6 +206,11 @@ impl Supervisor {
                 changed
             });
         }
+    }
+
+    /// Probe the services' health (or stop probing: health `unknown`).
+    pub fn set_health_checks(&self, on: bool) {
+        self.health_checks.store(on, Ordering::Relaxed);
     }
 
     /// Stop every service gracefully and wait for them.

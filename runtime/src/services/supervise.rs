@@ -4,6 +4,7 @@
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use citadel_transports::backoff::Backoff;
@@ -44,6 +45,7 @@ pub(super) async fn supervise(
     settings: Arc<SupervisorSettings>,
     changed: watch::Sender<()>,
     stop: CancellationToken,
+    health_checks: Arc<AtomicBool>,
 ) {
     let name = service.settings.name.clone();
     let reporter = Reporter {
@@ -110,7 +112,16 @@ pub(super) async fn supervise(
         );
         let started = Instant::now();
         let oom_before = cgroup.as_ref().map_or(0, |group| group.oom_kills());
-        let end = watch_run(&mut child, &service, probe.as_ref(), &reporter, &stop, &mut wanted).await;
+        let end = watch_run(
+            &mut child,
+            &service,
+            probe.as_ref(),
+            &health_checks,
+            &reporter,
+            &stop,
+            &mut wanted,
+        )
+        .await;
         let end = match end {
             RunEnd::Stopped => {
                 stop_gracefully(&mut child, &service, cgroup.as_ref()).await;
@@ -230,6 +241,7 @@ async fn watch_run(
     child: &mut Child,
     service: &Service,
     probe: Option<&HealthProbe>,
+    health_checks: &AtomicBool,
     reporter: &Reporter<'_>,
     stop: &CancellationToken,
     wanted: &mut watch::Receiver<bool>,
@@ -259,6 +271,11 @@ async fn watch_run(
             }
             _ = async { ticks.as_mut().expect("guarded").tick().await }, if ticks.is_some() => {
                 let probe = probe.expect("ticks come with a probe");
+                if !health_checks.load(Ordering::Relaxed) {
+                    was_ok = false;
+                    reporter.update(|state| state.health = "unknown");
+                    continue;
+                }
                 let ok = probe.check().await;
                 let health = match (ok, was_ok) {
                     (true, _) => "ok",

@@ -30,8 +30,9 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::handlers::Handler;
 use super::{AGENT_VERSION, Held, JobInfo, Lifecycle, Shared};
-use crate::job::{Chunk, JobError, JobSpec};
+use crate::job::{Chunk, JobError, JobReport, JobSpec};
 use crate::policy::DEFAULT_TENANT;
 
 /// Chunks buffered between a running handler and the publisher.
@@ -109,7 +110,7 @@ impl Shared {
         let claimed = EventKind::Claimed {
             agent_version: AGENT_VERSION.into(),
         };
-        let Some(component) = self.handlers.get(&entry.job_type) else {
+        let Some(handler) = self.handlers.get(&entry.job_type).cloned() else {
             let supported = self.handlers.types();
             let reason = format!(
                 "unsupported job type `{}`; this node handles {}",
@@ -188,7 +189,22 @@ impl Shared {
             observer.started(&info);
         }
         let forwarder = self.forward_chunks(&info, ray, chunks, started);
-        let run = self.executor.run(component, spec, Some(sink), cancel);
+        let run = async {
+            match handler {
+                Handler::Component(component) => self.executor.run(&component, spec, Some(sink), cancel).await,
+                Handler::Native(native) => {
+                    drop(sink);
+                    let outcome = native.run(spec).await;
+                    JobReport {
+                        outcome,
+                        chunks: 0,
+                        streamed_bytes: 0,
+                        elapsed: started.elapsed(),
+                        log: Vec::new(),
+                    }
+                }
+            }
+        };
         let (report, ()) = tokio::join!(run, forwarder);
         let outcome = match &report.outcome {
             Ok(_) => "ok",

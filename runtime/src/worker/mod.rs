@@ -41,7 +41,7 @@ use citadel_transports::wire::{self, NodeMeta};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use handlers::{HandlerLoadError, HandlerTable};
+pub use handlers::{Handler, HandlerLoadError, HandlerTable, NativeHandler};
 use slots::Slots;
 
 use crate::config::{Config, GroupMode, WorkerConfig};
@@ -161,6 +161,8 @@ struct Settings {
     status_ttl: Duration,
     max_payload_bytes: usize,
     concurrency: usize,
+    /// This worker reads device configuration, not jobs for handlers.
+    device_config: bool,
 }
 
 impl Settings {
@@ -176,6 +178,7 @@ impl Settings {
             status_ttl: Duration::from_secs(config.status_ttl_s),
             max_payload_bytes: config.max_payload_bytes,
             concurrency: config.concurrency as usize,
+            device_config: false,
         }
     }
 }
@@ -286,6 +289,32 @@ impl Worker {
         })
     }
 
+    /// The reader of device configuration (`worker.config_queue`) for
+    /// `handlers`: a worker of its own on that queue alone, in this node's
+    /// own group (`<worker.config_group>-<node id>`) so that every node sees
+    /// every configuration job; `None` when `worker.config_queue` is empty.
+    pub fn device_config_reader(
+        executor: Arc<Executor>,
+        handlers: HandlerTable,
+        config: &Config,
+    ) -> Result<Option<Worker>, WorkerError> {
+        if config.worker.config_queue.is_empty() {
+            return Ok(None);
+        }
+        let mut config = config.clone();
+        let worker = &mut config.worker;
+        worker.queues = vec![worker.config_queue.clone()];
+        worker.group = worker.config_group.clone();
+        worker.group_mode = GroupMode::PerNode;
+        worker.concurrency = 1;
+        let mut reader = Worker::new(executor, handlers, &config)?;
+        Arc::get_mut(&mut reader.shared)
+            .expect("a new worker's state is not shared yet")
+            .settings
+            .device_config = true;
+        Ok(Some(reader))
+    }
+
     /// This process's consumer name (`{nodeId}-{pid}-{rand}`).
     pub fn consumer(&self) -> &str {
         &self.shared.consumer
@@ -347,14 +376,23 @@ impl Worker {
         let watcher = tokio::spawn(Arc::clone(shared).watch_cancel_flags(background.clone()));
         let sweeper = tokio::spawn(Arc::clone(shared).sweep_loop(stop.clone(), tracker.clone(), lifecycle.clone()));
         let config = shared.queues.config();
-        tracing::info!(
-            consumer = %shared.consumer,
-            group = %config.group,
-            queues = ?config.keys,
-            handlers = ?shared.handlers.types(),
-            concurrency = shared.settings.concurrency,
-            "worker ready"
-        );
+        if shared.settings.device_config {
+            tracing::info!(
+                consumer = %shared.consumer,
+                group = %config.group,
+                queues = ?config.keys,
+                "reading device configuration"
+            );
+        } else {
+            tracing::info!(
+                consumer = %shared.consumer,
+                group = %config.group,
+                queues = ?config.keys,
+                handlers = ?shared.handlers.types(),
+                concurrency = shared.settings.concurrency,
+                "worker ready"
+            );
+        }
 
         Arc::clone(shared).read_loop(&stop, &tracker, &lifecycle).await;
 

@@ -24,11 +24,12 @@ impl RedisStatusPublisher {
         }
     }
 
-    /// Append `status` to the status stream and publish it on the node's channel.
-    pub async fn publish(&self, status: &str) -> ::redis::RedisResult<()> {
+    /// Append `status` to the status stream (with `extra` fields, e.g.
+    /// `status configured`) and publish it on the node's channel.
+    pub async fn publish(&self, status: &str, extra: &[(&str, &str)]) -> ::redis::RedisResult<()> {
         let mut conn = self.conn.clone();
-        ::redis::pipe()
-            .cmd("XADD")
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("XADD")
             .arg(wire::NODE_STATUS_STREAM)
             .arg("MAXLEN")
             .arg("~")
@@ -37,8 +38,11 @@ impl RedisStatusPublisher {
             .arg("nodeId")
             .arg(&self.node_id)
             .arg("timestamp")
-            .arg(wire::timestamp(SystemTime::now()))
-            .arg("payload")
+            .arg(wire::timestamp(SystemTime::now()));
+        for (field, value) in extra {
+            pipe.arg(*field).arg(*value);
+        }
+        pipe.arg("payload")
             .arg(status)
             .ignore()
             .cmd("PUBLISH")

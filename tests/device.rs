@@ -1,0 +1,292 @@
+//! Device configuration end to end over a real Redis: `APPLY_DEVICE_CONFIG`
+//! jobs on `jobs:v1:config` reach a real `citadel work` process through its
+//! own consumer group, are validated, written atomically to the state
+//! directory, applied (name, tags, which services run, the high-temperature
+//! alert) and confirmed on the status stream; the applied configuration
+//! survives a restart; malformed ones are rejected with the old
+//! configuration intact.
+
+use std::path::Path;
+use std::time::Duration;
+
+use citadel_runtime::Config;
+use citadel_tests::{
+    RedisServer, TestSlice, WorkerProcess, citadel_bin, events, eventually_some, shell_service, status, worker_config,
+};
+use serde_json::{Value, json};
+
+const SETTLE: Duration = Duration::from_secs(30);
+const CONFIG_QUEUE: &str = "jobs:v1:config";
+
+fn node_config(redis: &RedisServer, slice: &TestSlice, state: &Path) -> Config {
+    let mut config = worker_config(redis);
+    config.node.state_dir = Some(state.to_path_buf());
+    config.node.cgroup_slice = Some(slice.name().into());
+    config.services = vec![
+        shell_service("alpha", "exec sleep 600"),
+        shell_service("beta", "exec sleep 600"),
+    ];
+    config.telemetry.status_interval_s = 1;
+    config.telemetry.min_change_interval_ms = 100;
+    config
+}
+
+fn apply(conn: &mut redis::Connection, job_id: &str, payload: &Value) {
+    let _: String = redis::cmd("XADD")
+        .arg(CONFIG_QUEUE)
+        .arg("*")
+        .arg(&[
+            ("jobId", job_id),
+            ("type", "APPLY_DEVICE_CONFIG"),
+            ("payload", &payload.to_string()),
+        ])
+        .query(conn)
+        .expect("XADD");
+}
+
+/// Wait for the job's final status.
+async fn settled(redis: &RedisServer, job_id: &str) -> std::collections::HashMap<String, String> {
+    eventually_some(SETTLE, "the configuration job to settle", || async {
+        let found = status(&mut redis.conn(), job_id);
+        matches!(found.get("status").map(String::as_str), Some("completed" | "failed")).then_some(found)
+    })
+    .await
+}
+
+async fn node_status(base: &str) -> Option<Value> {
+    let client = citadel_transports::http::client(Duration::from_secs(5)).ok()?;
+    let message: Value = client
+        .get(format!("{base}/status"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    Some(message["status"].clone())
+}
+
+fn service_state(status: &Value, name: &str) -> String {
+    status["services"]
+        .as_array()
+        .and_then(|services| services.iter().find(|service| service["name"] == name))
+        .and_then(|service| service["status"].as_str())
+        .unwrap_or("absent")
+        .to_string()
+}
+
+fn device(name: &str, services: &[&str]) -> Value {
+    json!({
+        "deviceName": name,
+        "services": services,
+        "autoStartServices": true,
+        "sshEnabled": false,
+        "customTags": ["eu-west", "h100"],
+        "healthMonitoringEnabled": true,
+        "alertOnOffline": true,
+        "alertOnHighTemp": false,
+    })
+}
+
+#[tokio::test]
+async fn device_config_is_applied_confirmed_and_kept_across_a_restart() {
+    let redis = RedisServer::start();
+    let slice = TestSlice::new();
+    let state = tempfile::tempdir().unwrap();
+    let config = node_config(&redis, &slice, state.path());
+    let mut node = WorkerProcess::start(&config);
+    let base = node.status_url();
+    eventually_some(SETTLE, "both services running", || async {
+        let status = node_status(&base).await?;
+        (service_state(&status, "alpha") == "running" && service_state(&status, "beta") == "running").then_some(())
+    })
+    .await;
+
+    // The config arrives as a JSON string, as Citadel's API sends it.
+    let mut conn = redis.conn();
+    apply(
+        &mut conn,
+        "cfg-1",
+        &json!({ "config": device("rack-4 gpu", &["beta"]).to_string() }),
+    );
+    let done = settled(&redis, "cfg-1").await;
+    assert_eq!(done["status"], "completed", "{done:?}");
+    let result: Value = serde_json::from_str(&done["result"]).unwrap();
+    assert_eq!(result["status"], "configured");
+    assert_eq!(result["services"], json!({"running": ["beta"], "stopped": ["alpha"]}));
+    let kinds: Vec<String> = events(&mut conn, "cfg-1")
+        .iter()
+        .map(|event| event["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds, ["claimed", "start", "end"]);
+
+    // Confirmed on the status stream.
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg("node:status:stream")
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    let confirmation = entries
+        .ids
+        .iter()
+        .find(|entry| entry.get::<String>("status").as_deref() == Some("configured"))
+        .expect("a `status configured` entry on node:status:stream");
+    assert_eq!(confirmation.get::<String>("jobId").as_deref(), Some("cfg-1"));
+    let payload: Value = serde_json::from_str(&confirmation.get::<String>("payload").unwrap()).unwrap();
+    assert_eq!(payload["status"]["node"]["name"], "rack-4 gpu");
+    assert_eq!(payload["status"]["node"]["tags"], json!(["eu-west", "h100"]));
+    assert_eq!(payload["status"]["node"]["device_config"]["alertOnOffline"], true);
+
+    // Applied: alpha stops, beta runs; written to the state directory.
+    eventually_some(SETTLE, "alpha stopped by the configuration", || async {
+        let status = node_status(&base).await?;
+        (service_state(&status, "alpha") == "stopped" && service_state(&status, "beta") == "running").then_some(())
+    })
+    .await;
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(state.path().join("device-config.json")).unwrap()).unwrap();
+    assert_eq!(written["deviceName"], "rack-4 gpu");
+    assert!(node.log().contains("device configuration applied"));
+
+    // Restarted, the node comes back configured.
+    node.terminate();
+    assert!(node.wait(SETTLE).success(), "{}", node.log());
+    let node = WorkerProcess::start(&config);
+    let base = node.status_url();
+    let status = eventually_some(SETTLE, "the restarted node running beta", || async {
+        let status = node_status(&base).await?;
+        (service_state(&status, "beta") == "running").then_some(status)
+    })
+    .await;
+    assert_eq!(status["node"]["name"], "rack-4 gpu");
+    assert_eq!(status["node"]["tags"], json!(["eu-west", "h100"]));
+    assert_eq!(service_state(&status, "alpha"), "stopped");
+}
+
+#[tokio::test]
+async fn malformed_device_config_is_rejected_and_the_old_one_kept() {
+    let redis = RedisServer::start();
+    let slice = TestSlice::new();
+    let state = tempfile::tempdir().unwrap();
+    let config = node_config(&redis, &slice, state.path());
+    let node = WorkerProcess::start(&config);
+    let base = node.status_url();
+    let mut conn = redis.conn();
+    apply(
+        &mut conn,
+        "good",
+        &json!({ "config": device("first", &["alpha", "beta"]) }),
+    );
+    assert_eq!(settled(&redis, "good").await["status"], "completed");
+    let file = state.path().join("device-config.json");
+    let applied = std::fs::read_to_string(&file).unwrap();
+
+    for (job, payload, expected) in [
+        (
+            "no-config",
+            json!({"deviceName": "x"}),
+            "the payload has no `config` object",
+        ),
+        ("bad-json", json!({"config": "{not json"}), "invalid device config"),
+        (
+            "no-name",
+            json!({"config": {"services": []}}),
+            "missing field `deviceName`",
+        ),
+        (
+            "unknown-service",
+            json!({"config": device("second", &["gamma"])}),
+            "services: gamma not configured on this node (it has: alpha, beta)",
+        ),
+        (
+            "blank-name",
+            json!({"config": device("  ", &[])}),
+            "deviceName \"  \" must be",
+        ),
+    ] {
+        apply(&mut conn, job, &payload);
+        let done = settled(&redis, job).await;
+        assert_eq!(done["status"], "failed", "{job}: {done:?}");
+        assert!(done["error"].contains(expected), "{job}: {}", done["error"]);
+        let error = events(&mut conn, job)
+            .into_iter()
+            .find(|event| event["type"] == "error")
+            .unwrap_or_else(|| panic!("{job}: no error event"));
+        assert_eq!(error["data"]["recoverable"], false, "{job}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        applied,
+        "a rejected config changed the file"
+    );
+    let status = node_status(&base).await.unwrap();
+    assert_eq!(status["node"]["name"], "first");
+    assert_eq!(service_state(&status, "alpha"), "running");
+    drop(node);
+
+    // A damaged file stops the node with what to do about it.
+    std::fs::write(&file, "{damaged").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config_file = dir.path().join("citadel.toml");
+    std::fs::write(&config_file, toml::to_string(&config).unwrap()).unwrap();
+    let output = std::process::Command::new(citadel_bin())
+        .arg("--config")
+        .arg(&config_file)
+        .arg("work")
+        .env_remove("CITADEL_CONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("device-config.json is damaged") && stderr.contains("device-config.prev.json"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn alert_on_high_temp_turns_health_red_while_a_gpu_is_hot() {
+    // A fake nvidia-smi (CI has no GPU): one H100 at 91 °C.
+    let dir = tempfile::tempdir().unwrap();
+    let smi = dir.path().join("nvidia-smi");
+    std::fs::write(
+        &smi,
+        "#!/bin/sh\necho '0, NVIDIA H100 80GB HBM3, GPU-fake-0, 1024, 81559, 10, 5, 91, 120.5, 1980, 1980, 2619, 580.159.04'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&smi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let redis = RedisServer::start();
+    let slice = TestSlice::new();
+    let state = tempfile::tempdir().unwrap();
+    let mut config = node_config(&redis, &slice, state.path());
+    config.services.clear();
+    config.telemetry.nvidia_smi = smi.display().to_string();
+    let node = WorkerProcess::start(&config);
+    let base = node.status_url();
+    let client = citadel_transports::http::client(Duration::from_secs(5)).unwrap();
+    let health = |client: reqwest::Client, base: String| async move {
+        let response = client.get(format!("{base}/health")).send().await.ok()?;
+        Some((response.status().as_u16(), response.text().await.ok()?))
+    };
+    eventually_some(SETTLE, "healthy while the alert is off", || async {
+        health(client.clone(), base.clone())
+            .await
+            .filter(|(code, _)| *code == 200)
+    })
+    .await;
+    let mut hot = device("hot", &[]);
+    hot["alertOnHighTemp"] = json!(true);
+    apply(&mut redis.conn(), "alert", &json!({ "config": hot }));
+    assert_eq!(settled(&redis, "alert").await["status"], "completed");
+    let (_, body) = eventually_some(SETTLE, "503 naming the hot GPU", || async {
+        health(client.clone(), base.clone())
+            .await
+            .filter(|(code, _)| *code == 503)
+    })
+    .await;
+    assert!(
+        body.contains("gpu 0: 91 °C, at or above 85 °C (alertOnHighTemp; telemetry.high_temp_celsius)"),
+        "{body}"
+    );
+}
