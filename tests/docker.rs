@@ -1,12 +1,21 @@
 //! The Docker Engine API client against a real podman API service (one
 //! private service per test) and real busybox containers: listing with label
 //! filters, inspecting, stop/start/restart, log tails, and the errors for an
-//! unknown container and for a socket nobody serves.
+//! unknown container and for a socket nobody serves. Then capability
+//! `docker` end to end: jobs of the real `docker-ops` component under tenant
+//! policies (name globs, labels, actions), with the state changes checked
+//! through the client, denials, refusal of ungranted tenants, and nodes
+//! without a Docker API.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use citadel_runtime::capabilities::docker::DockerAccess;
+use citadel_runtime::config::DockerConfig;
+use citadel_runtime::{Allocation, Config, Executor, JobReport};
 use citadel_tests::*;
 use citadel_transports::docker::{ContainerDetails, DockerClient, DockerError};
+use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 const WITHIN: Duration = Duration::from_secs(20);
@@ -249,4 +258,405 @@ async fn a_socket_nobody_serves_is_unavailable_quickly() {
         );
     }
     assert!(began.elapsed() < Duration::from_secs(2), "took {:?}", began.elapsed());
+}
+
+// Capability `docker` through the executor and the `docker-ops` guest.
+
+const POLICY: &str = r#"
+[tenants.ops]
+capabilities = ["log", "docker"]
+timeout_ms = 60000
+docker.containers = ["allowed-*"]
+docker.labels = ["citadel.test=yes"]
+docker.actions = ["list", "inspect", "logs", "restart", "stop", "start"]
+
+[tenants.reader]
+capabilities = ["docker"]
+timeout_ms = 60000
+[tenants.reader.docker]
+containers = ["allowed-*"]
+labels = ["citadel.test=yes"]
+
+[tenants.plain]
+capabilities = ["log", "stream"]
+"#;
+
+const GRACE: Duration = Duration::from_secs(5);
+
+/// An executor under [`POLICY`] reaching `docker`.
+fn node(docker: DockerAccess) -> Executor {
+    executor(POLICY).with_docker(Arc::new(docker))
+}
+
+fn podman_node(podman: &Podman) -> Executor {
+    node(DockerAccess::new(Some(client(podman)), GRACE, 1 << 20))
+}
+
+/// Run one `docker-ops` job of `tenant`.
+async fn docker_op(executor: &Executor, tenant: &str, payload: Value) -> JobReport {
+    run(executor, &load("docker-ops"), job(tenant, &payload.to_string(), None))
+        .await
+        .0
+}
+
+fn ok(report: &JobReport) -> Value {
+    report
+        .outcome
+        .as_ref()
+        .unwrap_or_else(|err| panic!("job failed: {err}"))
+        .clone()
+}
+
+fn failure(report: &JobReport) -> (&'static str, String) {
+    let err = report.outcome.as_ref().expect_err("the job fails");
+    (err.class(), err.to_string())
+}
+
+/// The containers of the capability tests: two the tenants may use (one by
+/// name, one by label), two they may not (a label with another value, and
+/// no label).
+fn containers(podman: &Podman) {
+    podman.run(
+        "allowed-web",
+        &[("role", "web")],
+        "echo started; echo line2; trap 'exit 0' TERM; while true; do sleep 0.1; done",
+    );
+    podman.run("labelled", &[("citadel.test", "yes")], SERVICE);
+    podman.run("secret", &[("citadel.test", "no")], SERVICE);
+    podman.create("other", &[("role", "web")], "true");
+}
+
+fn listed_names(result: &Value) -> Vec<String> {
+    let mut names: Vec<String> = result
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_shows_exactly_the_tenants_containers_by_name_and_label() {
+    let podman = Podman::start();
+    containers(&podman);
+    let executor = podman_node(&podman);
+    for tenant in ["ops", "reader"] {
+        let listed = ok(&docker_op(&executor, tenant, json!({"op": "list"})).await);
+        assert_eq!(listed_names(&listed), ["allowed-web", "labelled"], "{tenant}");
+        let labelled = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "labelled")
+            .unwrap();
+        assert_eq!(labelled["state"], "running");
+        assert_eq!(labelled["labels"], json!({"citadel.test": "yes"}));
+        assert_eq!(labelled["image"], podman.busybox_image());
+    }
+    // The node has all four.
+    assert_eq!(client(&podman).list(&[]).await.unwrap().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_logs_stop_start_and_restart_work_on_allowed_containers() {
+    let podman = Podman::start();
+    containers(&podman);
+    let docker = client(&podman);
+    let executor = podman_node(&podman);
+
+    let web = ok(&docker_op(&executor, "ops", json!({"op": "inspect", "container": "allowed-web"})).await);
+    assert_eq!(
+        (web["name"].as_str(), web["running"].as_bool()),
+        (Some("allowed-web"), Some(true))
+    );
+    assert_eq!(web["labels"], json!({"role": "web"}));
+    assert_eq!(web["exit_code"], 0);
+    // By label, and by id (the policy applies to what the id resolves to).
+    let labelled = ok(&docker_op(&executor, "reader", json!({"op": "inspect", "container": "labelled"})).await);
+    assert_eq!(labelled["state"], "running");
+    let id = labelled["id"].as_str().unwrap();
+    let by_id = ok(&docker_op(&executor, "reader", json!({"op": "inspect", "container": id})).await);
+    assert_eq!(by_id["name"], "labelled");
+
+    let logs = eventually_some(WITHIN, "both log lines", || async {
+        let report = docker_op(&executor, "reader", json!({"op": "logs", "container": "allowed-web"})).await;
+        let logs = ok(&report)["logs"].as_str().unwrap().to_string();
+        logs.contains("line2").then_some(logs)
+    })
+    .await;
+    assert_eq!(logs, "started\nline2\n");
+    let last = ok(&docker_op(
+        &executor,
+        "ops",
+        json!({"op": "logs", "container": "allowed-web", "tail": 1}),
+    )
+    .await);
+    assert_eq!(last, json!({"logs": "line2\n"}));
+
+    let stopped = docker_op(&executor, "ops", json!({"op": "stop", "container": "allowed-web"})).await;
+    assert_eq!(ok(&stopped), json!({"ok": true}));
+    let down = inspect_until(&docker, "allowed-web", "allowed-web to stop", |c| !c.running).await;
+    assert_eq!(down.state, "exited");
+    ok(&docker_op(&executor, "ops", json!({"op": "start", "container": "allowed-web"})).await);
+    let up = inspect_until(&docker, "allowed-web", "allowed-web to run again", |c| c.running).await;
+    assert_ne!(up.started_at, down.started_at);
+    ok(&docker_op(&executor, "ops", json!({"op": "restart", "container": "labelled"})).await);
+    let restarted = inspect_until(&docker, "labelled", "labelled to run after restart", |c| c.running).await;
+    assert_ne!(restarted.started_at.as_deref(), labelled["started_at"].as_str());
+    // The others were left alone.
+    assert!(docker.inspect("secret").await.unwrap().running);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_action_on_a_container_not_the_tenants_is_denied() {
+    let podman = Podman::start();
+    containers(&podman);
+    let docker = client(&podman);
+    let executor = podman_node(&podman);
+    let secret_id = docker.inspect("secret").await.unwrap().id;
+    // `secret` exists, `nowhere` does not: the same answer, so denials say
+    // nothing about what exists. An id resolves to `secret`: denied too.
+    for container in ["secret", "other", "nowhere", secret_id.as_str(), &secret_id[..12]] {
+        for op in ["inspect", "logs", "start", "stop", "restart"] {
+            let report = docker_op(&executor, "ops", json!({"op": op, "container": container})).await;
+            let (class, message) = failure(&report);
+            assert_eq!(class, "denied", "{op} {container}: {message}");
+            assert!(
+                message.contains(&format!("tenant `ops` may not use container `{container}`"))
+                    && message.contains("docker.containers, docker.labels"),
+                "{message}"
+            );
+        }
+    }
+    assert!(
+        docker.inspect("secret").await.unwrap().running,
+        "the denied stop did nothing"
+    );
+    assert_eq!(
+        docker.inspect("other").await.unwrap().state,
+        "created",
+        "nor the denied start"
+    );
+    // A name the globs allow that no container has is not found; a string
+    // that is no name never reaches the API.
+    for container in ["allowed-missing", "x/../../images/json", ""] {
+        let report = docker_op(&executor, "ops", json!({"op": "start", "container": container})).await;
+        let (class, message) = failure(&report);
+        assert_eq!(class, "invalid_input", "{container}: {message}");
+        assert!(message.contains("no container named"), "{message}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_tenant_cannot_change_containers() {
+    let podman = Podman::start();
+    containers(&podman);
+    let docker = client(&podman);
+    let executor = podman_node(&podman);
+    let before = docker.inspect("allowed-web").await.unwrap();
+    for op in ["start", "stop", "restart"] {
+        let report = docker_op(&executor, "reader", json!({"op": op, "container": "allowed-web"})).await;
+        let (class, message) = failure(&report);
+        assert_eq!(class, "denied", "{op}: {message}");
+        assert!(
+            message.contains(&format!(
+                "tenant `reader` may not use docker action `{op}` (docker.actions)"
+            )),
+            "{message}"
+        );
+    }
+    let after = docker.inspect("allowed-web").await.unwrap();
+    assert!(after.running);
+    assert_eq!(after.started_at, before.started_at, "never restarted");
+    // Reading is granted.
+    ok(&docker_op(
+        &executor,
+        "reader",
+        json!({"op": "inspect", "container": "allowed-web"}),
+    )
+    .await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_without_docker_is_refused_before_the_job_runs() {
+    // No Docker API is needed: the component is refused at admission.
+    let executor = node(DockerAccess::default());
+    for tenant in ["plain", "stranger"] {
+        let report = docker_op(&executor, tenant, json!({"op": "list"})).await;
+        let (class, message) = failure(&report);
+        assert_eq!(class, "capability_refused", "{message}");
+        assert!(message.contains("imports [docker]"), "{message}");
+        assert!(message.contains("is not granted"), "{message}");
+        assert!(report.log.is_empty(), "nothing ran");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_docker_api_calls_are_unavailable() {
+    let every_op = [
+        json!({"op": "list"}),
+        json!({"op": "inspect", "container": "allowed-web"}),
+        json!({"op": "logs", "container": "allowed-web"}),
+        json!({"op": "stop", "container": "allowed-web"}),
+    ];
+    // A node without a Docker API.
+    let executor = node(DockerAccess::default());
+    for payload in &every_op {
+        let (class, message) = failure(&docker_op(&executor, "ops", payload.clone()).await);
+        assert_eq!(class, "unavailable", "{payload}: {message}");
+        assert!(
+            message.contains("no Docker API on this node: set docker.socket"),
+            "{message}"
+        );
+    }
+    // The grant is checked first: a read-only tenant's stop is still denied.
+    let report = docker_op(&executor, "reader", json!({"op": "stop", "container": "allowed-web"})).await;
+    assert_eq!(failure(&report).0, "denied");
+
+    // docker.socket names a path nobody serves, through the node's configuration.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let missing = dir.path().join("docker.sock").display().to_string();
+    let config = Config {
+        policy: Some(policy),
+        docker: DockerConfig {
+            socket: Some(format!("unix://{missing}")),
+            ..DockerConfig::default()
+        },
+        sandbox: sandbox_config(Some(&dir.path().join("cache"))),
+        ..Config::default()
+    };
+    let configured = Executor::from_config(&config, Allocation::OnDemand).unwrap();
+    assert_eq!(
+        configured.docker().client().map(DockerClient::socket),
+        Some(missing.as_str())
+    );
+    let component = configured.components().load_file(&guest("docker-ops")).unwrap();
+    for payload in &every_op {
+        let began = Instant::now();
+        let report = run(&configured, &component, job("ops", &payload.to_string(), None))
+            .await
+            .0;
+        let (class, message) = failure(&report);
+        assert_eq!(class, "unavailable", "{payload}: {message}");
+        assert!(message.contains(&missing), "{message}");
+        assert!(began.elapsed() < Duration::from_secs(2), "took {:?}", began.elapsed());
+    }
+
+    // A podman whose API service went away; the node carries on.
+    let mut podman = Podman::start();
+    containers(&podman);
+    let executor = podman_node(&podman);
+    assert_eq!(
+        listed_names(&ok(&docker_op(&executor, "ops", json!({"op": "list"})).await)),
+        ["allowed-web", "labelled"]
+    );
+    podman.stop_service();
+    for payload in &every_op {
+        let (class, message) = failure(&docker_op(&executor, "ops", payload.clone()).await);
+        assert_eq!(class, "unavailable", "{payload}: {message}");
+        assert!(message.contains(&podman.socket()), "{message}");
+    }
+    let (report, _) = run(&executor, &load("echo"), job("plain", r#"{"text":"still here"}"#, None)).await;
+    assert_eq!(class(&report), "ok");
+}
+
+// --- the node's containers in status ---------------------------------------
+
+/// The node's latest status and `/health`.
+async fn node_view(base: &str) -> Option<(Value, u16, String)> {
+    let client = citadel_transports::http::client(Duration::from_secs(5)).ok()?;
+    let message: Value = client
+        .get(format!("{base}/status"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let health = client.get(format!("{base}/health")).send().await.ok()?;
+    let code = health.status().as_u16();
+    Some((message["status"].clone(), code, health.text().await.ok()?))
+}
+
+fn docker_services(status: &Value) -> Vec<Value> {
+    status["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|service| service["type"] == "docker")
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_the_nodes_containers_and_a_docker_api_that_stops_answering() {
+    let mut podman = Podman::start();
+    podman.run(
+        "vllm",
+        &[("citadel.models", "llama-3.2-1b, qwen"), ("citadel.port", "8000")],
+        SERVICE,
+    );
+    podman.create("idle", &[], SERVICE);
+    podman.run("unreported", &[], SERVICE);
+    let redis = RedisServer::start();
+    let mut config = worker_config(&redis);
+    config.docker = DockerConfig {
+        socket: Some(podman.socket()),
+        report: vec!["vllm".into(), "idle".into()],
+        ..DockerConfig::default()
+    };
+    config.telemetry.service_poll_ms = 200;
+    config.telemetry.status_interval_s = 1;
+    config.telemetry.min_change_interval_ms = 100;
+    let node = TestWorker::start_node(&config).await;
+    let base = node.status_url();
+
+    let services = eventually_some(WITHIN, "both reported containers in services[]", || async {
+        let (status, _, _) = node_view(&base).await?;
+        let services = docker_services(&status);
+        (services.len() == 2).then_some(services)
+    })
+    .await;
+    let vllm = services.iter().find(|service| service["name"] == "vllm").unwrap();
+    assert_eq!(vllm["status"], "running");
+    assert_eq!(vllm["health"], "unknown", "no health check defined");
+    assert_eq!(vllm["port"], 8000);
+    assert_eq!(vllm["models"], json!(["llama-3.2-1b", "qwen"]));
+    assert!(vllm["placement"].as_str().unwrap().starts_with("container "), "{vllm}");
+    let idle = services.iter().find(|service| service["name"] == "idle").unwrap();
+    assert_eq!(idle["status"], "stopped");
+
+    // Stopping a container shows in status.
+    client(&podman).stop("vllm", Duration::from_secs(2)).await.unwrap();
+    eventually_some(WITHIN, "vllm stopped in status", || async {
+        let (status, _, _) = node_view(&base).await?;
+        docker_services(&status)
+            .iter()
+            .any(|service| service["name"] == "vllm" && service["status"] == "stopped")
+            .then_some(())
+    })
+    .await;
+
+    // The API goes away: said in collector_errors[] and /health, no crash.
+    podman.stop_service();
+    let (status, code, health) = eventually_some(WITHIN, "the docker probe failing in status", || async {
+        let view = node_view(&base).await?;
+        let failing = view.0["collector_errors"]
+            .as_array()?
+            .iter()
+            .any(|error| error["probe"] == "docker");
+        failing.then_some(view)
+    })
+    .await;
+    assert!(docker_services(&status).is_empty(), "{status}");
+    assert_eq!(code, 503, "{health}");
+    assert!(
+        health.contains("docker: ") && health.contains(&podman.socket()),
+        "{health}"
+    );
+    node.stop().await;
 }

@@ -91,6 +91,8 @@ pub struct Reported {
     pub worker: WorkerStatus,
     /// The node's mode (`redis`, `agent`, `local`).
     pub mode: String,
+    /// Failures of probes run outside the collector (the Docker API).
+    pub errors: Vec<crate::CollectorError>,
 }
 
 /// Build the StatusMessage JSON.
@@ -154,7 +156,7 @@ pub fn status_message(node: &NodeIdentity, snapshot: &Snapshot, reported: &Repor
             "services": reported.services,
             "worker": reported.worker,
             "processes": snapshot.watched.iter().map(process_entry).collect::<Vec<_>>(),
-            "collector_errors": snapshot.errors,
+            "collector_errors": snapshot.errors.iter().chain(&reported.errors).collect::<Vec<_>>(),
         }
     })
 }

@@ -22,6 +22,7 @@ use wasmtime::{PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::bindings::{HandlerError, HandlerPre, JobRecord};
+use crate::capabilities::docker::DockerAccess;
 use crate::capabilities::{self, PROVIDED};
 use crate::capability::Capabilities;
 use crate::capture::Captured;
@@ -75,6 +76,9 @@ pub enum SetupError {
     /// An inference engine's client cannot be built.
     #[error("cannot set up the inference engines: {0}")]
     Engines(String),
+    /// The Docker Engine API client cannot be built.
+    #[error("cannot set up the Docker API client: {0}")]
+    Docker(String),
     /// The compiled-component cache directory is unusable.
     #[error("cannot use component cache {}: {source} (set sandbox.cache_dir to a private directory)", .dir.display())]
     Cache {
@@ -90,6 +94,7 @@ pub struct Executor {
     components: Arc<ComponentStore>,
     policy: Policy,
     engines: Arc<Engines>,
+    docker: Arc<DockerAccess>,
     prepared: Mutex<HashMap<(Digest, Capabilities), HandlerPre<JobState>>>,
 }
 
@@ -100,6 +105,7 @@ impl Executor {
             components,
             policy,
             engines: Arc::default(),
+            docker: Arc::default(),
             prepared: Mutex::default(),
         }
     }
@@ -115,7 +121,20 @@ impl Executor {
         &self.engines
     }
 
-    /// Build the engine, component store and policy `config` describes.
+    /// The same executor, giving capability `docker` this Docker API (by
+    /// default the node has none: every call is `unavailable`).
+    pub fn with_docker(mut self, docker: Arc<DockerAccess>) -> Executor {
+        self.docker = docker;
+        self
+    }
+
+    /// The node's Docker API, as capability `docker` reaches it.
+    pub fn docker(&self) -> &Arc<DockerAccess> {
+        &self.docker
+    }
+
+    /// Build the engine, component store, policy, inference engines and
+    /// Docker API client `config` describes.
     pub fn from_config(config: &Config, allocation: Allocation) -> Result<Executor, SetupError> {
         let policy = config.load_policy()?;
         let engine =
@@ -126,7 +145,10 @@ impl Executor {
             source,
         })?;
         let engines = Engines::from_config(&config.engines).map_err(SetupError::Engines)?;
-        Ok(Executor::new(Arc::new(components), policy).with_engines(Arc::new(engines)))
+        let docker = DockerAccess::from_config(&config.docker).map_err(|err| SetupError::Docker(err.to_string()))?;
+        Ok(Executor::new(Arc::new(components), policy)
+            .with_engines(Arc::new(engines))
+            .with_docker(Arc::new(docker)))
     }
 
     /// The component store.
@@ -257,6 +279,7 @@ impl Executor {
             OutputBudget::new(limits.max_output_bytes),
             StreamState::new(chunks, limits.max_chunk_bytes, limits.max_chunks_per_second),
             Arc::clone(&self.engines),
+            Arc::clone(&self.docker),
             wasi,
         );
         let mut store = Store::new(self.components.engine().engine(), state);

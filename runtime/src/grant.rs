@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::capability::{Capabilities, Capability};
-use crate::policy::{Policy, TenantPolicy};
+use crate::policy::{DockerAction, Policy, TenantPolicy};
 
 /// A refused capability: the data a gated call returns as its `denied` case.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,6 +80,22 @@ impl Grant {
             tenant: self.tenant.clone(),
         })
     }
+
+    /// May this job use capability `docker` for `action`? The denial says
+    /// which policy key to change, and is logged once per job.
+    pub fn check_docker(&mut self, action: DockerAction, job_id: &str) -> Result<(), String> {
+        self.check(Capability::Docker, job_id)
+            .map_err(|denied| denied.to_string())?;
+        if self.policy.docker.allows_action(action) {
+            return Ok(());
+        }
+        let reason = format!(
+            "tenant `{}` may not use docker action `{action}` (docker.actions)",
+            self.tenant
+        );
+        self.deny_once(&reason, job_id);
+        Err(reason)
+    }
 }
 
 #[cfg(test)]
@@ -96,5 +112,35 @@ mod tests {
         let stranger = Grant::for_tenant(&policy, "stranger");
         assert_eq!(stranger.tenant(), "default");
         assert!(stranger.capabilities().contains(Capability::Stream));
+    }
+
+    #[test]
+    fn docker_actions_go_through_the_grant() {
+        let policy = Policy::from_toml(
+            "[tenants.ops]\ncapabilities = [\"docker\"]\ndocker.actions = [\"list\", \"restart\"]\n\
+             [tenants.reader]\ncapabilities = [\"docker\"]\n",
+            "test",
+        )
+        .unwrap();
+        let mut ops = Grant::for_tenant(&policy, "ops");
+        assert!(ops.check_docker(DockerAction::List, "j1").is_ok());
+        assert!(ops.check_docker(DockerAction::Restart, "j1").is_ok());
+        assert_eq!(
+            ops.check_docker(DockerAction::Logs, "j1").unwrap_err(),
+            "tenant `ops` may not use docker action `logs` (docker.actions)"
+        );
+        let mut reader = Grant::for_tenant(&policy, "reader");
+        assert!(reader.check_docker(DockerAction::Inspect, "j1").is_ok());
+        assert!(
+            reader
+                .check_docker(DockerAction::Stop, "j1")
+                .unwrap_err()
+                .contains("docker.actions")
+        );
+        let mut stranger = Grant::for_tenant(&policy, "stranger");
+        assert_eq!(
+            stranger.check_docker(DockerAction::List, "j1").unwrap_err(),
+            "tenant `default` is not granted capability `docker`"
+        );
     }
 }

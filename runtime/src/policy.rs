@@ -91,6 +91,9 @@ pub struct TenantPolicy {
     /// Which engines and models capability `inference` reaches.
     #[serde(default)]
     pub inference: InferencePolicy,
+    /// Which containers capability `docker` reaches, and what it may do.
+    #[serde(default)]
+    pub docker: DockerPolicy,
 }
 
 /// `[tenants.<name>.inference]`: glob allowlists (`*`, `?`, `[…]`).
@@ -127,6 +130,155 @@ impl InferencePolicy {
     /// Whether `model` is allowed.
     pub fn allows_model(&self, model: &str) -> bool {
         matches_any(&self.models, model)
+    }
+}
+
+/// `[tenants.<name>.docker]`: which of the node's containers capability
+/// `docker` reaches and what it may do with them. Deny by default: no
+/// container and only the read-only actions.
+///
+/// A container is the tenant's when its name matches one of `containers`
+/// (globs: `*`, `?`, `[…]`) **or** it carries one of `labels` (`key=value`,
+/// or a bare `key` for any value).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerPolicy {
+    /// Container names (globs) the tenant may see and act on; none by default.
+    #[serde(default)]
+    pub containers: Vec<String>,
+    /// Labels (`key=value` or `key`) whose containers the tenant may see and
+    /// act on; none by default.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// What the tenant may do: `list`, `inspect`, `logs`, `start`, `stop`,
+    /// `restart`; default the read-only `["list", "inspect", "logs"]`.
+    #[serde(default = "read_only_actions")]
+    pub actions: Vec<String>,
+}
+
+fn read_only_actions() -> Vec<String> {
+    [DockerAction::List, DockerAction::Inspect, DockerAction::Logs]
+        .iter()
+        .map(|action| action.name().to_string())
+        .collect()
+}
+
+impl Default for DockerPolicy {
+    fn default() -> Self {
+        DockerPolicy {
+            containers: Vec::new(),
+            labels: Vec::new(),
+            actions: read_only_actions(),
+        }
+    }
+}
+
+/// One thing capability `docker` can do (`docker.actions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DockerAction {
+    /// `list-containers`.
+    List,
+    /// `inspect`.
+    Inspect,
+    /// `logs`.
+    Logs,
+    /// `start`.
+    Start,
+    /// `stop`.
+    Stop,
+    /// `restart`.
+    Restart,
+}
+
+impl DockerAction {
+    /// Every action.
+    pub const ALL: [DockerAction; 6] = [
+        DockerAction::List,
+        DockerAction::Inspect,
+        DockerAction::Logs,
+        DockerAction::Start,
+        DockerAction::Stop,
+        DockerAction::Restart,
+    ];
+
+    /// Its name in `docker.actions`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DockerAction::List => "list",
+            DockerAction::Inspect => "inspect",
+            DockerAction::Logs => "logs",
+            DockerAction::Start => "start",
+            DockerAction::Stop => "stop",
+            DockerAction::Restart => "restart",
+        }
+    }
+
+    /// Whether it changes a container (and is logged as such).
+    pub fn mutates(self) -> bool {
+        matches!(self, DockerAction::Start | DockerAction::Stop | DockerAction::Restart)
+    }
+}
+
+impl std::fmt::Display for DockerAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl DockerPolicy {
+    /// Whether `action` is granted.
+    pub fn allows_action(&self, action: DockerAction) -> bool {
+        self.actions.iter().any(|granted| granted == action.name())
+    }
+
+    /// Whether `name` matches `containers` (the name alone decides).
+    pub fn allows_name(&self, name: &str) -> bool {
+        matches_any(&self.containers, name)
+    }
+
+    /// Whether a container with `labels` carries one of `labels`.
+    pub fn allows_labels(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.labels.iter().any(|wanted| match wanted.split_once('=') {
+            Some((key, value)) => labels.get(key).is_some_and(|actual| actual == value),
+            None => labels.contains_key(wanted),
+        })
+    }
+
+    /// Whether the container `name` with `labels` is the tenant's.
+    pub fn allows_container(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.allows_name(name) || self.allows_labels(labels)
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        for pattern in &self.containers {
+            if let Err(err) = glob::Pattern::new(pattern) {
+                return Err((
+                    "docker.containers",
+                    format!("{pattern:?} is not a valid pattern: {err}"),
+                ));
+            }
+        }
+        if let Some(label) = self.labels.iter().find(|label| {
+            label
+                .split_once('=')
+                .map_or(label.as_str(), |(key, _)| key)
+                .trim()
+                .is_empty()
+        }) {
+            return Err(("docker.labels", format!("{label:?} is not `key=value` or `key`")));
+        }
+        if let Some(unknown) = self
+            .actions
+            .iter()
+            .find(|action| !DockerAction::ALL.iter().any(|known| known.name() == action.as_str()))
+        {
+            let known: Vec<&str> = DockerAction::ALL.iter().map(|action| action.name()).collect();
+            return Err((
+                "docker.actions",
+                format!("has unknown action {unknown:?} (known: {})", known.join(", ")),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -172,6 +324,7 @@ impl Default for TenantPolicy {
             max_log_bytes: default_max_log_bytes(),
             max_in_flight: default_max_in_flight(),
             inference: InferencePolicy::default(),
+            docker: DockerPolicy::default(),
         }
     }
 }
@@ -222,6 +375,9 @@ impl TenantPolicy {
                     return Err(invalid(key, format!("{pattern:?} is not a valid pattern: {err}")));
                 }
             }
+        }
+        if let Err((key, problem)) = self.docker.validate() {
+            return Err(invalid(key, problem));
         }
         Ok(())
     }
@@ -358,6 +514,80 @@ mod tests {
         );
         let err = Policy::from_toml("[tenants.acme]\ninference.models = [\"[oops\"]\n", "p").unwrap_err();
         assert!(err.to_string().contains("tenants.acme.inference.models"), "{err}");
+    }
+
+    #[test]
+    fn docker_grants_are_name_globs_or_labels_and_read_only_by_default() {
+        let policy = Policy::from_toml(
+            r#"
+            [tenants.acme]
+            capabilities = ["docker"]
+            docker.containers = ["vllm", "llama-*"]
+            docker.labels = ["citadel.tenant=acme", "acme.owned"]
+            docker.actions = ["list", "inspect", "logs", "restart"]
+            [tenants.reader]
+            capabilities = ["docker"]
+            [tenants.reader.docker]
+            containers = ["*"]
+            "#,
+            "p",
+        )
+        .unwrap();
+        let acme = &policy.tenant("acme").1.docker;
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let none = labels(&[]);
+        assert!(acme.allows_container("vllm", &none) && acme.allows_container("llama-3b", &none));
+        assert!(!acme.allows_container("vllm-2", &none) && !acme.allows_container("redis", &none));
+        assert!(acme.allows_container("redis", &labels(&[("citadel.tenant", "acme")])));
+        assert!(!acme.allows_container("redis", &labels(&[("citadel.tenant", "globex")])));
+        assert!(acme.allows_container("redis", &labels(&[("acme.owned", "")])));
+        assert!(acme.allows_container("redis", &labels(&[("other", "x"), ("acme.owned", "anything")])));
+        assert!(
+            !acme.allows_container("redis", &labels(&[("citadel.tenant=acme", "")])),
+            "a label is a key and a value"
+        );
+        assert!(acme.allows_action(DockerAction::Restart) && !acme.allows_action(DockerAction::Stop));
+
+        let reader = &policy.tenant("reader").1.docker;
+        assert!(reader.allows_name("anything"));
+        for action in DockerAction::ALL {
+            assert_eq!(reader.allows_action(action), !action.mutates(), "{action}");
+        }
+        let default = &policy.tenant("nobody").1.docker;
+        assert!(
+            !default.allows_container("vllm", &labels(&[("citadel.tenant", "acme")])),
+            "no container by default"
+        );
+    }
+
+    #[test]
+    fn docker_mistakes_name_the_key() {
+        for (toml, key, what) in [
+            (
+                "docker.actions = [\"list\", \"exec\"]",
+                "tenants.acme.docker.actions",
+                "\"exec\"",
+            ),
+            (
+                "[tenants.acme.docker]\nactions = [\"create\"]",
+                "tenants.acme.docker.actions",
+                "\"create\"",
+            ),
+            (
+                "docker.containers = [\"[oops\"]",
+                "tenants.acme.docker.containers",
+                "[oops",
+            ),
+            ("docker.labels = [\"=acme\"]", "tenants.acme.docker.labels", "=acme"),
+        ] {
+            let err = Policy::from_toml(&format!("[tenants.acme]\n{toml}\n"), "p").unwrap_err();
+            let message = err.to_string();
+            assert!(message.contains(key) && message.contains(what), "{message}");
+        }
+        let err = Policy::from_toml("[tenants.acme]\ndocker.images = [\"x\"]\n", "p").unwrap_err();
+        assert!(err.to_string().contains("images"), "{err}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::capabilities::docker::DockerAccess;
 use crate::grant::Grant;
 use crate::inference::Engines;
 use crate::joblog::JobLog;
@@ -29,6 +30,8 @@ pub struct JobState {
     pub(crate) stream: StreamState,
     /// The node's inference engines.
     pub(crate) engines: Arc<Engines>,
+    /// The node's Docker Engine API.
+    pub(crate) docker: Arc<DockerAccess>,
     /// Resources handed to the guest (WASI's and citadel's).
     pub(crate) table: ResourceTable,
     wasi: WasiCtx,
@@ -45,6 +48,7 @@ impl JobState {
         output: OutputBudget,
         stream: StreamState,
         engines: Arc<Engines>,
+        docker: Arc<DockerAccess>,
         wasi: WasiCtx,
     ) -> JobState {
         JobState {
@@ -55,6 +59,7 @@ impl JobState {
             output,
             stream,
             engines,
+            docker,
             wasi,
             table: ResourceTable::new(),
         }

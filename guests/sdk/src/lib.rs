@@ -20,5 +20,5 @@ pub mod bindings {
     });
 }
 
-pub use bindings::citadel::handler::{inference, log, stream};
+pub use bindings::citadel::handler::{docker, inference, log, stream};
 pub use bindings::{Guest, HandlerError, Job, export_handler};

@@ -8,6 +8,7 @@
 //! here with its `Host` impl, one line in [`PROVIDED`] and one in
 //! [`linker`].
 
+pub mod docker;
 pub(crate) mod inference;
 mod log;
 mod stream;
@@ -23,7 +24,8 @@ use crate::state::JobState;
 pub const PROVIDED: Capabilities = Capabilities::NONE
     .with(Capability::Log)
     .with(Capability::Stream)
-    .with(Capability::Inference);
+    .with(Capability::Inference)
+    .with(Capability::Docker);
 
 /// A linker offering the WASI base plus the granted capabilities.
 pub(crate) fn linker(engine: &Engine, granted: Capabilities) -> wasmtime::Result<Linker<JobState>> {
@@ -38,6 +40,9 @@ pub(crate) fn linker(engine: &Engine, granted: Capabilities) -> wasmtime::Result
     }
     if granted.contains(Capability::Inference) {
         handler::inference::add_to_linker::<_, HasSelf<JobState>>(&mut linker, |state| state)?;
+    }
+    if granted.contains(Capability::Docker) {
+        handler::docker::add_to_linker::<_, HasSelf<JobState>>(&mut linker, |state| state)?;
     }
     Ok(linker)
 }

@@ -230,11 +230,15 @@ fn table(message: &Value) -> Vec<String> {
         rows.push((
             format!("service {}", text(&service["name"])),
             format!(
-                "{} · {} · health {} · port {}",
+                "{} · {} · health {} · port {}{}",
                 text(&service["type"]),
                 text(&service["status"]),
                 text(&service["health"]),
-                text(&service["port"])
+                text(&service["port"]),
+                service["placement"]
+                    .as_str()
+                    .map(|placement| format!(" · {placement}"))
+                    .unwrap_or_default()
             ),
         ));
     }

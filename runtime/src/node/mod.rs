@@ -6,11 +6,13 @@
 //! - [`telemetry`]: the status loop and what the status server serves;
 //! - [`feed`]: the worker's job observer (metrics, live events, triggers);
 //! - [`metrics`]: the Prometheus registry;
-//! - [`device`]: `APPLY_DEVICE_CONFIG`, the control plane configuring the node.
+//! - [`device`]: `APPLY_DEVICE_CONFIG`, the control plane configuring the node;
+//! - `containers`: the node's Docker containers as services.
 //!
 //! [`NodeServices::start`] wires them from the configuration; `citadel
 //! work` runs them for as long as the worker runs.
 
+mod containers;
 pub mod device;
 pub mod feed;
 pub mod metrics;
@@ -55,6 +57,9 @@ pub enum NodeError {
         /// Why.
         source: std::io::Error,
     },
+    /// The Docker API socket is unusable.
+    #[error("cannot use the Docker API (docker.socket): {0}")]
+    Docker(String),
     /// The services cannot be supervised.
     #[error("cannot run [[services]]: {0}")]
     Services(String),
@@ -221,6 +226,29 @@ impl NodeServices {
                 Arc::clone(&telemetry),
                 stop.clone(),
             ));
+        }
+        match config.docker.resolved_socket() {
+            Some(socket) => {
+                let client = citadel_transports::docker::DockerClient::new(&socket, config.docker.timeout())
+                    .map_err(|err| NodeError::Docker(err.to_string()))?;
+                let report = config
+                    .docker
+                    .report
+                    .iter()
+                    .filter_map(|pattern| glob::Pattern::new(pattern).ok())
+                    .collect();
+                let poll = Duration::from_millis(settings.service_poll_ms);
+                tasks.spawn(containers::watch_containers(
+                    client,
+                    report,
+                    Arc::clone(&telemetry),
+                    poll,
+                    stop.clone(),
+                ));
+            }
+            None => tracing::info!(
+                "no Docker API socket (docker.socket, /var/run/docker.sock, /run/podman/podman.sock): containers are not reported"
+            ),
         }
         tasks.spawn(Arc::clone(&telemetry).run(stop.clone()));
         if !engines.is_empty() {

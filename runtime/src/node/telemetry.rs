@@ -55,6 +55,8 @@ struct Latest {
 /// The node's telemetry.
 pub struct Telemetry {
     pub(super) identity: Mutex<NodeIdentity>,
+    /// Failing probes run outside the collector, by probe (`docker`).
+    pub(super) probe_errors: Mutex<BTreeMap<&'static str, CollectorError>>,
     /// GPU temperature that makes `/health` 503 (`alertOnHighTemp`), °C.
     pub(super) high_temp_alert: Mutex<Option<u32>>,
     pub(super) timings: Timings,
@@ -84,6 +86,7 @@ impl Telemetry {
         Telemetry {
             identity: Mutex::new(identity),
             high_temp_alert: Mutex::default(),
+            probe_errors: Mutex::default(),
             timings,
             mode: mode.to_string(),
             collector,
@@ -109,6 +112,22 @@ impl Telemetry {
         identity.name = name;
         identity.tags = tags;
         identity.device_config = device_config;
+    }
+
+    /// Record whether `probe` (run outside the collector) fails; a failure
+    /// shows in `collector_errors[]` and `/health`, a change publishes at once.
+    pub fn set_probe_error(&self, probe: &'static str, error: Option<String>) {
+        let mut errors = self.probe_errors.lock().expect("probe errors poisoned");
+        let changed = match error {
+            Some(error) => {
+                let error = CollectorError::new(probe, error);
+                errors.insert(probe, error.clone()) != Some(error)
+            }
+            None => errors.remove(probe).is_some(),
+        };
+        if changed {
+            self.feed.changed();
+        }
     }
 
     /// Answer 503 on `/health` while a GPU is at or above `celsius` (`None`: never).
@@ -316,6 +335,13 @@ impl Telemetry {
                 .collect(),
             worker: worker.unwrap_or_default(),
             mode: self.mode.clone(),
+            errors: self
+                .probe_errors
+                .lock()
+                .expect("probe errors poisoned")
+                .values()
+                .cloned()
+                .collect(),
         };
         let identity = self.identity.lock().expect("identity poisoned").clone();
         status_message(&identity, snapshot, &reported)
@@ -366,6 +392,9 @@ impl StatusSource for Telemetry {
             Some(_) => {}
         }
         reasons.extend(latest.hot_gpus.iter().cloned());
+        for err in self.probe_errors.lock().expect("probe errors poisoned").values() {
+            reasons.push(format!("{}: {}", err.probe, err.error));
+        }
         for err in &latest.failing_probes {
             reasons.push(format!("collector: {} probe failing: {}", err.probe, err.error));
         }

@@ -421,11 +421,19 @@ impl Worker {
         if let Err(err) = shared.liveness.retire().await {
             tracing::warn!(error = %err, "could not remove the liveness key; other workers take this one's jobs when it expires");
         }
-        tracing::info!(
-            completed = shared.stats.completed.load(Ordering::Relaxed),
-            failed = shared.stats.failed.load(Ordering::Relaxed),
-            "worker stopped"
+        let (completed, failed) = (
+            shared.stats.completed.load(Ordering::Relaxed),
+            shared.stats.failed.load(Ordering::Relaxed),
         );
+        if shared.settings.device_config {
+            tracing::info!(
+                applied = completed,
+                rejected = failed,
+                "stopped reading device configuration"
+            );
+        } else {
+            tracing::info!(completed, failed, "worker stopped");
+        }
         Ok(())
     }
 }
