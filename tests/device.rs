@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use citadel_runtime::Config;
 use citadel_tests::{
-    RedisServer, TestSlice, WorkerProcess, citadel_bin, events, eventually_some, shell_service, status, worker_config,
+    RedisServer, TestSlice, WorkerProcess, citadel_bin, enqueue, events, eventually_some, shell_service, status,
+    worker_config,
 };
 use serde_json::{Value, json};
 
@@ -148,6 +149,12 @@ async fn device_config_is_applied_confirmed_and_kept_across_a_restart() {
         serde_json::from_str(&std::fs::read_to_string(state.path().join("device-config.json")).unwrap()).unwrap();
     assert_eq!(written["deviceName"], "rack-4 gpu");
     assert!(node.log().contains("device configuration applied"));
+    // Job events carry the new name at once.
+    enqueue(&mut conn, "after-rename", "echo", r#"{"text":"hi"}"#);
+    assert_eq!(settled(&redis, "after-rename").await["status"], "completed");
+    for event in events(&mut conn, "after-rename") {
+        assert_eq!(event["data"]["meta"]["node_name"], "rack-4 gpu", "{event}");
+    }
 
     // Restarted, the node comes back configured.
     node.terminate();

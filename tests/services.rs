@@ -88,7 +88,11 @@ async fn services_run_in_their_cgroups_under_their_limits() {
     web.port = Some(port);
     web.health_path = Some("/".into());
 
-    let config = node_config(&redis, &slice, vec![hog, burner, forker, web]);
+    let mut missing = shell_service("missing", "");
+    missing.command = "/nonexistent/engine".into();
+    missing.args.clear();
+
+    let config = node_config(&redis, &slice, vec![hog, burner, forker, web, missing]);
     let mut node = WorkerProcess::start(&config);
     let base = node.status_url();
 
@@ -117,6 +121,22 @@ async fn services_run_in_their_cgroups_under_their_limits() {
     // The web service answers its health check.
     let web = service_where(&base, "web", "the web service healthy", |web| web["health"] == "ok").await;
     assert_eq!(web["port"], port);
+
+    // A program that cannot be run: an error with the reason, retried with backoff.
+    let missing = service_where(&base, "missing", "the missing program reported", |missing| {
+        missing["status"] == "error"
+    })
+    .await;
+    assert!(
+        missing["last_exit"].as_str().unwrap().contains("could not be run"),
+        "{missing}"
+    );
+    let stderr = node.dir().join("state/services/missing.stderr.log");
+    let stderr = std::fs::read_to_string(stderr).unwrap();
+    assert!(
+        stderr.contains("cannot run /nonexistent/engine: No such file or directory"),
+        "{stderr}"
+    );
 
     // Every process the forker started is in its group.
     let forker_group = slice.service_path("forker");
@@ -173,9 +193,10 @@ async fn services_run_in_their_cgroups_under_their_limits() {
     for pid in &pids {
         assert!(!alive(*pid), "process {pid} outlived the node");
     }
-    for service in ["hog", "burner", "forker", "web"] {
+    for service in ["hog", "burner", "forker", "web", "missing"] {
         assert!(slice.removed(service), "{service}'s cgroup is still there");
     }
+    assert!(slice.gone(), "the slice outlived its services");
 }
 
 #[tokio::test]

@@ -99,6 +99,11 @@ impl TestSlice {
         pids
     }
 
+    /// Whether the whole slice is gone from every hierarchy.
+    pub fn gone(&self) -> bool {
+        Self::dirs(&self.name).iter().all(|dir| !dir.exists())
+    }
+
     /// Whether the service's group is gone from every hierarchy.
     pub fn removed(&self, service: &str) -> bool {
         Self::dirs(&self.service_path(service)).iter().all(|dir| !dir.exists())

@@ -137,13 +137,18 @@ pub(super) async fn work(config: &Config) -> Result<(), Failure> {
     let node = NodeServices::start(config, "redis", Some(&worker), engines)
         .await
         .map_err(Failure::input)?;
-    let configurator: Arc<dyn NativeHandler> = Arc::new(DeviceConfigurator::new(
+    let configurator = Arc::new(DeviceConfigurator::new(
         config,
         Arc::clone(&node.supervisor),
         Arc::clone(&node.telemetry),
     ));
-    let device_handlers = HandlerTable::native([(APPLY_DEVICE_CONFIG.to_string(), configurator)]);
+    configurator.renames(&worker);
+    let handler: Arc<dyn NativeHandler> = configurator.clone();
+    let device_handlers = HandlerTable::native([(APPLY_DEVICE_CONFIG.to_string(), handler)]);
     let reader = Worker::device_config_reader(executor, device_handlers, config).map_err(Failure::input)?;
+    if let Some(reader) = &reader {
+        configurator.renames(reader);
+    }
     let outcome = match reader {
         Some(reader) => {
             let (jobs, device) = tokio::join!(worker.run(stop.clone()), reader.run(stop));

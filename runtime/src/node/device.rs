@@ -1,12 +1,13 @@
 //! `APPLY_DEVICE_CONFIG` jobs (queue `jobs:v1:config`): the control plane
 //! configures the node. A job's configuration is validated against this
 //! node, written atomically to the state directory (the previous version
-//! kept), then applied at once — display name and tags in status, which
+//! kept), then applied at once — display name and tags in status and job
+//! events, which
 //! services run, health probing, the high-temperature alert — and confirmed
 //! with a status entry carrying `status configured`. An invalid one is an
 //! `error` event and changes nothing.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
@@ -15,7 +16,7 @@ use super::Telemetry;
 use crate::config::{Config, DeviceConfig, DeviceStore};
 use crate::job::{HandlerErrorKind, JobError, JobSpec};
 use crate::services::Supervisor;
-use crate::worker::NativeHandler;
+use crate::worker::{NativeHandler, Worker};
 
 /// The job type.
 pub const APPLY_DEVICE_CONFIG: &str = "APPLY_DEVICE_CONFIG";
@@ -23,6 +24,8 @@ pub const APPLY_DEVICE_CONFIG: &str = "APPLY_DEVICE_CONFIG";
 /// Applies device configuration to this node.
 pub struct DeviceConfigurator {
     store: DeviceStore,
+    /// Workers whose job events carry the node's name.
+    workers: Mutex<Vec<Worker>>,
     high_temp_celsius: u32,
     supervisor: Arc<Supervisor>,
     telemetry: Arc<Telemetry>,
@@ -34,10 +37,16 @@ impl DeviceConfigurator {
     pub fn new(config: &Config, supervisor: Arc<Supervisor>, telemetry: Arc<Telemetry>) -> DeviceConfigurator {
         DeviceConfigurator {
             store: DeviceStore::new(&config.state_dir()),
+            workers: Mutex::default(),
             high_temp_celsius: config.telemetry.high_temp_celsius,
             supervisor,
             telemetry,
         }
+    }
+
+    /// Rename `worker`'s job events too when the device name changes.
+    pub fn renames(&self, worker: &Worker) {
+        self.workers.lock().expect("workers poisoned").push(worker.clone());
     }
 
     async fn apply(&self, job: JobSpec) -> Result<Value, JobError> {
@@ -63,6 +72,9 @@ impl DeviceConfigurator {
         self.supervisor.set_health_checks(device.health_monitoring_enabled);
         self.telemetry
             .alert_on_high_temp(device.alert_on_high_temp.then_some(self.high_temp_celsius));
+        for worker in self.workers.lock().expect("workers poisoned").iter() {
+            worker.rename(&device.device_name);
+        }
         let reported = serde_json::to_value(&device).ok();
         self.telemetry
             .set_identity(device.device_name.clone(), device.custom_tags.clone(), reported);

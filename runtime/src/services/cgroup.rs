@@ -187,10 +187,23 @@ impl ServiceCgroup {
         }
     }
 
-    /// Remove the (empty) group; its parents stay for other services.
+    /// Remove the (empty) group, and its parents (`<slice>/<group>`) when
+    /// no other service is left in them.
     pub fn remove(&self) {
         if let Err(err) = self.cgroup.delete() {
             tracing::warn!(cgroup = %self.path, error = %describe(&err), "cannot remove the service's cgroup");
+            return;
+        }
+        let parents = self.path.matches('/').count();
+        for file in &self.procs_files {
+            let mut dir = file.parent().and_then(std::path::Path::parent);
+            for _ in 0..parents {
+                // Fails while another service's group is still in it.
+                match dir {
+                    Some(parent) if std::fs::remove_dir(parent).is_ok() => dir = parent.parent(),
+                    _ => break,
+                }
+            }
         }
     }
 }

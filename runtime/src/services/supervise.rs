@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use citadel_transports::backoff::Backoff;
+use citadel_transports::backoff::{Backoff, worth_logging};
 use rustix::process::{Pid, Signal, kill_process, kill_process_group};
 use tokio::process::Child;
 use tokio::sync::watch;
@@ -83,7 +83,9 @@ pub(super) async fn supervise(
             Ok(child) => child,
             Err(err) => {
                 let problem = format!("cannot start {:?}: {err}", service.settings.command);
-                tracing::error!(service = %name, error = %problem, "service did not start");
+                if worth_logging(waits.attempts()) {
+                    tracing::error!(service = %name, error = %problem, attempts = waits.attempts() + 1, "service did not start; retrying with backoff");
+                }
                 reporter.update(|state| {
                     state.status = "error";
                     state.pid = None;

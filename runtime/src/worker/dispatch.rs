@@ -92,11 +92,7 @@ impl Shared {
         };
         let job = entry.job_id.as_str();
         let ray = entry.ray_id.as_deref();
-        if let Some(target) = entry
-            .target_node
-            .as_deref()
-            .filter(|target| *target != self.node.node_id)
-        {
+        if let Some(target) = entry.target_node.as_deref().filter(|target| *target != self.node_id) {
             tracing::debug!(job_id = job, target, "job targets another node: acknowledged, not run");
             self.settle(&delivery, job, ray, &[], None, lifecycle).await;
             return;
@@ -137,7 +133,7 @@ impl Shared {
             return;
         };
         let start = EventKind::Start {
-            message: format!("running {} on {}", entry.job_type, self.node.node_name),
+            message: format!("running {} on {}", entry.job_type, self.events.meta().node_name),
         };
         match self
             .events

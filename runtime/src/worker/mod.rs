@@ -207,7 +207,7 @@ struct Shared {
     liveness: Liveness,
     cancel_flags: CancelFlags,
     settings: Settings,
-    node: NodeMeta,
+    node_id: String,
     consumer: String,
     slots: Slots,
     held: Mutex<HashMap<String, Held>>,
@@ -240,7 +240,7 @@ impl Worker {
         let block = Duration::from_millis(config.worker.block_ms);
         let reader = transport::blocking_connection(&client, block).map_err(invalid)?;
         let node_id = config.node_id();
-        let node = NodeMeta {
+        let meta = NodeMeta {
             node_id: node_id.clone(),
             node_name: config.node_name(),
         };
@@ -266,7 +266,7 @@ impl Worker {
         });
         Ok(Worker {
             shared: Arc::new(Shared {
-                events: EventPublisher::new(conn.clone(), committer, node.clone(), replay, settings.status_ttl),
+                events: EventPublisher::new(conn.clone(), committer, meta, replay, settings.status_ttl),
                 liveness: Liveness::new(conn.clone(), &group, &consumer, settings.liveness_ttl),
                 cancel_flags: CancelFlags::new(conn),
                 slots: Slots::new(settings.concurrency),
@@ -274,7 +274,7 @@ impl Worker {
                 handlers,
                 queues,
                 settings,
-                node,
+                node_id: node_id.clone(),
                 consumer,
                 held: Mutex::default(),
                 stats: Stats::default(),
@@ -313,6 +313,11 @@ impl Worker {
             .settings
             .device_config = true;
         Ok(Some(reader))
+    }
+
+    /// Name the node `node_name` in job events from now on.
+    pub fn rename(&self, node_name: &str) {
+        self.shared.events.rename(node_name);
     }
 
     /// This process's consumer name (`{nodeId}-{pid}-{rand}`).
@@ -501,7 +506,7 @@ impl Shared {
 
     /// Refresh the liveness key every third of its lifetime until `done`.
     async fn keep_alive(self: Arc<Self>, done: CancellationToken) {
-        let holder = format!("{} pid {}", self.node.node_id, std::process::id());
+        let holder = format!("{} pid {}", self.node_id, std::process::id());
         let mut failures = 0u32;
         loop {
             match self.liveness.beat(&holder).await {

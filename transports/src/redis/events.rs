@@ -8,6 +8,7 @@
 //! `claimed`/`start` or its final event, status and acknowledgement each
 //! cost one round trip.
 
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use redis::Value;
@@ -62,7 +63,8 @@ pub struct JobCheck {
 pub struct EventPublisher {
     conn: ConnectionManager,
     committer: Committer,
-    meta: NodeMeta,
+    /// Shared by the publisher's clones: a rename reaches them all.
+    meta: Arc<RwLock<NodeMeta>>,
     replay: Option<ReplayConfig>,
     status_ttl: Duration,
     start_script: redis::Script,
@@ -81,19 +83,31 @@ impl EventPublisher {
         EventPublisher {
             conn,
             committer,
-            meta,
+            meta: Arc::new(RwLock::new(meta)),
             replay,
             status_ttl,
             start_script: redis::Script::new(START_SCRIPT),
         }
     }
 
+    /// Stamp events with this display name from now on (device
+    /// configuration renamed the node).
+    pub fn rename(&self, node_name: &str) {
+        self.meta.write().expect("node meta poisoned").node_name = node_name.to_string();
+    }
+
+    /// The node as events name it now.
+    pub fn meta(&self) -> NodeMeta {
+        self.meta.read().expect("node meta poisoned").clone()
+    }
+
     /// Add one event (and its replay copy, when enabled) to `batch`.
     pub fn publish_in(&self, batch: &mut Batch, job_id: &str, ray_id: Option<&str>, kind: EventKind) {
+        let meta = self.meta();
         let event = JobEvent {
             job_id,
             ray_id,
-            meta: &self.meta,
+            meta: &meta,
             at: SystemTime::now(),
             kind,
         };
@@ -191,10 +205,11 @@ impl EventPublisher {
         worker_id: &str,
     ) -> redis::RedisResult<bool> {
         let now = SystemTime::now();
+        let meta = self.meta();
         let claimed = JobEvent {
             job_id,
             ray_id,
-            meta: &self.meta,
+            meta: &meta,
             at: now,
             kind: claimed,
         }
@@ -202,7 +217,7 @@ impl EventPublisher {
         let start = JobEvent {
             job_id,
             ray_id,
-            meta: &self.meta,
+            meta: &meta,
             at: now,
             kind: start,
         }
