@@ -30,6 +30,11 @@ CRITERION = {
         ("node_snapshot", "CPU time of one node snapshot (10 managed processes)"),
         ("sysinfo_refresh_all", "CPU time of sysinfo `refresh_all`"),
     ]),
+    "service_launch": ("shell_join", [
+        ("direct", "spawn `/bin/true`, no cgroup (floor)"),
+        ("shell_join", "`sh -c 'echo $$ > cgroup.procs…; exec true'`"),
+        ("citadel_launcher", "`citadel service-exec --join … -- true` (what the node runs)"),
+    ]),
     "gpu_sample": ("nvidia_smi", [
         ("nvml", "every GPU through NVML"),
         ("nvidia_smi", "`nvidia-smi --query-gpu` once"),

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use citadel_runtime::Config;
 use citadel_tests::{
-    RedisServer, TestSlice, WorkerProcess, citadel_bin, enqueue, events, eventually_some, shell_service, status,
-    worker_config,
+    RedisServer, TestSlice, WorkerProcess, citadel_work_refusal, enqueue, events, eventually_some, node_status,
+    shell_service, status, try_get, worker_config,
 };
 use serde_json::{Value, json};
 
@@ -52,19 +52,6 @@ async fn settled(redis: &RedisServer, job_id: &str) -> std::collections::HashMap
         matches!(found.get("status").map(String::as_str), Some("completed" | "failed")).then_some(found)
     })
     .await
-}
-
-async fn node_status(base: &str) -> Option<Value> {
-    let client = citadel_transports::http::client(Duration::from_secs(5)).ok()?;
-    let message: Value = client
-        .get(format!("{base}/status"))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    Some(message["status"].clone())
 }
 
 fn service_state(status: &Value, name: &str) -> String {
@@ -237,15 +224,8 @@ async fn malformed_device_config_is_rejected_and_the_old_one_kept() {
     let dir = tempfile::tempdir().unwrap();
     let config_file = dir.path().join("citadel.toml");
     std::fs::write(&config_file, toml::to_string(&config).unwrap()).unwrap();
-    let output = std::process::Command::new(citadel_bin())
-        .arg("--config")
-        .arg(&config_file)
-        .arg("work")
-        .env_remove("CITADEL_CONFIG")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = citadel_work_refusal(&config_file);
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("device-config.json is damaged") && stderr.contains("device-config.prev.json"),
         "{stderr}"
@@ -271,15 +251,9 @@ async fn alert_on_high_temp_turns_health_red_while_a_gpu_is_hot() {
     config.telemetry.nvidia_smi = smi.display().to_string();
     let node = WorkerProcess::start(&config);
     let base = node.status_url();
-    let client = citadel_transports::http::client(Duration::from_secs(5)).unwrap();
-    let health = |client: reqwest::Client, base: String| async move {
-        let response = client.get(format!("{base}/health")).send().await.ok()?;
-        Some((response.status().as_u16(), response.text().await.ok()?))
-    };
+    let health = format!("{base}/health");
     eventually_some(SETTLE, "healthy while the alert is off", || async {
-        health(client.clone(), base.clone())
-            .await
-            .filter(|(code, _)| *code == 200)
+        try_get(&health).await.filter(|(code, _)| *code == 200)
     })
     .await;
     let mut hot = device("hot", &[]);
@@ -287,9 +261,7 @@ async fn alert_on_high_temp_turns_health_red_while_a_gpu_is_hot() {
     apply(&mut redis.conn(), "alert", &json!({ "config": hot }));
     assert_eq!(settled(&redis, "alert").await["status"], "completed");
     let (_, body) = eventually_some(SETTLE, "503 naming the hot GPU", || async {
-        health(client.clone(), base.clone())
-            .await
-            .filter(|(code, _)| *code == 503)
+        try_get(&health).await.filter(|(code, _)| *code == 503)
     })
     .await;
     assert!(

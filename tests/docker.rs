@@ -568,18 +568,9 @@ async fn without_a_docker_api_calls_are_unavailable() {
 
 /// The node's latest status and `/health`.
 async fn node_view(base: &str) -> Option<(Value, u16, String)> {
-    let client = citadel_transports::http::client(Duration::from_secs(5)).ok()?;
-    let message: Value = client
-        .get(format!("{base}/status"))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    let health = client.get(format!("{base}/health")).send().await.ok()?;
-    let code = health.status().as_u16();
-    Some((message["status"].clone(), code, health.text().await.ok()?))
+    let status = node_status(base).await?;
+    let (code, health) = try_get(&format!("{base}/health")).await?;
+    Some((status, code, health))
 }
 
 fn docker_services(status: &Value) -> Vec<Value> {

@@ -11,7 +11,8 @@ use std::time::Duration;
 use citadel_runtime::Config;
 use citadel_runtime::config::ServiceSettings;
 use citadel_tests::{
-    RedisServer, TestSlice, WorkerProcess, citadel_bin, eventually_some, shell_service, worker_config,
+    RedisServer, TestSlice, WorkerProcess, citadel_work_refusal, eventually_some, free_port, node_status,
+    shell_service, worker_config,
 };
 use serde_json::Value;
 
@@ -28,14 +29,6 @@ fn node_config(redis: &RedisServer, slice: &TestSlice, services: Vec<ServiceSett
     config
 }
 
-/// The node's latest StatusMessage (`status` part).
-async fn status(base: &str) -> Option<Value> {
-    let client = citadel_transports::http::client(Duration::from_secs(5)).ok()?;
-    let response = client.get(format!("{base}/status")).send().await.ok()?;
-    let message: Value = response.json().await.ok()?;
-    Some(message["status"].clone())
-}
-
 fn named<'a>(status: &'a Value, list: &str, name: &str) -> Option<&'a Value> {
     status[list].as_array()?.iter().find(|entry| entry["name"] == name)
 }
@@ -43,7 +36,7 @@ fn named<'a>(status: &'a Value, list: &str, name: &str) -> Option<&'a Value> {
 /// Wait until the node reports `name` in `services[]` satisfying `check`.
 async fn service_where(base: &str, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
     eventually_some(SETTLE, what, || async {
-        let status = status(base).await?;
+        let status = node_status(base).await?;
         named(&status, "services", name)
             .filter(|service| check(service))
             .cloned()
@@ -152,7 +145,7 @@ async fn services_run_in_their_cgroups_under_their_limits() {
     let mut last_timestamp = String::new();
     while samples.len() < 3 {
         let sample = eventually_some(SETTLE, "a new CPU sample of the burner", || async {
-            let status = status(&base).await?;
+            let status = node_status(&base).await?;
             let timestamp = status["timestamp"].as_str()?.to_string();
             let burner = named(&status, "processes", "burner")?;
             let percent = burner["cgroup"]["cpu_percent"].as_f64()?;
@@ -252,15 +245,8 @@ fn invalid_limits_are_config_errors_naming_the_key() {
             format!("[[services]]\nname = \"svc\"\ncommand = \"sleep\"\n{key} = {value}\n"),
         )
         .unwrap();
-        let output = std::process::Command::new(citadel_bin())
-            .arg("--config")
-            .arg(&file)
-            .arg("work")
-            .env_remove("CITADEL_CONFIG")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        let (code, stderr) = citadel_work_refusal(&file);
+        assert_eq!(code, Some(2), "{stderr}");
         assert!(stderr.contains(expected), "{stderr}");
     }
     // And the same through the library.
@@ -273,12 +259,4 @@ fn invalid_limits_are_config_errors_naming_the_key() {
         err.contains("services.memory_limit") && err.contains("below 4M"),
         "{err}"
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

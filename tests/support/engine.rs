@@ -24,20 +24,13 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+use crate::free_port;
 use crate::workspace;
 
 /// A running llama.cpp test engine; killed when dropped.
 pub struct LlmEngine {
     child: Option<Child>,
     port: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl LlmEngine {

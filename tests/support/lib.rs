@@ -203,3 +203,43 @@ pub fn wait_until<F: FnMut() -> bool>(within: Duration, what: &str, mut conditio
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A free loopback TCP port (for a server the test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
+/// `GET url`: its status code and body, `None` when nothing answers.
+pub async fn try_get(url: &str) -> Option<(u16, String)> {
+    let client = citadel_transports::http::client(Duration::from_secs(5)).ok()?;
+    let response = client.get(url).send().await.ok()?;
+    let code = response.status().as_u16();
+    Some((code, response.text().await.ok()?))
+}
+
+/// The `status` part of the latest StatusMessage of the node serving `base`.
+pub async fn node_status(base: &str) -> Option<serde_json::Value> {
+    let (_, body) = try_get(&format!("{base}/status")).await?;
+    let message: serde_json::Value = serde_json::from_str(&body).ok()?;
+    Some(message["status"].clone())
+}
+
+/// Run `citadel --config <file> work`, which must refuse to start: its exit
+/// code and stderr.
+pub fn citadel_work_refusal(config_file: &Path) -> (Option<i32>, String) {
+    let output = std::process::Command::new(citadel_bin())
+        .arg("--config")
+        .arg(config_file)
+        .arg("work")
+        .env_remove("CITADEL_CONFIG")
+        .output()
+        .expect("run citadel work");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

@@ -120,8 +120,7 @@ pub(super) async fn work(config: &Config) -> Result<(), Failure> {
     let handlers =
         HandlerTable::load(executor.components(), &config.handlers_with_defaults()).map_err(Failure::input)?;
     let engines = Arc::clone(executor.engines());
-    let executor = Arc::new(executor);
-    let worker = Worker::new(Arc::clone(&executor), handlers, config).map_err(Failure::input)?;
+    let worker = Worker::new(Arc::new(executor), handlers, config).map_err(Failure::input)?;
     let stop = CancellationToken::new();
     let mut terminate = signal(SignalKind::terminate()).map_err(Failure::input)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(Failure::input)?;
@@ -145,7 +144,9 @@ pub(super) async fn work(config: &Config) -> Result<(), Failure> {
     configurator.renames(&worker);
     let handler: Arc<dyn NativeHandler> = configurator.clone();
     let device_handlers = HandlerTable::native([(APPLY_DEVICE_CONFIG.to_string(), handler)]);
-    let reader = Worker::device_config_reader(executor, device_handlers, config).map_err(Failure::input)?;
+    let reader = worker
+        .device_config_reader(device_handlers, config)
+        .map_err(Failure::input)?;
     if let Some(reader) = &reader {
         configurator.renames(reader);
     }

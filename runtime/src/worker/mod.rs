@@ -227,6 +227,21 @@ impl Worker {
     /// Nothing connects yet: Redis may come up after the worker. Must be
     /// called within a tokio runtime (it starts the group-commit task).
     pub fn new(executor: Arc<Executor>, handlers: HandlerTable, config: &Config) -> Result<Worker, WorkerError> {
+        let consumer = format!(
+            "{}-{}-{:04x}",
+            config.node_id(),
+            std::process::id(),
+            rand::random::<u16>()
+        );
+        Self::build(executor, handlers, config, consumer)
+    }
+
+    fn build(
+        executor: Arc<Executor>,
+        handlers: HandlerTable,
+        config: &Config,
+        consumer: String,
+    ) -> Result<Worker, WorkerError> {
         if handlers.is_empty() {
             return Err(WorkerError::NoHandlers);
         }
@@ -244,7 +259,6 @@ impl Worker {
             node_id: node_id.clone(),
             node_name: config.node_name(),
         };
-        let consumer = format!("{node_id}-{}-{:04x}", std::process::id(), rand::random::<u16>());
         let worker = &config.worker;
         let group = match worker.group_mode {
             GroupMode::Shared => worker.group.clone(),
@@ -292,12 +306,9 @@ impl Worker {
     /// The reader of device configuration (`worker.config_queue`) for
     /// `handlers`: a worker of its own on that queue alone, in this node's
     /// own group (`<worker.config_group>-<node id>`) so that every node sees
-    /// every configuration job; `None` when `worker.config_queue` is empty.
-    pub fn device_config_reader(
-        executor: Arc<Executor>,
-        handlers: HandlerTable,
-        config: &Config,
-    ) -> Result<Option<Worker>, WorkerError> {
+    /// every configuration job, under this worker's consumer name; `None`
+    /// when `worker.config_queue` is empty.
+    pub fn device_config_reader(&self, handlers: HandlerTable, config: &Config) -> Result<Option<Worker>, WorkerError> {
         if config.worker.config_queue.is_empty() {
             return Ok(None);
         }
@@ -307,7 +318,8 @@ impl Worker {
         worker.group = worker.config_group.clone();
         worker.group_mode = GroupMode::PerNode;
         worker.concurrency = 1;
-        let mut reader = Worker::new(executor, handlers, &config)?;
+        let executor = Arc::clone(&self.shared.executor);
+        let mut reader = Worker::build(executor, handlers, &config, self.shared.consumer.clone())?;
         Arc::get_mut(&mut reader.shared)
             .expect("a new worker's state is not shared yet")
             .settings
