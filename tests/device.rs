@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use citadel_runtime::Config;
+use citadel_runtime::config::RestartPolicy;
 use citadel_tests::{
     RedisServer, TestSlice, WorkerProcess, citadel_work_refusal, enqueue, events, eventually_some, node_status,
     shell_service, status, try_get, worker_config,
@@ -23,9 +24,15 @@ fn node_config(redis: &RedisServer, slice: &TestSlice, state: &Path) -> Config {
     let mut config = worker_config(redis);
     config.node.state_dir = Some(state.to_path_buf());
     config.node.cgroup_slice = Some(slice.name().into());
+    let mut oneshot = shell_service("oneshot", r#"echo ran >> "$OUT""#);
+    oneshot.restart = RestartPolicy::Never;
+    oneshot
+        .env
+        .insert("OUT".into(), state.join("oneshot.out").display().to_string());
     config.services = vec![
         shell_service("alpha", "exec sleep 600"),
         shell_service("beta", "exec sleep 600"),
+        oneshot,
     ];
     config.telemetry.status_interval_s = 1;
     config.telemetry.min_change_interval_ms = 100;
@@ -63,6 +70,14 @@ fn service_state(status: &Value, name: &str) -> String {
         .to_string()
 }
 
+/// How often the one-shot service has run.
+fn runs(state: &Path) -> usize {
+    std::fs::read_to_string(state.join("oneshot.out"))
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
 fn device(name: &str, services: &[&str]) -> Value {
     json!({
         "deviceName": name,
@@ -84,9 +99,12 @@ async fn device_config_is_applied_confirmed_and_kept_across_a_restart() {
     let config = node_config(&redis, &slice, state.path());
     let mut node = WorkerProcess::start(&config);
     let base = node.status_url();
-    eventually_some(SETTLE, "both services running", || async {
+    eventually_some(SETTLE, "both services running, the one-shot run", || async {
         let status = node_status(&base).await?;
-        (service_state(&status, "alpha") == "running" && service_state(&status, "beta") == "running").then_some(())
+        (service_state(&status, "alpha") == "running"
+            && service_state(&status, "beta") == "running"
+            && runs(state.path()) == 1)
+            .then_some(())
     })
     .await;
 
@@ -101,7 +119,10 @@ async fn device_config_is_applied_confirmed_and_kept_across_a_restart() {
     assert_eq!(done["status"], "completed", "{done:?}");
     let result: Value = serde_json::from_str(&done["result"]).unwrap();
     assert_eq!(result["status"], "configured");
-    assert_eq!(result["services"], json!({"running": ["beta"], "stopped": ["alpha"]}));
+    assert_eq!(
+        result["services"],
+        json!({"running": ["beta"], "stopped": ["alpha", "oneshot"]})
+    );
     let kinds: Vec<String> = events(&mut conn, "cfg-1")
         .iter()
         .map(|event| event["type"].as_str().unwrap().to_string())
@@ -141,6 +162,21 @@ async fn device_config_is_applied_confirmed_and_kept_across_a_restart() {
     assert_eq!(settled(&redis, "after-rename").await["status"], "completed");
     for event in events(&mut conn, "after-rename") {
         assert_eq!(event["data"]["meta"]["node_name"], "rack-4 gpu", "{event}");
+    }
+
+    // Listing a service runs it, also when it exited by itself since (its
+    // policy does not restart it) while still listed.
+    for (job, expected_runs) in [("cfg-2", 2), ("cfg-3", 3)] {
+        apply(
+            &mut conn,
+            job,
+            &json!({ "config": device("rack-4 gpu", &["beta", "oneshot"]) }),
+        );
+        assert_eq!(settled(&redis, job).await["status"], "completed");
+        eventually_some(SETTLE, "the one-shot service run again", || async {
+            (runs(state.path()) == expected_runs).then_some(())
+        })
+        .await;
     }
 
     // Restarted, the node comes back configured.
@@ -191,7 +227,7 @@ async fn malformed_device_config_is_rejected_and_the_old_one_kept() {
         (
             "unknown-service",
             json!({"config": device("second", &["gamma"])}),
-            "services: gamma not configured on this node (it has: alpha, beta)",
+            "services: gamma not configured on this node (it has: alpha, beta, oneshot)",
         ),
         (
             "blank-name",

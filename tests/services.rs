@@ -50,6 +50,15 @@ fn alive(pid: u32) -> bool {
         .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
 }
 
+/// The children of `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|child| child.parse().ok())
+        .collect()
+}
+
 fn process_in_group(pid: u32, group: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|cgroups| cgroups.contains(group))
 }
@@ -131,14 +140,21 @@ async fn services_run_in_their_cgroups_under_their_limits() {
         "{stderr}"
     );
 
-    // Every process the forker started is in its group.
+    // Every process the forker started is in its group: its two children,
+    // found through /proc, not through the group.
     let forker_group = slice.service_path("forker");
-    let pids = eventually_some(SETTLE, "the forker and its two children in its group", || async {
-        let pids = slice.procs("forker");
-        (pids.len() == 3).then_some(pids)
+    let forker = service_where(&base, "forker", "the forker running", |forker| forker["pid"].is_u64()).await;
+    let main_pid = forker["pid"].as_u64().unwrap() as u32;
+    let children = eventually_some(SETTLE, "the forker's two children", || async {
+        let children = children_of(main_pid);
+        (children.len() == 2).then_some(children)
     })
     .await;
+    let mut pids = children.clone();
+    pids.push(main_pid);
+    pids.sort_unstable();
     assert!(pids.iter().all(|pid| process_in_group(*pid, &forker_group)), "{pids:?}");
+    assert_eq!(slice.procs("forker"), pids);
 
     // The burner is held near its 20% limit, and the kernel throttles it.
     let mut samples = Vec::new();
@@ -196,7 +212,7 @@ async fn services_run_in_their_cgroups_under_their_limits() {
 async fn without_writable_cgroups_services_start_plainly_and_say_so() {
     let redis = RedisServer::start();
     let slice = TestSlice::new();
-    let mut plain = shell_service("plain", "echo hello; exec sleep 600");
+    let mut plain = shell_service("plain", "sleep 120 & echo hello; exec sleep 120");
     plain.memory_limit = Some("64M".into());
     let config = node_config(&redis, &slice, vec![plain]);
     redis.open_to_other_users();
@@ -217,11 +233,22 @@ async fn without_writable_cgroups_services_start_plainly_and_say_so() {
             && warning.ends_with("Permission denied (os error 13)"),
         "{warning}"
     );
-    assert!(node.log().contains("cgroups are not writable here"), "{}", node.log());
-    let pid = plain["pid"].as_u64().unwrap();
+    assert!(
+        node.log()
+            .contains("no cgroup for the service: starting it without cpu/memory limits"),
+        "{}",
+        node.log()
+    );
+    let pid = plain["pid"].as_u64().unwrap() as u32;
+    let child = eventually_some(SETTLE, "the service's background child", || async {
+        children_of(pid).first().copied()
+    })
+    .await;
     node.terminate();
     assert!(node.wait(SETTLE).success(), "{}", node.log());
-    assert!(!alive(pid as u32), "the service outlived the node");
+    assert!(!alive(pid), "the service outlived the node");
+    // Without a cgroup, its process group is what is cleaned up.
+    assert!(!alive(child), "the service's child outlived the node");
 }
 
 #[test]

@@ -186,7 +186,12 @@ impl WorkerProcess {
             dir,
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !process.log().contains("worker ready") {
+        // Ready: reading jobs, and (its group created) device configuration.
+        let ready = |log: &str| {
+            log.contains("worker ready")
+                && (config.worker.config_queue.is_empty() || log.contains("reading device configuration"))
+        };
+        while !ready(&process.log()) {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the worker process was not ready within 60 s; its log:\n{}",

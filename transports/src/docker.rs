@@ -337,7 +337,7 @@ impl Listed {
     fn into_summary(self) -> ContainerSummary {
         ContainerSummary {
             id: self.id.unwrap_or_default(),
-            name: strip_slash(self.names.and_then(|n| n.into_iter().next()).unwrap_or_default()),
+            name: own_name(self.names.unwrap_or_default()),
             image: self.image.unwrap_or_default(),
             state: docker_state(self.state.unwrap_or_default()),
             status: self.status.unwrap_or_default(),
@@ -412,6 +412,17 @@ fn docker_state(state: String) -> String {
     if state == "stopped" { "exited".into() } else { state }
 }
 
+/// A container's own name among its `Names`: with legacy links Docker also
+/// lists aliases (`/app/db`) for it, in no fixed order; the own one has no
+/// `/` after the leading one.
+fn own_name(names: Vec<String>) -> String {
+    let own = names
+        .iter()
+        .position(|name| !name.trim_start_matches('/').contains('/'))
+        .unwrap_or(0);
+    names.into_iter().nth(own).map(strip_slash).unwrap_or_default()
+}
+
 /// Docker names start with `/`.
 fn strip_slash(name: String) -> String {
     match name.strip_prefix('/') {
@@ -466,6 +477,13 @@ fn truncate(text: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_container_is_named_by_its_own_name_not_a_link_alias() {
+        assert_eq!(own_name(vec!["/app/db".into(), "/db".into()]), "db");
+        assert_eq!(own_name(vec!["/db".into(), "/app/db".into()]), "db");
+        assert_eq!(own_name(Vec::new()), "");
+    }
 
     #[test]
     fn names_lose_the_leading_slash() {

@@ -3,10 +3,9 @@
 //!
 //! Checks, in order: the grant and the action (`docker.actions`; `denied`),
 //! the name (a container name or id, nothing else reaches the API), then the
-//! container itself: the name is resolved among **all** the node's
-//! containers and the policy is applied to what it resolves to (its real
-//! name and labels, so an id or id prefix cannot reach a container the
-//! policy does not name), and the action runs on the resolved id.
+//! container itself: the name is resolved among the tenant's own containers
+//! only (those whose real name or labels the policy allows: by exact name,
+//! else by a unique id prefix), and the action runs on the resolved id.
 //!
 //! A container the tenant may not use is `denied`, naming the keys to change
 //! (`docker.containers`, `docker.labels`), whether it exists or not: the
@@ -175,14 +174,32 @@ impl JobState {
         }
         let client = self.docker.connected()?.clone();
         let policy = &self.grant.policy().docker;
-        match client.inspect(name).await {
-            Ok(found) if policy.allows_container(&found.name, &found.labels) => return Ok((client, found)),
-            Err(DockerError::NotFound { container }) if policy.allows_name(name) => {
-                return Err(WitError::NotFound(format!("no container named {container}")));
+        // Resolved among the tenant's own containers only: nothing about
+        // the others (not even whether an id prefix matches one) shows.
+        let listed = client.list(&[]).await.map_err(docker_error)?;
+        let mine: Vec<&ContainerSummary> = listed
+            .iter()
+            .filter(|listed| policy.allows_container(&listed.name, &listed.labels))
+            .collect();
+        let by_prefix: Vec<&&ContainerSummary> = mine.iter().filter(|mine| mine.id.starts_with(name)).collect();
+        let found = mine
+            .iter()
+            .find(|mine| mine.name == name)
+            .or_else(|| (by_prefix.len() == 1).then(|| by_prefix[0]));
+        match found {
+            Some(found) => {
+                let details = client.inspect(&found.id).await.map_err(docker_error)?;
+                return Ok((client, details));
             }
-            // Not the tenant's, or not there: the same answer either way.
-            Ok(_) | Err(DockerError::NotFound { .. }) => {}
-            Err(err) => return Err(docker_error(err)),
+            None if by_prefix.len() > 1 => {
+                return Err(WitError::NotFound(format!(
+                    "{name:?} is the start of the ids of several of your containers: give more of it"
+                )));
+            }
+            None if policy.allows_name(name) => {
+                return Err(WitError::NotFound(format!("no container named {name}")));
+            }
+            None => {}
         }
         let reason = format!(
             "tenant `{}` may not use container `{name}` (docker.containers, docker.labels)",

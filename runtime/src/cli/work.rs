@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use clap::Args;
 use serde::Serialize;
@@ -21,6 +21,7 @@ use crate::engine::Allocation;
 use crate::executor::Executor;
 use crate::node::NodeServices;
 use crate::node::device::{APPLY_DEVICE_CONFIG, DeviceConfigurator};
+use crate::services::Supervisor;
 use crate::worker::{HandlerTable, NativeHandler, Worker};
 
 /// Arguments of `citadel work` (each overrides its config key).
@@ -125,17 +126,25 @@ pub(super) async fn work(config: &Config) -> Result<(), Failure> {
     let mut terminate = signal(SignalKind::terminate()).map_err(Failure::input)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(Failure::input)?;
     let on_signal = stop.clone();
+    let services: Arc<OnceLock<Arc<Supervisor>>> = Arc::default();
+    let services_on_signal = Arc::clone(&services);
     tokio::spawn(async move {
         tokio::select! { _ = terminate.recv() => {}, _ = interrupt.recv() => {} }
         tracing::info!("signal received: draining (send it again to exit at once)");
         on_signal.cancel();
         tokio::select! { _ = terminate.recv() => {}, _ = interrupt.recv() => {} }
-        eprintln!("citadel: second signal: exiting without draining; unfinished jobs stay pending");
+        eprintln!(
+            "citadel: second signal: killing the services and exiting without draining; unfinished jobs stay pending"
+        );
+        if let Some(supervisor) = services_on_signal.get() {
+            supervisor.kill_now();
+        }
         std::process::exit(130);
     });
     let node = NodeServices::start(config, "redis", Some(&worker), engines)
         .await
         .map_err(Failure::input)?;
+    let _ = services.set(Arc::clone(&node.supervisor));
     let configurator = Arc::new(DeviceConfigurator::new(
         config,
         Arc::clone(&node.supervisor),
@@ -152,7 +161,24 @@ pub(super) async fn work(config: &Config) -> Result<(), Failure> {
     }
     let outcome = match reader {
         Some(reader) => {
-            let (jobs, device) = tokio::join!(worker.run(stop.clone()), reader.run(stop));
+            // Either failing stops both: a node without its job worker, or
+            // deaf to device configuration, must not run on silently.
+            let jobs = async {
+                let outcome = worker.run(stop.clone()).await;
+                if outcome.is_err() {
+                    stop.cancel();
+                }
+                outcome
+            };
+            let device = async {
+                let outcome = reader.run(stop.clone()).await;
+                if let Err(err) = &outcome {
+                    tracing::error!(error = %err, "the device configuration reader failed; stopping the node");
+                    stop.cancel();
+                }
+                outcome
+            };
+            let (jobs, device) = tokio::join!(jobs, device);
             jobs.and(device)
         }
         None => worker.run(stop).await,

@@ -59,7 +59,11 @@ impl DeviceConfigurator {
         let device = DeviceConfig::from_payload(&payload).map_err(invalid)?;
         let services = self.supervisor.names();
         device.validate(&services).map_err(invalid)?;
-        self.store.save(&device).map_err(|err| JobError::Handler {
+        let (store, saved) = (self.store.clone(), device.clone());
+        let written = tokio::task::spawn_blocking(move || store.save(&saved))
+            .await
+            .unwrap_or_else(|err| Err(std::io::Error::other(err)));
+        written.map_err(|err| JobError::Handler {
             kind: HandlerErrorKind::Failed,
             message: format!(
                 "cannot write {} (node.state_dir): {err}; the node keeps its previous configuration",

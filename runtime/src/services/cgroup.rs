@@ -6,7 +6,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use cgroups_rs::fs::cgroup_builder::CgroupBuilder;
+use cgroups_rs::fs::cpu::CpuController;
+use cgroups_rs::fs::memory::MemController;
 use cgroups_rs::fs::{Cgroup, hierarchies};
 use rustix::process::{Pid, Signal, kill_process};
 
@@ -19,6 +20,9 @@ const CPU_PERIOD_US: u64 = 100_000;
 /// `cpuacct`, `memory` and `blkio`; `cpu` holds the quota).
 const V1_CONTROLLERS: [&str; 5] = ["cpu", "cpuacct", "memory", "pids", "blkio"];
 
+/// The v2 controllers enabled for a service's group, those the root offers.
+const V2_CONTROLLERS: [&str; 4] = ["cpu", "memory", "pids", "io"];
+
 /// A service's own cgroup.
 pub struct ServiceCgroup {
     path: String,
@@ -26,6 +30,8 @@ pub struct ServiceCgroup {
     version: u8,
     procs_files: Vec<PathBuf>,
     memory_dir: Option<PathBuf>,
+    cpu_dir: Option<PathBuf>,
+    warnings: Vec<String>,
 }
 
 impl std::fmt::Debug for ServiceCgroup {
@@ -39,64 +45,64 @@ impl std::fmt::Debug for ServiceCgroup {
 
 impl ServiceCgroup {
     /// Create (or take over) the group at `path` (relative to the hierarchy
-    /// root) with `limits`. Processes left in it by an earlier run of the
-    /// node are killed first. Fails when cgroups are not writable here.
+    /// root) and set `limits` on it; processes an earlier run of the node
+    /// left in it are killed first, so the limits apply to an empty group.
+    /// Fails when cgroups are not writable here or a limit cannot be set;
+    /// [`ServiceCgroup::warnings`] says what is not enforced as asked.
     pub fn create(path: &str, limits: Limits) -> Result<ServiceCgroup, String> {
         let hierarchy = hierarchies::auto();
         let v2 = hierarchy.v2();
         let root = hierarchy.root();
+        let mut warnings = Vec::new();
         let controllers: Vec<String> = if v2 {
             let available = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
-            ["cpu", "memory", "pids", "io"]
+            let has = |controller: &str| available.split_whitespace().any(|known| known == controller);
+            for (controller, key, asked) in [
+                ("cpu", "cpu_limit", limits.cpu_percent.is_some()),
+                ("memory", "memory_limit", limits.memory_bytes.is_some()),
+            ] {
+                if asked && !has(controller) {
+                    warnings.push(format!(
+                        "{key} is not enforced: the cgroup v2 controller `{controller}` is not available in {}",
+                        root.display()
+                    ));
+                }
+            }
+            V2_CONTROLLERS
                 .into_iter()
-                .filter(|controller| available.split_whitespace().any(|known| known == *controller))
+                .filter(|controller| has(controller))
                 .map(String::from)
                 .collect()
         } else {
             V1_CONTROLLERS.iter().map(|controller| controller.to_string()).collect()
         };
-        let mut builder = CgroupBuilder::new(path).set_specified_controllers(controllers);
-        if let Some(percent) = limits.cpu_percent {
-            builder = builder
-                .cpu()
-                .period(CPU_PERIOD_US)
-                .quota((CPU_PERIOD_US * u64::from(percent) / 100) as i64)
-                .done();
-        }
-        if let Some(bytes) = limits.memory_bytes {
-            builder = builder.memory().memory_hard_limit(bytes as i64).done();
-        }
-        let cgroup = builder
-            .build(hierarchy)
+        let cgroup = Cgroup::new_with_specified_controllers(hierarchy, path, Some(controllers))
             .map_err(|err| format!("cannot create cgroup {path}: {}", describe(&err)))?;
-        let procs_files: Vec<PathBuf> = if v2 {
-            vec![root.join(path).join("cgroup.procs")]
-        } else {
-            cgroup
-                .subsystems()
-                .iter()
-                .map(|subsystem| subsystem.to_controller().path().join("cgroup.procs"))
-                .collect()
-        };
-        let memory_dir = if v2 {
-            Some(root.join(path))
-        } else {
-            cgroup
-                .subsystems()
-                .iter()
-                .map(|subsystem| subsystem.to_controller().path().to_path_buf())
-                .find(|dir| dir.join("memory.oom_control").exists())
+        let subsystem_dirs: Vec<PathBuf> = cgroup
+            .subsystems()
+            .iter()
+            .map(|subsystem| subsystem.to_controller().path().to_path_buf())
+            .collect();
+        let dir_with = |file: &str| -> Option<PathBuf> {
+            if v2 {
+                Some(root.join(path))
+            } else {
+                subsystem_dirs.iter().find(|dir| dir.join(file).exists()).cloned()
+            }
         };
         let group = ServiceCgroup {
             path: path.to_string(),
-            cgroup,
             version: if v2 { 2 } else { 1 },
-            procs_files,
-            memory_dir,
+            procs_files: if v2 {
+                vec![root.join(path).join("cgroup.procs")]
+            } else {
+                subsystem_dirs.iter().map(|dir| dir.join("cgroup.procs")).collect()
+            },
+            memory_dir: dir_with("memory.limit_in_bytes"),
+            cpu_dir: dir_with("cpu.cfs_quota_us"),
+            warnings: Vec::new(),
+            cgroup,
         };
-        if limits.memory_bytes.is_some() {
-            group.no_swap_beyond_limit(limits.memory_bytes.unwrap_or_default());
-        }
         let leftovers = group.procs();
         if !leftovers.is_empty() {
             tracing::warn!(
@@ -106,23 +112,106 @@ impl ServiceCgroup {
             );
             group.kill_all(Duration::from_secs(5));
         }
-        Ok(group)
+        if let Err(problem) = group.set_limits(limits) {
+            group.remove();
+            return Err(problem);
+        }
+        warnings.extend(group.check_limits(limits));
+        Ok(ServiceCgroup { warnings, ..group })
+    }
+
+    /// Write every limit, unset ones as unlimited (a reused group may hold
+    /// an older configuration's).
+    fn set_limits(&self, limits: Limits) -> Result<(), String> {
+        let failed = |what: &str, err: cgroups_rs::fs::error::Error| {
+            format!("cannot set {what} on cgroup {}: {}", self.path, describe(&err))
+        };
+        if let Some(memory) = self.cgroup.controller_of::<MemController>() {
+            let bytes = limits.memory_bytes.map_or(-1, |bytes| bytes as i64);
+            memory.set_limit(bytes).map_err(|err| failed("memory_limit", err))?;
+            self.cap_swap(limits.memory_bytes);
+        }
+        if let Some(cpu) = self.cgroup.controller_of::<CpuController>() {
+            let quota = limits
+                .cpu_percent
+                .map_or(-1, |percent| (CPU_PERIOD_US * u64::from(percent) / 100) as i64);
+            cpu.set_cfs_quota_and_period(Some(quota), Some(CPU_PERIOD_US))
+                .map_err(|err| failed("cpu_limit", err))?;
+        }
+        Ok(())
     }
 
     /// Swap would let a service exceed its memory limit without being
     /// OOM-killed: cap memory+swap at the limit where the kernel accounts it.
-    fn no_swap_beyond_limit(&self, bytes: u64) {
+    fn cap_swap(&self, bytes: Option<u64>) {
         let Some(dir) = &self.memory_dir else { return };
-        let (file, value) = if self.version == 2 {
-            (dir.join("memory.swap.max"), "0".to_string())
-        } else {
-            (dir.join("memory.memsw.limit_in_bytes"), bytes.to_string())
+        let (file, value) = match (self.version, bytes) {
+            (2, Some(_)) => (dir.join("memory.swap.max"), "0".to_string()),
+            (2, None) => (dir.join("memory.swap.max"), "max".to_string()),
+            (_, Some(bytes)) => (dir.join("memory.memsw.limit_in_bytes"), bytes.to_string()),
+            (_, None) => (dir.join("memory.memsw.limit_in_bytes"), "-1".to_string()),
         };
         if file.exists()
             && let Err(err) = std::fs::write(&file, value)
         {
             tracing::warn!(file = %file.display(), error = %err, "cannot cap the service's swap");
         }
+    }
+
+    /// Read the limits back: what the kernel does not hold as asked.
+    fn check_limits(&self, limits: Limits) -> Vec<String> {
+        let mut problems = Vec::new();
+        let read = |dir: &Option<PathBuf>, file: &str| {
+            dir.as_ref()
+                .and_then(|dir| std::fs::read_to_string(dir.join(file)).ok())
+                .map(|text| text.trim().to_string())
+        };
+        if let Some(bytes) = limits.memory_bytes {
+            let file = if self.version == 2 {
+                "memory.max"
+            } else {
+                "memory.limit_in_bytes"
+            };
+            let held = read(&self.memory_dir, file);
+            // The kernel rounds the limit down to whole pages.
+            let expected = bytes - bytes % 4096;
+            if held.as_deref().and_then(|held| held.parse::<u64>().ok()) != Some(expected) {
+                problems.push(format!(
+                    "memory_limit is not enforced: {file} holds {} instead of {expected}",
+                    held.as_deref().unwrap_or("nothing")
+                ));
+            }
+            if self.version == 1 && read(&self.memory_dir, "memory.memsw.limit_in_bytes").is_none() && swap_configured()
+            {
+                problems.push(
+                    "swap is not accounted in this cgroup v1 hierarchy (no memory.memsw.limit_in_bytes): \
+                     the service can swap beyond memory_limit"
+                        .into(),
+                );
+            }
+        }
+        if let Some(percent) = limits.cpu_percent {
+            let quota = CPU_PERIOD_US * u64::from(percent) / 100;
+            let (file, expected) = if self.version == 2 {
+                ("cpu.max", format!("{quota} {CPU_PERIOD_US}"))
+            } else {
+                ("cpu.cfs_quota_us", quota.to_string())
+            };
+            let held = read(&self.cpu_dir, file);
+            if held.as_deref() != Some(expected.as_str()) {
+                problems.push(format!(
+                    "cpu_limit is not enforced: {file} holds {} instead of {expected}",
+                    held.as_deref().unwrap_or("nothing")
+                ));
+            }
+        }
+        problems
+    }
+
+    /// What is not enforced as configured (missing controllers, limits the
+    /// kernel does not hold).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// The group, relative to the hierarchy root.
@@ -208,12 +297,23 @@ impl ServiceCgroup {
     }
 }
 
-/// A cgroups-rs error by its cause (`Permission denied (os error 13)`)
-/// when it has one: its own `Display` prints the cause's `Debug`.
+/// Whether the machine has swap at all.
+fn swap_configured() -> bool {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("SwapTotal:"))
+        .is_some_and(|total| total.split_whitespace().next() != Some("0"))
+}
+
+/// A cgroups-rs error as `<what failed>: <cause>` (`fs error: Permission
+/// denied (os error 13)`, `unable to write to a control group file
+/// memory.max value 4096: Device or resource busy (os error 16)`): its own
+/// `Display` prints the cause's `Debug`.
 fn describe(err: &cgroups_rs::fs::error::Error) -> String {
     use std::error::Error as _;
     match err.source() {
-        Some(cause) => cause.to_string(),
+        Some(cause) => format!("{}: {cause}", err.kind()),
         None => err.to_string(),
     }
 }

@@ -55,7 +55,9 @@ pub fn join_and_exec(args: &ServiceExecArgs) -> ExitCode {
 /// The command that starts `service`: through `launcher` (the citadel
 /// binary) into `cgroup` when it has one, else directly. Its own process
 /// group (a terminal's Ctrl-C reaches the node, which stops services in
-/// order), stdin closed, stdout and stderr piped to the node's log writers.
+/// order), stdin closed, stdout and stderr piped to the node's log writers,
+/// the node's environment without its `CITADEL_*` settings plus the
+/// service's `env`.
 pub fn command(service: &ServiceSettings, launcher: &Path, cgroup: Option<&ServiceCgroup>) -> tokio::process::Command {
     let mut command = match cgroup {
         Some(cgroup) => {
@@ -73,6 +75,13 @@ pub fn command(service: &ServiceSettings, launcher: &Path, cgroup: Option<&Servi
             command
         }
     };
+    // The node's own settings (a Redis URL with its password, an HTTP
+    // token) are not the service's business.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("CITADEL_") {
+            command.env_remove(key);
+        }
+    }
     command
         .envs(&service.env)
         .stdin(Stdio::null())

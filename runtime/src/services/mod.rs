@@ -19,7 +19,7 @@ mod supervise;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use citadel_collector::Watch;
@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::cgroup::ServiceCgroup;
 use crate::config::{Config, ServiceSettings};
 
 /// How services run on this node.
@@ -84,6 +85,8 @@ struct ServiceState {
 struct Service {
     settings: ServiceSettings,
     state: Mutex<ServiceState>,
+    /// Its cgroup, once placed.
+    placed: OnceLock<Arc<ServiceCgroup>>,
     /// Whether it should run (device configuration can change it).
     wanted: watch::Sender<bool>,
 }
@@ -134,6 +137,7 @@ impl Supervisor {
                         health: "unknown",
                         ..ServiceState::default()
                     }),
+                    placed: OnceLock::new(),
                     wanted: watch::Sender::new(service.autostart),
                 })
             })
@@ -199,18 +203,30 @@ impl Supervisor {
     /// unknown names are the caller's to reject first.
     pub fn set_running(&self, running: &[String]) {
         for service in &self.services {
-            let wanted = running.contains(&service.settings.name);
-            service.wanted.send_if_modified(|current| {
-                let changed = *current != wanted;
-                *current = wanted;
-                changed
-            });
+            // Always announced: a wanted service that exited (and is not
+            // restarted by its policy) starts again.
+            service.wanted.send_replace(running.contains(&service.settings.name));
         }
     }
 
     /// Probe the services' health (or stop probing: health `unknown`).
     pub fn set_health_checks(&self, on: bool) {
         self.health_checks.store(on, Ordering::Relaxed);
+    }
+
+    /// Kill every service now, without grace (the node is exiting at once).
+    pub fn kill_now(&self) {
+        for service in &self.services {
+            match service.placed.get() {
+                Some(cgroup) => cgroup.kill_all(Duration::from_secs(1)),
+                None => {
+                    let pid = service.state.lock().expect("service state poisoned").pid;
+                    if let Some(group) = pid.and_then(|pid| rustix::process::Pid::from_raw(pid as i32)) {
+                        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+                    }
+                }
+            }
+        }
     }
 
     /// Stop every service gracefully and wait for them.

@@ -52,19 +52,27 @@ pub(super) async fn supervise(
         service: &service,
         changed: &changed,
     };
-    let cgroup = place(&service, &settings).await;
-    match &cgroup {
+    let cgroup = match place(&service, &settings).await {
         Ok(cgroup) => {
             let path = cgroup.path().to_string();
-            reporter.update(|state| state.cgroup = Some(path.clone()));
+            let warning = (!cgroup.warnings().is_empty()).then(|| cgroup.warnings().join("; "));
+            if let Some(warning) = &warning {
+                tracing::warn!(service = %name, cgroup = %path, problem = %warning, "the service's limits are not all enforced");
+            }
+            reporter.update(|state| {
+                state.cgroup = Some(path);
+                state.warning = warning;
+            });
+            let cgroup = Arc::new(cgroup);
+            let _ = service.placed.set(Arc::clone(&cgroup));
+            Some(cgroup)
         }
         Err(reason) => {
-            tracing::warn!(service = %name, reason = %reason, "cgroups are not writable here: starting the service without its cpu/memory limits");
-            let warning = format!("running without cgroup limits: {reason}");
-            reporter.update(|state| state.warning = Some(warning.clone()));
+            tracing::warn!(service = %name, reason = %reason, "no cgroup for the service: starting it without cpu/memory limits");
+            reporter.update(|state| state.warning = Some(format!("running without cgroup limits: {reason}")));
+            None
         }
-    }
-    let cgroup = cgroup.ok().map(Arc::new);
+    };
     let probe = HealthProbe::new(&service, &settings);
     let mut wanted = service.wanted.subscribe();
     let mut waits = RESTART_BACKOFF.start();
@@ -140,7 +148,12 @@ pub(super) async fn supervise(
         };
         let Some(status) = end else { continue };
         empty_group(cgroup.as_ref()).await;
-        let oom = cgroup.as_ref().is_some_and(|group| group.oom_kills() > oom_before);
+        if cgroup.is_none() {
+            kill_leftovers(pid);
+        }
+        // An OOM kill in the group during a run that failed is its cause
+        // (the main process, or the engine a wrapper script waited for).
+        let oom = !status.success() && cgroup.as_ref().is_some_and(|group| group.oom_kills() > oom_before);
         let description = describe_exit(status, oom, service.settings.memory_limit.as_deref());
         let failed = oom || !status.success();
         let restart = match service.settings.restart {
@@ -298,21 +311,28 @@ async fn watch_run(
 /// whatever is left of the service.
 async fn stop_gracefully(child: &mut Child, service: &Service, cgroup: Option<&Arc<ServiceCgroup>>) {
     let timeout = Duration::from_millis(service.settings.stop_timeout_ms);
-    let pid = child.id().and_then(|pid| Pid::from_raw(pid as i32));
+    let child_pid = child.id();
+    let pid = child_pid.and_then(|pid| Pid::from_raw(pid as i32));
     if let Some(pid) = pid {
         let _ = kill_process(pid, Signal::TERM);
     }
     if tokio::time::timeout(timeout, child.wait()).await.is_err() {
         tracing::warn!(service = %service.settings.name, timeout_ms = service.settings.stop_timeout_ms, "service ignored SIGTERM; killing it");
-        // Without a cgroup, the service's process group is what can be found
-        // of it (with one, `empty_group` below gets everything).
-        if let (None, Some(pid)) = (cgroup, pid) {
-            let _ = kill_process_group(pid, Signal::KILL);
-        }
         let _ = child.start_kill();
         let _ = child.wait().await;
     }
     empty_group(cgroup).await;
+    if cgroup.is_none() {
+        kill_leftovers(child_pid);
+    }
+}
+
+/// Without a cgroup, what is left of a service after its main process is
+/// its process group (it leads one: see `launch::command`); kill it.
+fn kill_leftovers(pid: Option<u32>) {
+    if let Some(group) = pid.and_then(|pid| Pid::from_raw(pid as i32)) {
+        let _ = kill_process_group(group, Signal::KILL);
+    }
 }
 
 /// Kill whatever is left in the service's cgroup (children that outlived

@@ -286,9 +286,13 @@ impl Shared {
                 return false;
             }
         };
+        // A device configuration job fans out to every node, all writing the
+        // one status: another node's outcome says nothing about this one
+        // (and applying a configuration again is harmless).
         if let Some((status, entry_id)) = &check.status
             && status.is_final()
             && *entry_id == delivery.id
+            && !self.settings.device_config
         {
             tracing::info!(
                 job_id = job,

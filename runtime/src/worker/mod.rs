@@ -233,7 +233,7 @@ impl Worker {
             std::process::id(),
             rand::random::<u16>()
         );
-        Self::build(executor, handlers, config, consumer)
+        Self::build(executor, handlers, config, consumer, false)
     }
 
     fn build(
@@ -241,6 +241,7 @@ impl Worker {
         handlers: HandlerTable,
         config: &Config,
         consumer: String,
+        device_config: bool,
     ) -> Result<Worker, WorkerError> {
         if handlers.is_empty() {
             return Err(WorkerError::NoHandlers);
@@ -271,9 +272,15 @@ impl Worker {
             group: group.clone(),
             consumer: consumer.clone(),
             block,
+            // A node joining the fleet takes device configuration from now
+            // on, not the queue's whole history (its applied one is on disk).
+            new_entries_only: device_config,
         };
         let queues = JobQueues::new(conn.clone(), reader, committer.clone(), queue_config);
-        let settings = Settings::from(worker);
+        let settings = Settings {
+            device_config,
+            ..Settings::from(worker)
+        };
         let replay = worker.events_stream.then(|| ReplayConfig {
             max_events: worker.events_stream_max,
             ttl: Duration::from_secs(worker.events_stream_ttl_s),
@@ -319,12 +326,7 @@ impl Worker {
         worker.group_mode = GroupMode::PerNode;
         worker.concurrency = 1;
         let executor = Arc::clone(&self.shared.executor);
-        let mut reader = Worker::build(executor, handlers, &config, self.shared.consumer.clone())?;
-        Arc::get_mut(&mut reader.shared)
-            .expect("a new worker's state is not shared yet")
-            .settings
-            .device_config = true;
-        Ok(Some(reader))
+        Worker::build(executor, handlers, &config, self.shared.consumer.clone(), true).map(Some)
     }
 
     /// Name the node `node_name` in job events from now on.

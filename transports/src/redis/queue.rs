@@ -33,6 +33,9 @@ pub struct QueueConfig {
     pub consumer: String,
     /// How long one read blocks waiting for entries.
     pub block: Duration,
+    /// A group created now starts at the stream's end (`$`) instead of its
+    /// beginning (`0`).
+    pub new_entries_only: bool,
 }
 
 /// One delivered entry.
@@ -104,7 +107,7 @@ impl JobQueues {
                 .arg("CREATE")
                 .arg(key)
                 .arg(&self.config.group)
-                .arg("0")
+                .arg(if self.config.new_entries_only { "$" } else { "0" })
                 .arg("MKSTREAM")
                 .exec_async(&mut conn)
                 .await;
