@@ -287,3 +287,32 @@ fn invalid_limits_are_config_errors_naming_the_key() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_second_signal_kills_the_services_and_exits_at_once() {
+    let redis = RedisServer::start();
+    let slice = TestSlice::new();
+    // It ignores SIGTERM: a graceful stop would wait its whole 60 s.
+    let mut stubborn = shell_service("stubborn", "trap '' TERM; sleep 600 & wait; wait");
+    stubborn.stop_timeout_ms = 60_000;
+    let mut node = WorkerProcess::start(&node_config(&redis, &slice, vec![stubborn]));
+    let base = node.status_url();
+    let stubborn = service_where(&base, "stubborn", "the stubborn service running", |stubborn| {
+        stubborn["pid"].is_u64()
+    })
+    .await;
+    let pid = stubborn["pid"].as_u64().unwrap() as u32;
+    node.terminate();
+    eventually_some(SETTLE, "the node draining", || async {
+        node.log().contains("signal received: draining").then_some(())
+    })
+    .await;
+    node.terminate();
+    let exit = node.wait(SETTLE);
+    assert_eq!(exit.code(), Some(130), "{}", node.log());
+    assert!(!alive(pid), "the service outlived the node");
+    assert!(
+        slice.procs("stubborn").is_empty(),
+        "processes left in the service's cgroup"
+    );
+}
