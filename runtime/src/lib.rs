@@ -14,12 +14,14 @@
 //! - [`inference`]: the node's inference engines (routing, concurrency,
 //!   health);
 //! - [`worker`]: the Redis Streams worker (`citadel work`);
+//! - [`agent`]: the Nexus polling agent (`citadel agent`, on-prem);
 //! - [`services`]: native services in cgroups (`[[services]]`);
 //! - [`node`]: telemetry beside the worker: status publishing, metrics,
 //!   the status server;
 //! - [`bindings`]: the one `bindgen!`;
 //! - [`cli`]: the `citadel` command line (`main.rs` is its table of contents).
 
+pub mod agent;
 pub mod bindings;
 pub mod capabilities;
 pub mod capability;

@@ -4,7 +4,7 @@
 //! private `redis-server` per test (`redis.rs`) and a Redis Streams worker
 //! with its producer side (`worker.rs`), and an HTTP endpoint receiving
 //! status messages (`receiver.rs`), and real cgroups with processes in them
-//! (`cgroup.rs`), native services in a private cgroup slice (`services.rs`),
+//! (`cgroup.rs`), a fake of the Nexus API (`nexus.rs`), native services in a private cgroup slice (`services.rs`),
 //! and inference engines: the real llama.cpp test engine, an
 //! Ollama emulator and a misbehaving engine (`engine.rs`), and a private
 //! podman serving the Docker Engine API (`podman.rs`).
@@ -14,6 +14,7 @@
 
 mod cgroup;
 mod engine;
+mod nexus;
 mod podman;
 mod receiver;
 mod redis;
@@ -22,6 +23,7 @@ mod worker;
 
 pub use cgroup::TestCgroups;
 pub use engine::{LlmEngine, Misbehaviour, misbehaving_engine, ollama_emulator};
+pub use nexus::FakeNexus;
 pub use podman::Podman;
 pub use receiver::{Answer, StatusReceiver};
 pub use redis::RedisServer;

@@ -151,6 +151,15 @@ impl WorkerProcess {
     /// [`WorkerProcess::start`] under a wrapper command (`setpriv --reuid
     /// …` to run it as another user: the temp dir is then open to all).
     pub fn start_as(config: &Config, wrapper: &[&str]) -> WorkerProcess {
+        Self::launch(config, wrapper, "work")
+    }
+
+    /// `citadel --config <file> agent` (the Nexus polling agent), ready.
+    pub fn start_agent(config: &Config) -> WorkerProcess {
+        Self::launch(config, &[], "agent")
+    }
+
+    fn launch(config: &Config, wrapper: &[&str], subcommand: &str) -> WorkerProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = config.clone();
         config.sandbox = sandbox_config(Some(&dir.path().join("cache")));
@@ -175,7 +184,7 @@ impl WorkerProcess {
         let child = command
             .arg("--config")
             .arg(&file)
-            .args(["--log", "info", "work"])
+            .args(["--log", "info", subcommand])
             .env_remove("CITADEL_CONFIG")
             .stdout(Stdio::null())
             .stderr(log)
@@ -187,9 +196,12 @@ impl WorkerProcess {
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         // Ready: reading jobs, and (its group created) device configuration.
-        let ready = |log: &str| {
-            log.contains("worker ready")
-                && (config.worker.config_queue.is_empty() || log.contains("reading device configuration"))
+        let ready = |log: &str| match subcommand {
+            "agent" => log.contains("agent ready"),
+            _ => {
+                log.contains("worker ready")
+                    && (config.worker.config_queue.is_empty() || log.contains("reading device configuration"))
+            }
         };
         while !ready(&process.log()) {
             assert!(

@@ -12,12 +12,14 @@
 //!   Ollama), streaming tokens;
 //! - [`docker`]: the Docker Engine API client (Docker or podman, unix
 //!   socket) for managed service containers;
+//! - [`nexus`]: Citadel's Nexus HTTP API (jobs polled, outcomes reported);
 //! - [`backoff`]: the one jittered retry policy every transport uses.
 
 pub mod backoff;
 pub mod docker;
 pub mod engines;
 pub mod http;
+pub mod nexus;
 pub mod redis;
 pub mod status;
 pub mod wire;

@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 the job ran and failed; 2 bad input (flags,
 //! configuration, payload, component) before anything ran.
 
+mod agent;
 mod inspect;
 mod output;
 mod run;
@@ -18,6 +19,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, NoOverrides};
 use crate::services::launch::ServiceExecArgs;
 
+pub use agent::AgentArgs;
 pub use inspect::InspectArgs;
 pub use run::RunArgs;
 pub use status::StatusArgs;
@@ -49,6 +51,9 @@ pub enum Command {
     Run(RunArgs),
     /// Work jobs from Redis Streams until SIGTERM/SIGINT.
     Work(WorkArgs),
+    /// Take jobs from Citadel's Nexus HTTP API (on-prem, no Redis) until
+    /// SIGTERM/SIGINT.
+    Agent(AgentArgs),
     /// Enqueue a job on Redis and optionally follow its events.
     Submit(SubmitArgs),
     /// Print this node's status: the running node's, else a local snapshot.
@@ -100,7 +105,7 @@ impl Failure {
 impl Cli {
     /// The log filter to use.
     pub fn log_filter(&self) -> String {
-        let default = if matches!(self.command, Command::Work(_)) {
+        let default = if matches!(self.command, Command::Work(_) | Command::Agent(_)) {
             "info"
         } else {
             "warn"
@@ -118,6 +123,10 @@ impl Cli {
             Command::Work(args) => {
                 let config = Config::load(self.config.as_deref(), args.overrides()).map_err(Failure::input)?;
                 work::work(&config).await
+            }
+            Command::Agent(args) => {
+                let config = Config::load(self.config.as_deref(), args.overrides()).map_err(Failure::input)?;
+                agent::agent(&config).await
             }
             Command::Submit(args) => {
                 let config = Config::load(self.config.as_deref(), args.overrides()).map_err(Failure::input)?;

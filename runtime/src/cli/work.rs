@@ -53,7 +53,7 @@ pub struct WorkArgs {
     pub status_addr: Option<SocketAddr>,
 }
 
-fn parse_handler(text: &str) -> Result<(String, PathBuf), String> {
+pub(super) fn parse_handler(text: &str) -> Result<(String, PathBuf), String> {
     match text.split_once('=') {
         Some((job_type, file)) if !job_type.is_empty() && !file.is_empty() => Ok((job_type.to_string(), file.into())),
         _ => Err(format!("expected TYPE=FILE.wasm, got {text:?}")),

@@ -15,12 +15,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::{Policy, PolicyError};
 
+mod agent;
 mod device;
 mod docker;
 mod engines;
 mod services;
 mod telemetry;
 
+pub use agent::AgentConfig;
 pub use device::{DeviceConfig, DeviceStore};
 pub use docker::DockerConfig;
 pub use engines::EngineSettings;
@@ -78,6 +80,8 @@ pub struct Config {
     pub services: Vec<ServiceSettings>,
     /// The Docker Engine API (`[docker]`).
     pub docker: DockerConfig,
+    /// The Nexus polling agent (`citadel agent`).
+    pub agent: AgentConfig,
     /// The device configuration applied by the control plane, laid over
     /// this file at start (not a TOML key: see `config/device.rs`).
     #[serde(skip)]
@@ -371,6 +375,7 @@ impl Config {
         engines::validate(&self.engines)?;
         services::validate(&self.services)?;
         self.docker.validate()?;
+        self.agent.validate()?;
         if let Some(slice) = &self.node.cgroup_slice
             && (slice.is_empty() || slice.split('/').any(|part| !valid_node_id(part)))
         {

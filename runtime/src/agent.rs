@@ -1,0 +1,314 @@
+//! `citadel agent`: the on-prem node. It asks Citadel's Nexus HTTP API for
+//! jobs (`GET /api/v1/jobs/next`; after a job at once, after `204` every
+//! `agent.poll_interval_ms`), runs each through the same executor and
+//! handlers as `citadel work` (up to `worker.concurrency` at once), and
+//! reports each outcome (`POST /api/v1/jobs/{id}/status`).
+//!
+//! A job runs once. Its outcome is written to the state directory before it
+//! is reported and removed once the API has taken it, and a report that
+//! fails is retried with the shared backoff — through outages and across
+//! restarts of the node — never by running the job again.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use citadel_transports::backoff::{Backoff, RetryError, retry, worth_logging};
+use citadel_transports::nexus::{NexusClient, NexusJob, Outcome};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::executor::Executor;
+use crate::job::{JobError, JobSpec};
+use crate::policy::DEFAULT_TENANT;
+use crate::worker::{Handler, HandlerTable};
+
+/// Waits between attempts to report an outcome.
+const REPORT_BACKOFF: Backoff = Backoff {
+    min: Duration::from_millis(200),
+    max: Duration::from_secs(30),
+};
+
+/// Chunks buffered per job (the agent counts them; Nexus has no stream).
+const CHUNK_BUFFER: usize = 64;
+
+/// An agent that cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// No Nexus API is configured.
+    #[error("no Nexus API: give --nexus-url or set agent.nexus_url")]
+    NoNexusUrl,
+    /// The client cannot be built.
+    #[error("{0}")]
+    Client(String),
+    /// Unreported outcomes cannot be kept.
+    #[error("cannot keep unreported outcomes in {}: {source}", path.display())]
+    Pending {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Counters.
+#[derive(Debug, Default)]
+pub struct AgentStats {
+    /// Jobs taken from the API.
+    pub taken: AtomicU64,
+    /// Outcomes the API has taken.
+    pub reported: AtomicU64,
+}
+
+/// Outcomes not yet taken by the API, one file per job in
+/// `<state_dir>/nexus-pending/`.
+#[derive(Debug, Clone)]
+struct PendingReports {
+    dir: PathBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PendingReport {
+    id: String,
+    outcome: Outcome,
+}
+
+impl PendingReports {
+    fn open(dir: PathBuf) -> std::io::Result<PendingReports> {
+        std::fs::create_dir_all(&dir)?;
+        Ok(PendingReports { dir })
+    }
+
+    fn file(&self, id: &str) -> PathBuf {
+        self.dir
+            .join(format!("{}.json", hex::encode(Sha256::digest(id.as_bytes()))))
+    }
+
+    /// Keep `outcome` until the API has it (temp file + rename).
+    fn keep(&self, id: &str, outcome: &Outcome) -> std::io::Result<()> {
+        let file = self.file(id);
+        let temporary = file.with_extension("tmp");
+        let report = PendingReport {
+            id: id.to_string(),
+            outcome: outcome.clone(),
+        };
+        std::fs::write(&temporary, serde_json::to_vec(&report).map_err(std::io::Error::other)?)?;
+        std::fs::rename(&temporary, &file)
+    }
+
+    fn forget(&self, id: &str) {
+        let _ = std::fs::remove_file(self.file(id));
+    }
+
+    /// Every kept outcome (damaged files are reported and skipped).
+    fn all(&self) -> Vec<(String, Outcome)> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|extension| extension != "json") {
+                continue;
+            }
+            match std::fs::read(&path).map(|bytes| serde_json::from_slice::<PendingReport>(&bytes)) {
+                Ok(Ok(report)) => found.push((report.id, report.outcome)),
+                _ => tracing::error!(file = %path.display(), "an unreported outcome is unreadable; skipping it"),
+            }
+        }
+        found
+    }
+}
+
+/// The Nexus polling agent.
+pub struct Agent {
+    client: NexusClient,
+    executor: Arc<Executor>,
+    handlers: HandlerTable,
+    pending: PendingReports,
+    poll_interval: Duration,
+    concurrency: usize,
+    shutdown_grace: Duration,
+    stats: Arc<AgentStats>,
+}
+
+impl Agent {
+    /// An agent for `config` running `handlers` on `executor`.
+    pub fn new(executor: Arc<Executor>, handlers: HandlerTable, config: &Config) -> Result<Agent, AgentError> {
+        let agent = &config.agent;
+        let url = agent.nexus_url.as_deref().ok_or(AgentError::NoNexusUrl)?;
+        let client = NexusClient::new(
+            url,
+            agent.token.clone(),
+            Duration::from_millis(agent.request_timeout_ms),
+        )
+        .map_err(AgentError::Client)?;
+        let dir = config.state_dir().join("nexus-pending");
+        let pending = PendingReports::open(dir.clone()).map_err(|source| AgentError::Pending { path: dir, source })?;
+        Ok(Agent {
+            client,
+            executor,
+            handlers,
+            pending,
+            poll_interval: Duration::from_millis(agent.poll_interval_ms),
+            concurrency: config.worker.concurrency as usize,
+            shutdown_grace: Duration::from_millis(config.worker.shutdown_grace_ms),
+            stats: Arc::default(),
+        })
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> Arc<AgentStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Report what an earlier run left unreported, then take and run jobs
+    /// until `stop`; running jobs get `worker.shutdown_grace_ms` to finish.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let tracker = TaskTracker::new();
+        for (id, outcome) in self.pending.all() {
+            tracing::info!(job_id = %id, "reporting an outcome an earlier run could not");
+            let agent = Arc::clone(&self);
+            let stop = stop.clone();
+            tracker.spawn(async move { agent.report(&id, outcome, &stop).await });
+        }
+        tracing::info!(
+            nexus = %self.client.base(),
+            handlers = ?self.handlers.types(),
+            concurrency = self.concurrency,
+            "agent ready"
+        );
+        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let abort = CancellationToken::new();
+        let mut failures = 0u32;
+        let mut waits = Backoff::DEFAULT.start();
+        loop {
+            let permit = tokio::select! {
+                _ = stop.cancelled() => break,
+                permit = Arc::clone(&slots).acquire_owned() => permit.expect("slots are never closed"),
+            };
+            let next = tokio::select! {
+                _ = stop.cancelled() => break,
+                next = self.client.next() => next,
+            };
+            match next {
+                Ok(Some(job)) => {
+                    if failures > 0 {
+                        tracing::info!(failures, "the Nexus API answers again");
+                    }
+                    failures = 0;
+                    waits.reset();
+                    self.stats.taken.fetch_add(1, Ordering::Relaxed);
+                    let agent = Arc::clone(&self);
+                    let (stop, abort) = (stop.clone(), abort.clone());
+                    tracker.spawn(async move {
+                        agent.handle(job, &stop, &abort).await;
+                        drop(permit);
+                    });
+                }
+                Ok(None) => {
+                    drop(permit);
+                    failures = 0;
+                    waits.reset();
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(self.poll_interval) => {}
+                    }
+                }
+                Err(err) => {
+                    drop(permit);
+                    if worth_logging(failures) {
+                        tracing::warn!(error = %err, "cannot take a job from the Nexus API; retrying with backoff");
+                    }
+                    failures += 1;
+                    let delay = waits.next_delay().max(self.poll_interval.min(Duration::from_secs(1)));
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        tracker.close();
+        if !tracker.is_empty() {
+            tracing::info!(running = tracker.len(), grace = ?self.shutdown_grace, "stopping: letting running jobs finish");
+        }
+        if tokio::time::timeout(self.shutdown_grace, tracker.wait()).await.is_err() {
+            tracing::warn!("shutdown grace over: interrupting the jobs still running (they are not reported)");
+            abort.cancel();
+            tracker.wait().await;
+        }
+        tracing::info!(
+            taken = self.stats.taken.load(Ordering::Relaxed),
+            reported = self.stats.reported.load(Ordering::Relaxed),
+            "agent stopped"
+        );
+    }
+
+    /// Run one job and report its outcome.
+    async fn handle(&self, job: NexusJob, stop: &CancellationToken, abort: &CancellationToken) {
+        let Some(handler) = self.handlers.get(&job.job_type).cloned() else {
+            let error = format!(
+                "unsupported job type `{}`; this node handles {}",
+                job.job_type,
+                self.handlers.types().join(", ")
+            );
+            return self.report(&job.id, Outcome::Failure { error }, stop).await;
+        };
+        let spec = JobSpec {
+            id: job.id.clone(),
+            job_type: job.job_type.clone(),
+            tenant: job.tenant.clone().unwrap_or_else(|| DEFAULT_TENANT.to_string()),
+            payload: job.payload,
+            ray_id: job.ray_id,
+            attempt: 1,
+            timeout: job.timeout_ms.map(Duration::from_millis),
+        };
+        let outcome = match handler {
+            Handler::Component(component) => {
+                let (sink, mut chunks) = mpsc::channel(CHUNK_BUFFER);
+                let drain = tokio::spawn(async move { while chunks.recv().await.is_some() {} });
+                let report = self.executor.run(&component, spec, Some(sink), abort).await;
+                let _ = drain.await;
+                report.outcome
+            }
+            Handler::Native(native) => native.run(spec).await,
+        };
+        if abort.is_cancelled() && matches!(outcome, Err(JobError::Cancelled { .. })) {
+            tracing::warn!(job_id = %job.id, "interrupted by shutdown: not reported (the Nexus API decides when to hand it out again)");
+            return;
+        }
+        let outcome = match outcome {
+            Ok(output) => Outcome::Success { output },
+            Err(err) => Outcome::Failure {
+                error: format!("{} ({})", err, err.class()),
+            },
+        };
+        self.report(&job.id, outcome, stop).await;
+    }
+
+    /// Keep `outcome` on disk, then report it until the API takes it (or
+    /// refuses it for good); on shutdown it stays for the next run.
+    async fn report(&self, id: &str, outcome: Outcome, stop: &CancellationToken) {
+        if let Err(err) = self.pending.keep(id, &outcome) {
+            tracing::warn!(job_id = %id, error = %err, "cannot keep the outcome on disk; reporting it from memory only");
+        }
+        let what = format!("report job {id}");
+        match retry(&what, REPORT_BACKOFF, stop, || self.client.report(id, &outcome)).await {
+            Ok(()) => {
+                self.pending.forget(id);
+                self.stats.reported.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(job_id = %id, "outcome reported");
+            }
+            Err(RetryError::Permanent(err)) => {
+                self.pending.forget(id);
+                tracing::error!(job_id = %id, error = %err, "the Nexus API refused the outcome; dropping it");
+            }
+            Err(RetryError::Stopped(err)) => {
+                tracing::warn!(job_id = %id, error = %err, "stopping with the outcome unreported; it is reported when the node starts again");
+            }
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! `citadel agent` against a **fake** of Citadel's Nexus API (a real HTTP
+//! server on loopback; the real API is remote): jobs polled, run through the
+//! real components and reported; a failing report endpoint retried until it
+//! takes the outcome, the job run once; an outcome not yet reported when
+//! the node is killed reported after it starts again.
+
+use std::path::Path;
+use std::time::Duration;
+
+use citadel_runtime::Config;
+use citadel_tests::{FakeNexus, WorkerProcess, eventually_some, guest, node_status};
+use serde_json::{Value, json};
+
+const SETTLE: Duration = Duration::from_secs(30);
+const TOKEN: &str = "s3cret-token";
+
+fn agent_config(nexus: &FakeNexus, state: &Path) -> Config {
+    let mut config = Config::default();
+    config.node.id = Some("onprem-1".into());
+    config.node.state_dir = Some(state.to_path_buf());
+    config.agent.nexus_url = Some(nexus.url());
+    config.agent.token = Some(TOKEN.into());
+    config.agent.poll_interval_ms = 50;
+    config.worker.config_queue = String::new();
+    config.telemetry.status_addr = "127.0.0.1:0".parse().unwrap();
+    config.telemetry.http_endpoint = None;
+    for (job_type, name) in [("echo", "echo"), ("trap", "bad-trap")] {
+        config.handlers.insert(job_type.into(), guest(name));
+    }
+    config
+}
+
+async fn reports(nexus: &FakeNexus, count: usize) -> Vec<(String, Value)> {
+    eventually_some(SETTLE, &format!("{count} reports"), || async {
+        let reports = nexus.reports();
+        (reports.len() >= count).then_some(reports)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_polls_runs_and_reports() {
+    let nexus = FakeNexus::start(Some(TOKEN)).await;
+    let state = tempfile::tempdir().unwrap();
+    nexus.push(json!({"id": "n-echo", "type": "echo", "payload": {"text": "hello nexus"}}));
+    nexus.push(json!({"jobId": "n-trap", "payload": "{\"type\":\"trap\"}"}));
+    nexus.push(json!({"id": "n-unknown", "type": "transcode", "payload": {}}));
+    let node = WorkerProcess::start_agent(&agent_config(&nexus, state.path()));
+
+    let mut reports = reports(&nexus, 3).await;
+    reports.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(reports[0].0, "n-echo");
+    assert_eq!(
+        reports[0].1,
+        json!({"status": "SUCCESS", "output": {"text": "hello nexus"}})
+    );
+    assert_eq!(reports[1].0, "n-trap");
+    assert_eq!(reports[1].1["status"], "FAILURE");
+    assert!(
+        reports[1].1["error"].as_str().unwrap().contains("(trap)"),
+        "{}",
+        reports[1].1
+    );
+    assert_eq!(reports[2].0, "n-unknown");
+    assert_eq!(
+        reports[2].1,
+        json!({"status": "FAILURE", "error": "unsupported job type `transcode`; this node handles echo, trap"})
+    );
+    assert_eq!(nexus.unauthorized(), 0, "every call carried the token");
+    let status = node_status(&node.status_url()).await.unwrap();
+    assert_eq!(status["node"]["mode"], "agent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_report_endpoint_is_retried_and_the_job_runs_once() {
+    let nexus = FakeNexus::start(Some(TOKEN)).await;
+    let state = tempfile::tempdir().unwrap();
+    nexus.refuse_reports(3);
+    nexus.push(json!({"id": "n-1", "type": "echo", "payload": {"text": "once"}}));
+    let _node = WorkerProcess::start_agent(&agent_config(&nexus, state.path()));
+    let reports = reports(&nexus, 1).await;
+    assert_eq!(
+        reports,
+        [(
+            "n-1".to_string(),
+            json!({"status": "SUCCESS", "output": {"text": "once"}})
+        )]
+    );
+    assert_eq!(nexus.report_attempts(), 4, "three refused, then taken");
+    assert_eq!(nexus.handed_out(), ["n-1"]);
+    assert!(
+        std::fs::read_dir(state.path().join("nexus-pending"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "a reported outcome is not kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_not_yet_reported_survives_a_killed_node() {
+    let nexus = FakeNexus::start(Some(TOKEN)).await;
+    let state = tempfile::tempdir().unwrap();
+    nexus.refuse_reports(u64::MAX);
+    nexus.push(json!({"id": "n-kept", "type": "echo", "payload": {"text": "kept"}}));
+    let config = agent_config(&nexus, state.path());
+    let mut node = WorkerProcess::start_agent(&config);
+    eventually_some(SETTLE, "a refused report", || async {
+        (nexus.report_attempts() >= 1).then_some(())
+    })
+    .await;
+    node.kill9();
+    let kept = std::fs::read_dir(state.path().join("nexus-pending")).unwrap().count();
+    assert_eq!(kept, 1, "the outcome is on disk");
+
+    nexus.refuse_reports(0);
+    let node = WorkerProcess::start_agent(&config);
+    let reports = reports(&nexus, 1).await;
+    assert_eq!(
+        reports,
+        [(
+            "n-kept".to_string(),
+            json!({"status": "SUCCESS", "output": {"text": "kept"}})
+        )]
+    );
+    assert_eq!(nexus.handed_out(), ["n-kept"], "the job was not taken (or run) again");
+    assert!(node.log().contains("reporting an outcome an earlier run could not"));
+}
