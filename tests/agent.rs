@@ -8,7 +8,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use citadel_runtime::Config;
-use citadel_tests::{FakeNexus, WorkerProcess, eventually_some, guest, node_status};
+use citadel_tests::{
+    FakeNexus, RedisServer, WorkerProcess, enqueue, eventually_some, guest, node_status, pending, status, wait_status,
+    worker_config,
+};
 use serde_json::{Value, json};
 
 const SETTLE: Duration = Duration::from_secs(30);
@@ -68,7 +71,7 @@ async fn the_agent_polls_runs_and_reports() {
     );
     assert_eq!(nexus.unauthorized(), 0, "every call carried the token");
     let status = node_status(&node.status_url()).await.unwrap();
-    assert_eq!(status["node"]["mode"], "agent");
+    assert_eq!(status["node"]["mode"], "nexus");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,4 +128,71 @@ async fn an_outcome_not_yet_reported_survives_a_killed_node() {
     );
     assert_eq!(nexus.handed_out(), ["n-kept"], "the job was not taken (or run) again");
     assert!(node.log().contains("reporting an outcome an earlier run could not"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_the_node_takes_nexus_jobs_while_redis_is_down_and_each_job_once() {
+    let mut redis = RedisServer::start_persistent();
+    let nexus = FakeNexus::start(Some(TOKEN)).await;
+    let state = tempfile::tempdir().unwrap();
+    let mut config = worker_config(&redis);
+    config.node.state_dir = Some(state.path().to_path_buf());
+    config.agent.nexus_url = Some(nexus.url());
+    config.agent.token = Some(TOKEN.into());
+    config.agent.poll_interval_ms = 50;
+    let node = WorkerProcess::start_agent(&config);
+    let base = node.status_url();
+    let mode = |wanted: &'static str| {
+        let base = base.clone();
+        async move {
+            eventually_some(SETTLE, &format!("mode {wanted}"), || async {
+                let status = node_status(&base).await?;
+                (status["node"]["mode"] == wanted).then_some(())
+            })
+            .await
+        }
+    };
+
+    // Redis answers: jobs come from Redis; Nexus only when woken.
+    mode("redis").await;
+    let mut conn = redis.conn();
+    enqueue(&mut conn, "r-1", "echo", r#"{"text":"from redis"}"#);
+    wait_status(&redis, "r-1", "completed", SETTLE).await;
+    nexus.push(json!({"id": "n-1", "type": "echo", "payload": {"text": "woken"}}));
+    eventually_some(SETTLE, "a listener for the wake-up", || async {
+        let listeners: u32 = redis::cmd("PUBLISH")
+            .arg("wake:v1:node:test-node")
+            .arg("jobs")
+            .query(&mut redis.conn())
+            .ok()?;
+        (listeners > 0).then_some(())
+    })
+    .await;
+    reports(&nexus, 1).await;
+
+    // Redis goes away: the node polls Nexus.
+    redis.kill();
+    mode("nexus").await;
+    nexus.push(json!({"id": "n-2", "type": "echo", "payload": {"text": "while redis is down"}}));
+    reports(&nexus, 2).await;
+
+    // Redis is back: Redis again, and nothing was lost or done twice.
+    redis.restart();
+    mode("redis").await;
+    let mut conn = redis.conn();
+    enqueue(&mut conn, "r-2", "echo", r#"{"text":"redis again"}"#);
+    wait_status(&redis, "r-2", "completed", SETTLE).await;
+    assert_eq!(status(&mut conn, "r-1")["status"], "completed");
+    assert_eq!(nexus.handed_out(), ["n-1", "n-2"]);
+    let reported: Vec<String> = nexus.reports().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(reported, ["n-1", "n-2"]);
+    assert_eq!(pending(&mut conn), 0);
+    assert!(
+        node.log()
+            .contains("Redis is unreachable: taking jobs from the Nexus API")
+    );
+    assert!(
+        node.log()
+            .contains("Redis answers again: taking jobs from Redis Streams")
+    );
 }

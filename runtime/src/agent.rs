@@ -8,6 +8,12 @@
 //! is reported and removed once the API has taken it, and a report that
 //! fails is retried with the shared backoff — through outages and across
 //! restarts of the node — never by running the job again.
+//!
+//! With Redis configured as well, the node works from Redis Streams while
+//! Redis answers ([`follow_redis`] switches the [`Source`]): the agent then
+//! polls Nexus only when a `wake:v1:node:{nodeId}` message asks it to
+//! (`citadel_transports::redis::listen_for_wake`), and takes over polling
+//! while Redis is down.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,15 +24,38 @@ use citadel_transports::backoff::{Backoff, RetryError, retry, worth_logging};
 use citadel_transports::nexus::{NexusClient, NexusJob, Outcome};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::executor::Executor;
 use crate::job::{JobError, JobSpec};
+use crate::node::Telemetry;
 use crate::policy::DEFAULT_TENANT;
-use crate::worker::{Handler, HandlerTable};
+use crate::worker::{Handler, HandlerTable, Worker};
+
+/// Where the node takes jobs from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Redis Streams (`citadel work`'s worker); Nexus only when woken.
+    Redis,
+    /// Polling the Nexus API.
+    Nexus,
+}
+
+impl Source {
+    /// As status reports it (`node.mode`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Redis => "redis",
+            Source::Nexus => "nexus",
+        }
+    }
+}
+
+/// Redis unreachable this long: take jobs from Nexus.
+const FALLBACK_AFTER: Duration = Duration::from_secs(2);
 
 /// Waits between attempts to report an outcome.
 const REPORT_BACKOFF: Backoff = Backoff {
@@ -132,6 +161,8 @@ pub struct Agent {
     concurrency: usize,
     shutdown_grace: Duration,
     stats: Arc<AgentStats>,
+    source: watch::Receiver<Source>,
+    wake: Arc<Notify>,
 }
 
 impl Agent {
@@ -156,7 +187,14 @@ impl Agent {
             concurrency: config.worker.concurrency as usize,
             shutdown_grace: Duration::from_millis(config.worker.shutdown_grace_ms),
             stats: Arc::default(),
+            source: watch::channel(Source::Nexus).1,
+            wake: Arc::default(),
         })
+    }
+
+    /// Poll only while `source` says `Nexus`, and when `wake` is notified.
+    pub fn switched_by(self, source: watch::Receiver<Source>, wake: Arc<Notify>) -> Agent {
+        Agent { source, wake, ..self }
     }
 
     /// Its counters.
@@ -184,7 +222,18 @@ impl Agent {
         let abort = CancellationToken::new();
         let mut failures = 0u32;
         let mut waits = Backoff::DEFAULT.start();
+        let mut source = self.source.clone();
+        // Woken while on Redis: poll until Nexus has nothing more.
+        let mut woken = false;
         loop {
+            if *source.borrow_and_update() == Source::Redis && !woken {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = self.wake.notified() => woken = true,
+                    _ = source.changed() => {}
+                }
+                continue;
+            }
             let permit = tokio::select! {
                 _ = stop.cancelled() => break,
                 permit = Arc::clone(&slots).acquire_owned() => permit.expect("slots are never closed"),
@@ -212,13 +261,19 @@ impl Agent {
                     drop(permit);
                     failures = 0;
                     waits.reset();
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(self.poll_interval) => {}
+                    woken = false;
+                    if *source.borrow() == Source::Nexus {
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            _ = tokio::time::sleep(self.poll_interval) => {}
+                            _ = self.wake.notified() => {}
+                            _ = source.changed() => {}
+                        }
                     }
                 }
                 Err(err) => {
                     drop(permit);
+                    woken = false;
                     if worth_logging(failures) {
                         tracing::warn!(error = %err, "cannot take a job from the Nexus API; retrying with backoff");
                     }
@@ -309,6 +364,40 @@ impl Agent {
             Err(RetryError::Stopped(err)) => {
                 tracing::warn!(job_id = %id, error = %err, "stopping with the outcome unreported; it is reported when the node starts again");
             }
+        }
+    }
+}
+
+/// Follow Redis's reachability, as the worker sees it: Nexus once Redis has
+/// been unreachable for [`FALLBACK_AFTER`], Redis again as soon as the
+/// worker reads from it. Switches are logged and shown in status
+/// (`node.mode`).
+pub async fn follow_redis(
+    worker: Worker,
+    source: watch::Sender<Source>,
+    telemetry: Arc<Telemetry>,
+    stop: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let down_for = worker.health().redis_down_for;
+        let now = match (*source.borrow(), down_for) {
+            (Source::Redis, Some(down)) if down >= FALLBACK_AFTER => Source::Nexus,
+            (Source::Nexus, None) => Source::Redis,
+            (current, _) => current,
+        };
+        if source.send_if_modified(|current| std::mem::replace(current, now) != now) {
+            match now {
+                Source::Nexus => {
+                    tracing::warn!(down_for = ?down_for.unwrap_or_default(), "Redis is unreachable: taking jobs from the Nexus API")
+                }
+                Source::Redis => tracing::info!("Redis answers again: taking jobs from Redis Streams"),
+            }
+            telemetry.set_mode(now.name());
         }
     }
 }

@@ -197,7 +197,7 @@ impl WorkerProcess {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         // Ready: reading jobs, and (its group created) device configuration.
         let ready = |log: &str| match subcommand {
-            "agent" => log.contains("agent ready"),
+            "agent" => log.contains("agent ready") && (config.redis_url.is_none() || log.contains("worker ready")),
             _ => {
                 log.contains("worker ready")
                     && (config.worker.config_queue.is_empty() || log.contains("reading device configuration"))

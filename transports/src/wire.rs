@@ -66,6 +66,11 @@ pub fn node_status_channel(node_id: &str) -> String {
     format!("node:status:{node_id}")
 }
 
+/// `wake:v1:node:{nodeId}`: a message makes the node poll the Nexus API now.
+pub fn wake_channel(node_id: &str) -> String {
+    format!("wake:v1:node:{node_id}")
+}
+
 /// RFC 3339 UTC with second precision (`2026-01-02T03:04:05Z`), as Citadel
 /// writes timestamps.
 pub fn timestamp(at: SystemTime) -> String {

@@ -1,24 +1,28 @@
 //! `citadel agent`: the on-prem node, taking jobs from Citadel's Nexus HTTP
 //! API until SIGTERM/SIGINT (the first drains, a second exits at once),
-//! with the node's telemetry, status server and services beside it.
+//! with the node's telemetry, status server and services beside it. With a
+//! Redis URL as well, it works from Redis Streams (and reads device
+//! configuration) while Redis answers, and from Nexus while it does not.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use citadel_transports::redis::{self as transport, listen_for_wake};
 use clap::Args;
 use serde::Serialize;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Failure;
-use crate::agent::Agent;
+use super::work::{device_config_reader, drain_on_signal, run_workers};
+use crate::agent::{Agent, Source, follow_redis};
 use crate::config::Config;
 use crate::engine::Allocation;
 use crate::executor::Executor;
 use crate::node::NodeServices;
-use crate::worker::HandlerTable;
+use crate::worker::{HandlerTable, Worker};
 
 /// Arguments of `citadel agent` (each overrides its config key).
 #[derive(Debug, Args)]
@@ -123,25 +127,41 @@ pub(super) async fn agent(config: &Config) -> Result<(), Failure> {
         ));
     }
     let engines = Arc::clone(executor.engines());
-    let agent = Arc::new(Agent::new(Arc::new(executor), handlers, config).map_err(Failure::input)?);
+    let executor = Arc::new(executor);
+    // With Redis too, the node works from Redis while it answers.
+    let worker = match &config.redis_url {
+        Some(_) => Some(Worker::new(Arc::clone(&executor), handlers.clone(), config).map_err(Failure::input)?),
+        None => None,
+    };
+    let initial = if worker.is_some() { Source::Redis } else { Source::Nexus };
+    let (source, following) = watch::channel(initial);
+    let wake = Arc::new(Notify::new());
+    let agent = Agent::new(executor, handlers, config)
+        .map_err(Failure::input)?
+        .switched_by(following, Arc::clone(&wake));
+    let agent = Arc::new(agent);
     let stop = CancellationToken::new();
-    let mut terminate = signal(SignalKind::terminate()).map_err(Failure::input)?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(Failure::input)?;
-    let node = NodeServices::start(config, "agent", None, engines)
+    let services = drain_on_signal(&stop)?;
+    let node = NodeServices::start(config, initial.name(), worker.as_ref(), engines)
         .await
         .map_err(Failure::input)?;
-    let supervisor = Arc::clone(&node.supervisor);
-    let on_signal = stop.clone();
-    tokio::spawn(async move {
-        tokio::select! { _ = terminate.recv() => {}, _ = interrupt.recv() => {} }
-        tracing::info!("signal received: draining (send it again to exit at once)");
-        on_signal.cancel();
-        tokio::select! { _ = terminate.recv() => {}, _ = interrupt.recv() => {} }
-        eprintln!("citadel: second signal: killing the services and exiting without draining");
-        supervisor.kill_now();
-        std::process::exit(130);
-    });
-    agent.run(stop).await;
+    let _ = services.set(Arc::clone(&node.supervisor));
+    let Some(worker) = worker else {
+        agent.run(stop).await;
+        node.stop().await;
+        return Ok(());
+    };
+    let url = config.redis_url.as_deref().unwrap_or_default();
+    let client = transport::client(url).map_err(|err| Failure::input(format!("invalid redis_url {url:?}: {err}")))?;
+    tokio::spawn(listen_for_wake(client, config.node_id(), wake, stop.clone()));
+    tokio::spawn(follow_redis(
+        worker.clone(),
+        source,
+        Arc::clone(&node.telemetry),
+        stop.clone(),
+    ));
+    let reader = device_config_reader(config, &worker, &node)?;
+    let (outcome, ()) = tokio::join!(run_workers(&worker, reader.as_ref(), &stop), agent.run(stop.clone()));
     node.stop().await;
-    Ok(())
+    outcome.map_err(|err| Failure::job(format!("worker failed: {err}")))
 }

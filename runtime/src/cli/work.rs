@@ -22,7 +22,7 @@ use crate::executor::Executor;
 use crate::node::NodeServices;
 use crate::node::device::{APPLY_DEVICE_CONFIG, DeviceConfigurator};
 use crate::services::Supervisor;
-use crate::worker::{HandlerTable, NativeHandler, Worker};
+use crate::worker::{HandlerTable, NativeHandler, Worker, WorkerError};
 
 /// Arguments of `citadel work` (each overrides its config key).
 #[derive(Debug, Args)]
@@ -123,6 +123,20 @@ pub(super) async fn work(config: &Config) -> Result<(), Failure> {
     let engines = Arc::clone(executor.engines());
     let worker = Worker::new(Arc::new(executor), handlers, config).map_err(Failure::input)?;
     let stop = CancellationToken::new();
+    let services = drain_on_signal(&stop)?;
+    let node = NodeServices::start(config, "redis", Some(&worker), engines)
+        .await
+        .map_err(Failure::input)?;
+    let _ = services.set(Arc::clone(&node.supervisor));
+    let reader = device_config_reader(config, &worker, &node)?;
+    let outcome = run_workers(&worker, reader.as_ref(), &stop).await;
+    node.stop().await;
+    outcome.map_err(|err| Failure::job(format!("worker failed: {err}")))
+}
+
+/// On SIGTERM/SIGINT fire `stop` (drain); on a second, kill the services
+/// (once they are set in the returned cell) and exit 130.
+pub(super) fn drain_on_signal(stop: &CancellationToken) -> Result<Arc<OnceLock<Arc<Supervisor>>>, Failure> {
     let mut terminate = signal(SignalKind::terminate()).map_err(Failure::input)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(Failure::input)?;
     let on_signal = stop.clone();
@@ -141,16 +155,22 @@ pub(super) async fn work(config: &Config) -> Result<(), Failure> {
         }
         std::process::exit(130);
     });
-    let node = NodeServices::start(config, "redis", Some(&worker), engines)
-        .await
-        .map_err(Failure::input)?;
-    let _ = services.set(Arc::clone(&node.supervisor));
+    Ok(services)
+}
+
+/// The reader of `APPLY_DEVICE_CONFIG` jobs beside `worker`, applying them
+/// to `node` (renaming both workers' events).
+pub(super) fn device_config_reader(
+    config: &Config,
+    worker: &Worker,
+    node: &NodeServices,
+) -> Result<Option<Worker>, Failure> {
     let configurator = Arc::new(DeviceConfigurator::new(
         config,
         Arc::clone(&node.supervisor),
         Arc::clone(&node.telemetry),
     ));
-    configurator.renames(&worker);
+    configurator.renames(worker);
     let handler: Arc<dyn NativeHandler> = configurator.clone();
     let device_handlers = HandlerTable::native([(APPLY_DEVICE_CONFIG.to_string(), handler)]);
     let reader = worker
@@ -159,32 +179,37 @@ pub(super) async fn work(config: &Config) -> Result<(), Failure> {
     if let Some(reader) = &reader {
         configurator.renames(reader);
     }
-    let outcome = match reader {
-        Some(reader) => {
-            // Either failing stops both: a node without its job worker, or
-            // deaf to device configuration, must not run on silently.
-            let jobs = async {
-                let outcome = worker.run(stop.clone()).await;
-                if outcome.is_err() {
-                    stop.cancel();
-                }
-                outcome
-            };
-            let device = async {
-                let outcome = reader.run(stop.clone()).await;
-                if let Err(err) = &outcome {
-                    tracing::error!(error = %err, "the device configuration reader failed; stopping the node");
-                    stop.cancel();
-                }
-                outcome
-            };
-            let (jobs, device) = tokio::join!(jobs, device);
-            jobs.and(device)
-        }
-        None => worker.run(stop).await,
+    Ok(reader)
+}
+
+/// Run the job worker and the device configuration reader until `stop`;
+/// either failing stops both (a node without its job worker, or deaf to
+/// device configuration, must not run on silently).
+pub(super) async fn run_workers(
+    worker: &Worker,
+    reader: Option<&Worker>,
+    stop: &CancellationToken,
+) -> Result<(), WorkerError> {
+    let Some(reader) = reader else {
+        return worker.run(stop.clone()).await;
     };
-    node.stop().await;
-    outcome.map_err(|err| Failure::job(format!("worker failed: {err}")))
+    let jobs = async {
+        let outcome = worker.run(stop.clone()).await;
+        if outcome.is_err() {
+            stop.cancel();
+        }
+        outcome
+    };
+    let device = async {
+        let outcome = reader.run(stop.clone()).await;
+        if let Err(err) = &outcome {
+            tracing::error!(error = %err, "the device configuration reader failed; stopping the node");
+            stop.cancel();
+        }
+        outcome
+    };
+    let (jobs, device) = tokio::join!(jobs, device);
+    jobs.and(device)
 }
 
 #[cfg(test)]

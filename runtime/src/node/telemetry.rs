@@ -60,7 +60,7 @@ pub struct Telemetry {
     /// GPU temperature that makes `/health` 503 (`alertOnHighTemp`), °C.
     pub(super) high_temp_alert: Mutex<Option<u32>>,
     pub(super) timings: Timings,
-    pub(super) mode: String,
+    pub(super) mode: Mutex<String>,
     pub(super) collector: Collector,
     pub(super) feed: Arc<JobFeed>,
     pub(super) worker: Option<Worker>,
@@ -88,7 +88,7 @@ impl Telemetry {
             high_temp_alert: Mutex::default(),
             probe_errors: Mutex::default(),
             timings,
-            mode: mode.to_string(),
+            mode: Mutex::new(mode.to_string()),
             collector,
             feed: Arc::default(),
             worker,
@@ -103,6 +103,16 @@ impl Telemetry {
     /// The worker's job observer.
     pub fn job_feed(&self) -> Arc<JobFeed> {
         Arc::clone(&self.feed)
+    }
+
+    /// Report where the node takes jobs from (`redis`, `nexus`); a change
+    /// publishes at once.
+    pub fn set_mode(&self, mode: &str) {
+        let mut current = self.mode.lock().expect("mode poisoned");
+        if *current != mode {
+            *current = mode.to_string();
+            self.feed.changed();
+        }
     }
 
     /// Report the node under this name, with these tags and device
@@ -334,7 +344,7 @@ impl Telemetry {
                 .cloned()
                 .collect(),
             worker: worker.unwrap_or_default(),
-            mode: self.mode.clone(),
+            mode: self.mode.lock().expect("mode poisoned").clone(),
             errors: self
                 .probe_errors
                 .lock()

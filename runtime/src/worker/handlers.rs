@@ -39,7 +39,7 @@ pub struct HandlerLoadError {
 }
 
 /// Job type → handler.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct HandlerTable {
     by_type: BTreeMap<String, Handler>,
 }

@@ -1,8 +1,8 @@
 //! Redis: the cluster transport. Jobs come in on Streams consumer groups
 //! (`queue.rs`), events and results go out on Pub/Sub, a capped replay
 //! stream and a status hash (`events.rs`), workers prove they are alive with
-//! expiring keys (`liveness.rs`) and producers cancel with flags
-//! (`cancel.rs`).
+//! expiring keys (`liveness.rs`), producers cancel with flags
+//! (`cancel.rs`) and wake an on-prem node's Nexus polling (`wake.rs`).
 //!
 //! Connections are `ConnectionManager`s, which reconnect by themselves after
 //! a failed command; callers retry what must not be lost with
@@ -16,6 +16,7 @@ mod cancel;
 mod events;
 mod liveness;
 mod queue;
+mod wake;
 
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ pub use events::{EventPublisher, JobCheck, ReplayConfig, subscribe_events};
 pub use liveness::Liveness;
 pub use queue::{Delivery, JobQueues, PendingEntry, QueueConfig, enqueue};
 pub use redis::{Client, RedisError, RedisResult};
+pub use wake::listen_for_wake;
 
 /// How long a command may wait for its reply before the connection is
 /// considered broken.
