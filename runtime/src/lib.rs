@@ -5,6 +5,7 @@
 //! Layout:
 //! - [`config`]: the node's configuration (file, `CITADEL_*` env, flags);
 //! - [`policy`], [`capability`], [`grant`]: which tenant may use what;
+//!   [`egress`]: where its handlers may connect (capability `http`);
 //! - [`engine`]: the one wasmtime `Engine` and its epoch ticker;
 //! - [`components`]: components by digest, validated, compiled once, cached;
 //! - [`executor`]: one job = one `Store`, limits, deadline, classification;
@@ -29,6 +30,7 @@ pub mod capture;
 pub mod cli;
 pub mod components;
 pub mod config;
+pub mod egress;
 pub mod engine;
 pub mod executor;
 pub mod grant;

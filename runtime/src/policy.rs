@@ -94,6 +94,56 @@ pub struct TenantPolicy {
     /// Which containers capability `docker` reaches, and what it may do.
     #[serde(default)]
     pub docker: DockerPolicy,
+    /// Where capability `http` may connect, and how much it may fetch.
+    #[serde(default)]
+    pub http: HttpPolicy,
+}
+
+/// `[tenants.<name>.http]`: outbound HTTP (see `egress.rs`). Deny by
+/// default: no host is allowed until `allowed_hosts` names it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpPolicy {
+    /// `scheme://host[:port]` patterns (`https://*.example.com`,
+    /// `http://10.0.0.5:8080`, `https://api.test:*`); none by default.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Loopback, private, link-local … addresses (or CIDR ranges) requests
+    /// may reach after all; none by default.
+    #[serde(default)]
+    pub allow_addresses: Vec<String>,
+    /// Largest response body, bytes.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: u64,
+    /// Longest wait to connect, for the first byte, and between bytes, ms.
+    #[serde(default = "default_http_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_max_response_bytes() -> u64 {
+    64 << 20
+}
+
+fn default_http_timeout_ms() -> u64 {
+    30_000
+}
+
+impl Default for HttpPolicy {
+    fn default() -> Self {
+        HttpPolicy {
+            allowed_hosts: Vec::new(),
+            allow_addresses: Vec::new(),
+            max_response_bytes: default_max_response_bytes(),
+            timeout_ms: default_http_timeout_ms(),
+        }
+    }
+}
+
+impl HttpPolicy {
+    /// The rules, parsed (validation has accepted them).
+    pub fn egress(&self) -> crate::egress::Egress {
+        crate::egress::Egress::parse(&self.allowed_hosts, &self.allow_addresses).unwrap_or_default()
+    }
 }
 
 /// `[tenants.<name>.inference]`: glob allowlists (`*`, `?`, `[…]`).
@@ -325,6 +375,7 @@ impl Default for TenantPolicy {
             max_in_flight: default_max_in_flight(),
             inference: InferencePolicy::default(),
             docker: DockerPolicy::default(),
+            http: HttpPolicy::default(),
         }
     }
 }
@@ -378,6 +429,16 @@ impl TenantPolicy {
         }
         if let Err((key, problem)) = self.docker.validate() {
             return Err(invalid(key, problem));
+        }
+        if let Err((key, problem)) = crate::egress::Egress::parse(&self.http.allowed_hosts, &self.http.allow_addresses)
+        {
+            return Err(invalid(key, problem));
+        }
+        if self.http.max_response_bytes == 0 || !(1..=3_600_000).contains(&self.http.timeout_ms) {
+            return Err(invalid(
+                "http.timeout_ms",
+                "http.max_response_bytes must be at least 1 and http.timeout_ms between 1 and 3600000".into(),
+            ));
         }
         Ok(())
     }
@@ -514,6 +575,43 @@ mod tests {
         );
         let err = Policy::from_toml("[tenants.acme]\ninference.models = [\"[oops\"]\n", "p").unwrap_err();
         assert!(err.to_string().contains("tenants.acme.inference.models"), "{err}");
+    }
+
+    #[test]
+    fn http_grants_are_host_patterns_and_named_addresses() {
+        let policy = Policy::from_toml(
+            r#"
+            [tenants.fetcher]
+            capabilities = ["http"]
+            http.allowed_hosts = ["https://*.example.com", "http://127.0.0.1:8080"]
+            http.allow_addresses = ["127.0.0.1"]
+            http.max_response_bytes = 1024
+            "#,
+            "p",
+        )
+        .unwrap();
+        let http = &policy.tenant("fetcher").1.http;
+        assert_eq!((http.max_response_bytes, http.timeout_ms), (1024, 30_000));
+        let egress = http.egress();
+        assert!(egress.allows_host(crate::egress::Scheme::Http, "127.0.0.1", 8080));
+        assert!(egress.check_address("127.0.0.1".parse().unwrap()).is_ok());
+        let default = policy.tenant("nobody").1.http.egress();
+        assert!(
+            !default.allows_host(crate::egress::Scheme::Https, "a.example.com", 443),
+            "deny by default"
+        );
+        for (line, key) in [
+            ("http.allowed_hosts = [\"example.com\"]", "tenants.t.http.allowed_hosts"),
+            (
+                "http.allow_addresses = [\"not-an-ip\"]",
+                "tenants.t.http.allow_addresses",
+            ),
+        ] {
+            let err = Policy::from_toml(&format!("[tenants.t]\n{line}\n"), "p")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 
     #[test]
