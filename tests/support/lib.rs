@@ -14,6 +14,7 @@
 
 mod cgroup;
 mod engine;
+mod http_server;
 mod nexus;
 mod podman;
 mod receiver;
@@ -23,6 +24,7 @@ mod worker;
 
 pub use cgroup::TestCgroups;
 pub use engine::{LlmEngine, Misbehaviour, misbehaving_engine, ollama_emulator};
+pub use http_server::serve_loopback;
 pub use nexus::FakeNexus;
 pub use podman::Podman;
 pub use receiver::{Answer, StatusReceiver};

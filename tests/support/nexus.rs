@@ -11,13 +11,11 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+
+use crate::serve_loopback;
 
 #[derive(Default)]
 struct State {
@@ -41,29 +39,15 @@ impl FakeNexus {
     /// Listen on a free loopback port; with `token`, every call must carry
     /// it as a bearer token (else `401`).
     pub async fn start(token: Option<&str>) -> FakeNexus {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the fake Nexus");
-        let addr = listener.local_addr().expect("fake Nexus address");
         let state = Arc::new(Mutex::new(State {
             token: token.map(String::from),
             ..State::default()
         }));
-        let task = tokio::spawn({
+        let (addr, task) = serve_loopback({
             let state = Arc::clone(&state);
-            async move {
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let state = Arc::clone(&state);
-                    tokio::spawn(async move {
-                        let service = service_fn(move |request| answer(request, Arc::clone(&state)));
-                        let _ = http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-            }
-        });
+            move |request| answer(request, Arc::clone(&state))
+        })
+        .await;
         FakeNexus { addr, state, task }
     }
 

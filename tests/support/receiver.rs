@@ -8,12 +8,10 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+
+use crate::serve_loopback;
 
 /// How the receiver answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,29 +42,15 @@ pub struct StatusReceiver {
 impl StatusReceiver {
     /// Listen on a free loopback port, answering `answer`.
     pub async fn start(answer: Answer) -> StatusReceiver {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the receiver");
-        let addr = listener.local_addr().expect("receiver address");
         let state = Arc::new(Mutex::new(State {
             answer: Some(answer),
             ..State::default()
         }));
-        let task = tokio::spawn({
+        let (addr, task) = serve_loopback({
             let state = Arc::clone(&state);
-            async move {
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let state = Arc::clone(&state);
-                    tokio::spawn(async move {
-                        let service = service_fn(move |request| answer_request(request, Arc::clone(&state)));
-                        let _ = http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-            }
-        });
+            move |request| answer_request(request, Arc::clone(&state))
+        })
+        .await;
         StatusReceiver { addr, state, task }
     }
 

@@ -16,7 +16,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Failure;
-use super::work::{device_config_reader, drain_on_signal, run_workers};
+use super::work::{NodeOverrides, TelemetryOverrides, device_config_reader, drain_on_signal, run_workers};
 use crate::agent::{Agent, Source, follow_redis};
 use crate::config::Config;
 use crate::engine::Allocation;
@@ -76,21 +76,9 @@ struct AgentOverrides {
 }
 
 #[derive(Serialize)]
-struct NodeOverrides {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<String>,
-}
-
-#[derive(Serialize)]
 struct WorkerOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     concurrency: Option<u32>,
-}
-
-#[derive(Serialize)]
-struct TelemetryOverrides {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    status_addr: Option<SocketAddr>,
 }
 
 impl AgentArgs {

@@ -72,16 +72,18 @@ struct Overrides {
     telemetry: TelemetryOverrides,
 }
 
+/// `[telemetry]` keys set by flags (shared with `citadel agent`).
 #[derive(Serialize)]
-struct TelemetryOverrides {
+pub(super) struct TelemetryOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
-    status_addr: Option<SocketAddr>,
+    pub(super) status_addr: Option<SocketAddr>,
 }
 
+/// `[node]` keys set by flags (shared with `citadel agent`).
 #[derive(Serialize)]
-struct NodeOverrides {
+pub(super) struct NodeOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<String>,
+    pub(super) id: Option<String>,
 }
 
 #[derive(Serialize)]
