@@ -63,8 +63,9 @@ pub struct JobCheck {
 pub struct EventPublisher {
     conn: ConnectionManager,
     committer: Committer,
-    /// Shared by the publisher's clones: a rename reaches them all.
-    meta: Arc<RwLock<NodeMeta>>,
+    /// Shared by the publisher's clones: a rename reaches them all. Events
+    /// take the `Arc` (no string copies per chunk).
+    meta: Arc<RwLock<Arc<NodeMeta>>>,
     replay: Option<ReplayConfig>,
     status_ttl: Duration,
     start_script: redis::Script,
@@ -83,7 +84,7 @@ impl EventPublisher {
         EventPublisher {
             conn,
             committer,
-            meta: Arc::new(RwLock::new(meta)),
+            meta: Arc::new(RwLock::new(Arc::new(meta))),
             replay,
             status_ttl,
             start_script: redis::Script::new(START_SCRIPT),
@@ -93,12 +94,16 @@ impl EventPublisher {
     /// Stamp events with this display name from now on (device
     /// configuration renamed the node).
     pub fn rename(&self, node_name: &str) {
-        self.meta.write().expect("node meta poisoned").node_name = node_name.to_string();
+        let mut meta = self.meta.write().expect("node meta poisoned");
+        *meta = Arc::new(NodeMeta {
+            node_id: meta.node_id.clone(),
+            node_name: node_name.to_string(),
+        });
     }
 
     /// The node as events name it now.
-    pub fn meta(&self) -> NodeMeta {
-        self.meta.read().expect("node meta poisoned").clone()
+    pub fn meta(&self) -> Arc<NodeMeta> {
+        Arc::clone(&self.meta.read().expect("node meta poisoned"))
     }
 
     /// Add one event (and its replay copy, when enabled) to `batch`.
