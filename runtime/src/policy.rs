@@ -15,6 +15,12 @@ use serde::Deserialize;
 
 use crate::capability::{Capabilities, Capability};
 
+mod docker;
+mod http;
+
+pub use docker::{DockerAction, DockerPolicy};
+pub use http::HttpPolicy;
+
 /// The tenant whose policy applies to tenants a policy does not name.
 pub const DEFAULT_TENANT: &str = "default";
 
@@ -99,53 +105,6 @@ pub struct TenantPolicy {
     pub http: HttpPolicy,
 }
 
-/// `[tenants.<name>.http]`: outbound HTTP (see `egress.rs`). Deny by
-/// default: no host is allowed until `allowed_hosts` names it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpPolicy {
-    /// `scheme://host[:port]` patterns (`https://*.example.com`,
-    /// `http://10.0.0.5:8080`, `https://api.test:*`); none by default.
-    #[serde(default)]
-    pub allowed_hosts: Vec<String>,
-    /// Loopback, private, link-local … addresses (or CIDR ranges) requests
-    /// may reach after all; none by default.
-    #[serde(default)]
-    pub allow_addresses: Vec<String>,
-    /// Largest response body, bytes.
-    #[serde(default = "default_max_response_bytes")]
-    pub max_response_bytes: u64,
-    /// Longest wait to connect, for the first byte, and between bytes, ms.
-    #[serde(default = "default_http_timeout_ms")]
-    pub timeout_ms: u64,
-}
-
-fn default_max_response_bytes() -> u64 {
-    64 << 20
-}
-
-fn default_http_timeout_ms() -> u64 {
-    30_000
-}
-
-impl Default for HttpPolicy {
-    fn default() -> Self {
-        HttpPolicy {
-            allowed_hosts: Vec::new(),
-            allow_addresses: Vec::new(),
-            max_response_bytes: default_max_response_bytes(),
-            timeout_ms: default_http_timeout_ms(),
-        }
-    }
-}
-
-impl HttpPolicy {
-    /// The rules, parsed (validation has accepted them).
-    pub fn egress(&self) -> crate::egress::Egress {
-        crate::egress::Egress::parse(&self.allowed_hosts, &self.allow_addresses).unwrap_or_default()
-    }
-}
-
 /// `[tenants.<name>.inference]`: glob allowlists (`*`, `?`, `[…]`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -180,155 +139,6 @@ impl InferencePolicy {
     /// Whether `model` is allowed.
     pub fn allows_model(&self, model: &str) -> bool {
         matches_any(&self.models, model)
-    }
-}
-
-/// `[tenants.<name>.docker]`: which of the node's containers capability
-/// `docker` reaches and what it may do with them. Deny by default: no
-/// container and only the read-only actions.
-///
-/// A container is the tenant's when its name matches one of `containers`
-/// (globs: `*`, `?`, `[…]`) **or** it carries one of `labels` (`key=value`,
-/// or a bare `key` for any value).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DockerPolicy {
-    /// Container names (globs) the tenant may see and act on; none by default.
-    #[serde(default)]
-    pub containers: Vec<String>,
-    /// Labels (`key=value` or `key`) whose containers the tenant may see and
-    /// act on; none by default.
-    #[serde(default)]
-    pub labels: Vec<String>,
-    /// What the tenant may do: `list`, `inspect`, `logs`, `start`, `stop`,
-    /// `restart`; default the read-only `["list", "inspect", "logs"]`.
-    #[serde(default = "read_only_actions")]
-    pub actions: Vec<String>,
-}
-
-fn read_only_actions() -> Vec<String> {
-    [DockerAction::List, DockerAction::Inspect, DockerAction::Logs]
-        .iter()
-        .map(|action| action.name().to_string())
-        .collect()
-}
-
-impl Default for DockerPolicy {
-    fn default() -> Self {
-        DockerPolicy {
-            containers: Vec::new(),
-            labels: Vec::new(),
-            actions: read_only_actions(),
-        }
-    }
-}
-
-/// One thing capability `docker` can do (`docker.actions`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DockerAction {
-    /// `list-containers`.
-    List,
-    /// `inspect`.
-    Inspect,
-    /// `logs`.
-    Logs,
-    /// `start`.
-    Start,
-    /// `stop`.
-    Stop,
-    /// `restart`.
-    Restart,
-}
-
-impl DockerAction {
-    /// Every action.
-    pub const ALL: [DockerAction; 6] = [
-        DockerAction::List,
-        DockerAction::Inspect,
-        DockerAction::Logs,
-        DockerAction::Start,
-        DockerAction::Stop,
-        DockerAction::Restart,
-    ];
-
-    /// Its name in `docker.actions`.
-    pub fn name(self) -> &'static str {
-        match self {
-            DockerAction::List => "list",
-            DockerAction::Inspect => "inspect",
-            DockerAction::Logs => "logs",
-            DockerAction::Start => "start",
-            DockerAction::Stop => "stop",
-            DockerAction::Restart => "restart",
-        }
-    }
-
-    /// Whether it changes a container (and is logged as such).
-    pub fn mutates(self) -> bool {
-        matches!(self, DockerAction::Start | DockerAction::Stop | DockerAction::Restart)
-    }
-}
-
-impl std::fmt::Display for DockerAction {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl DockerPolicy {
-    /// Whether `action` is granted.
-    pub fn allows_action(&self, action: DockerAction) -> bool {
-        self.actions.iter().any(|granted| granted == action.name())
-    }
-
-    /// Whether `name` matches `containers` (the name alone decides).
-    pub fn allows_name(&self, name: &str) -> bool {
-        matches_any(&self.containers, name)
-    }
-
-    /// Whether a container with `labels` carries one of `labels`.
-    pub fn allows_labels(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.labels.iter().any(|wanted| match wanted.split_once('=') {
-            Some((key, value)) => labels.get(key).is_some_and(|actual| actual == value),
-            None => labels.contains_key(wanted),
-        })
-    }
-
-    /// Whether the container `name` with `labels` is the tenant's.
-    pub fn allows_container(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
-        self.allows_name(name) || self.allows_labels(labels)
-    }
-
-    fn validate(&self) -> Result<(), (&'static str, String)> {
-        for pattern in &self.containers {
-            if let Err(err) = glob::Pattern::new(pattern) {
-                return Err((
-                    "docker.containers",
-                    format!("{pattern:?} is not a valid pattern: {err}"),
-                ));
-            }
-        }
-        if let Some(label) = self.labels.iter().find(|label| {
-            label
-                .split_once('=')
-                .map_or(label.as_str(), |(key, _)| key)
-                .trim()
-                .is_empty()
-        }) {
-            return Err(("docker.labels", format!("{label:?} is not `key=value` or `key`")));
-        }
-        if let Some(unknown) = self
-            .actions
-            .iter()
-            .find(|action| !DockerAction::ALL.iter().any(|known| known.name() == action.as_str()))
-        {
-            let known: Vec<&str> = DockerAction::ALL.iter().map(|action| action.name()).collect();
-            return Err((
-                "docker.actions",
-                format!("has unknown action {unknown:?} (known: {})", known.join(", ")),
-            ));
-        }
-        Ok(())
     }
 }
 

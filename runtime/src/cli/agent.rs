@@ -16,13 +16,13 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Failure;
-use super::work::{NodeOverrides, TelemetryOverrides, device_config_reader, drain_on_signal, run_workers};
+use super::work::{
+    NodeOverrides, TelemetryOverrides, device_config_reader, drain_on_signal, executor_and_handlers, run_workers,
+};
 use crate::agent::{Agent, Source, follow_redis};
 use crate::config::Config;
-use crate::engine::Allocation;
-use crate::executor::Executor;
 use crate::node::NodeServices;
-use crate::worker::{HandlerTable, Worker};
+use crate::worker::Worker;
 
 /// Arguments of `citadel agent` (each overrides its config key).
 #[derive(Debug, Args)]
@@ -106,9 +106,7 @@ impl AgentArgs {
 }
 
 pub(super) async fn agent(config: &Config) -> Result<(), Failure> {
-    let executor = Executor::from_config(config, Allocation::Pooling).map_err(Failure::input)?;
-    let handlers =
-        HandlerTable::load(executor.components(), &config.handlers_with_defaults()).map_err(Failure::input)?;
+    let (executor, handlers) = executor_and_handlers(config)?;
     if handlers.is_empty() {
         return Err(Failure::input(
             "no handlers: give --handler TYPE=FILE.wasm or a [handlers] table in the config",

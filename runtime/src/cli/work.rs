@@ -119,9 +119,7 @@ impl WorkArgs {
 }
 
 pub(super) async fn work(config: &Config) -> Result<(), Failure> {
-    let executor = Executor::from_config(config, Allocation::Pooling).map_err(Failure::input)?;
-    let handlers =
-        HandlerTable::load(executor.components(), &config.handlers_with_defaults()).map_err(Failure::input)?;
+    let (executor, handlers) = executor_and_handlers(config)?;
     let engines = Arc::clone(executor.engines());
     let worker = Worker::new(Arc::new(executor), handlers, config).map_err(Failure::input)?;
     let stop = CancellationToken::new();
@@ -134,6 +132,15 @@ pub(super) async fn work(config: &Config) -> Result<(), Failure> {
     let outcome = run_workers(&worker, reader.as_ref(), &stop).await;
     node.stop().await;
     outcome.map_err(|err| Failure::job(format!("worker failed: {err}")))
+}
+
+/// The node's executor and its handlers, every component loaded (a bad
+/// one stops the node before it takes a job).
+pub(super) fn executor_and_handlers(config: &Config) -> Result<(Executor, HandlerTable), Failure> {
+    let executor = Executor::from_config(config, Allocation::Pooling).map_err(Failure::input)?;
+    let handlers =
+        HandlerTable::load(executor.components(), &config.handlers_with_defaults()).map_err(Failure::input)?;
+    Ok((executor, handlers))
 }
 
 /// On SIGTERM/SIGINT fire `stop` (drain); on a second, kill the services
