@@ -13,7 +13,10 @@ wasmtime::component::bindgen!({
     path: "../wit",
     imports: { default: async | trappable },
     exports: { default: async },
-    with: { "citadel:handler/inference.completion": crate::capabilities::inference::ActiveCompletion },
+    with: {
+        "citadel:handler/inference.completion": crate::capabilities::inference::ActiveCompletion,
+        "citadel:handler/models.download": crate::capabilities::models::ActiveDownload,
+    },
 });
 
 pub use Job as JobRecord;

@@ -24,18 +24,21 @@ pub enum Capability {
     Docker,
     /// `wasi:http`: outbound HTTP to allowed hosts.
     Http,
+    /// `citadel:handler/models`: the node's size-capped models directory.
+    Models,
     /// `citadel:handler/node`: the node's own configuration.
     Node,
 }
 
 impl Capability {
     /// Every capability, in declaration order.
-    pub const ALL: [Capability; 6] = [
+    pub const ALL: [Capability; 7] = [
         Capability::Log,
         Capability::Stream,
         Capability::Inference,
         Capability::Docker,
         Capability::Http,
+        Capability::Models,
         Capability::Node,
     ];
 
@@ -47,6 +50,7 @@ impl Capability {
             Capability::Inference => "inference",
             Capability::Docker => "docker",
             Capability::Http => "http",
+            Capability::Models => "models",
             Capability::Node => "node",
         }
     }

@@ -23,6 +23,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::bindings::{HandlerError, HandlerPre, JobRecord};
 use crate::capabilities::docker::DockerAccess;
+use crate::capabilities::http::{HttpAccess, JobHttp};
 use crate::capabilities::{self, PROVIDED};
 use crate::capability::Capabilities;
 use crate::capture::Captured;
@@ -34,6 +35,7 @@ use crate::inference::Engines;
 use crate::job::{Chunk, HandlerErrorKind, JobError, JobReport, JobSpec, Refusal};
 use crate::joblog::{JobLog, Source};
 use crate::limits::{JobLimits, StoreLimiter};
+use crate::models::ModelStore;
 use crate::output::{OutputBudget, OutputLimitExceeded, StreamState};
 use crate::policy::Policy;
 use crate::state::JobState;
@@ -95,6 +97,8 @@ pub struct Executor {
     policy: Policy,
     engines: Arc<Engines>,
     docker: Arc<DockerAccess>,
+    http: Arc<HttpAccess>,
+    models: Option<Arc<ModelStore>>,
     prepared: Mutex<HashMap<(Digest, Capabilities), HandlerPre<JobState>>>,
 }
 
@@ -106,6 +110,8 @@ impl Executor {
             policy,
             engines: Arc::default(),
             docker: Arc::default(),
+            http: Arc::default(),
+            models: None,
             prepared: Mutex::default(),
         }
     }
@@ -128,13 +134,20 @@ impl Executor {
         self
     }
 
+    /// The same executor, giving capability `models` this directory (by
+    /// default the node has none: `begin` fails with `io`).
+    pub fn with_models(mut self, models: Arc<ModelStore>) -> Executor {
+        self.models = Some(models);
+        self
+    }
+
     /// The node's Docker API, as capability `docker` reaches it.
     pub fn docker(&self) -> &Arc<DockerAccess> {
         &self.docker
     }
 
-    /// Build the engine, component store, policy, inference engines and
-    /// Docker API client `config` describes.
+    /// Build the engine, component store, policy, inference engines,
+    /// Docker API client and models directory `config` describes.
     pub fn from_config(config: &Config, allocation: Allocation) -> Result<Executor, SetupError> {
         let policy = config.load_policy()?;
         let engine =
@@ -146,9 +159,11 @@ impl Executor {
         })?;
         let engines = Engines::from_config(&config.engines).map_err(SetupError::Engines)?;
         let docker = DockerAccess::from_config(&config.docker).map_err(|err| SetupError::Docker(err.to_string()))?;
+        let models = ModelStore::new(config.models_dir(), config.models.max_bytes());
         Ok(Executor::new(Arc::new(components), policy)
             .with_engines(Arc::new(engines))
-            .with_docker(Arc::new(docker)))
+            .with_docker(Arc::new(docker))
+            .with_models(Arc::new(models)))
     }
 
     /// The component store.
@@ -271,8 +286,10 @@ impl Executor {
             .allow_tcp(false)
             .allow_udp(false)
             .build();
+        let job_id: Arc<str> = Arc::from(job.id.as_str());
+        let http = JobHttp::new(Arc::clone(&job_id), &grant, log.clone(), Arc::clone(&self.http));
         let state = JobState::new(
-            Arc::from(job.id.as_str()),
+            job_id,
             grant,
             StoreLimiter::new(limits.memory_bytes),
             log.clone(),
@@ -280,7 +297,9 @@ impl Executor {
             StreamState::new(chunks, limits.max_chunk_bytes, limits.max_chunks_per_second),
             Arc::clone(&self.engines),
             Arc::clone(&self.docker),
+            self.models.clone(),
             wasi,
+            http,
         );
         let mut store = Store::new(self.components.engine().engine(), state);
         store.limiter(|state| &mut state.limiter);

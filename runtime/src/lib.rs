@@ -38,6 +38,7 @@ pub mod inference;
 pub mod job;
 pub mod joblog;
 pub mod limits;
+pub mod models;
 pub mod node;
 pub mod output;
 pub mod policy;

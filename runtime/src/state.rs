@@ -6,12 +6,15 @@ use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
 use crate::capabilities::docker::DockerAccess;
+use crate::capabilities::http::JobHttp;
 use crate::grant::Grant;
 use crate::inference::Engines;
 use crate::joblog::JobLog;
 use crate::limits::StoreLimiter;
+use crate::models::ModelStore;
 use crate::output::{OutputBudget, StreamState};
 
 /// One job's host-side state.
@@ -32,9 +35,12 @@ pub struct JobState {
     pub(crate) engines: Arc<Engines>,
     /// The node's Docker Engine API.
     pub(crate) docker: Arc<DockerAccess>,
+    /// The node's models directory, if it has one.
+    pub(crate) models: Option<Arc<ModelStore>>,
     /// Resources handed to the guest (WASI's and citadel's).
     pub(crate) table: ResourceTable,
     wasi: WasiCtx,
+    http: JobHttp,
 }
 
 impl JobState {
@@ -49,7 +55,9 @@ impl JobState {
         stream: StreamState,
         engines: Arc<Engines>,
         docker: Arc<DockerAccess>,
+        models: Option<Arc<ModelStore>>,
         wasi: WasiCtx,
+        http: JobHttp,
     ) -> JobState {
         JobState {
             job_id,
@@ -60,7 +68,9 @@ impl JobState {
             stream,
             engines,
             docker,
+            models,
             wasi,
+            http,
             table: ResourceTable::new(),
         }
     }
@@ -71,6 +81,16 @@ impl WasiView for JobState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for JobState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http.ctx,
+            table: &mut self.table,
+            hooks: &mut self.http.hooks,
         }
     }
 }

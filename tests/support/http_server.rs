@@ -4,8 +4,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -14,10 +12,13 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 /// Serve `answer` on a free loopback port until the returned task is aborted.
-pub async fn serve_loopback<F, Fut>(answer: F) -> (SocketAddr, JoinHandle<()>)
+pub async fn serve_loopback<F, Fut, B>(answer: F) -> (SocketAddr, JoinHandle<()>)
 where
     F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+    Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
     let addr = listener.local_addr().expect("local address");

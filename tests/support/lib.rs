@@ -14,6 +14,7 @@
 
 mod cgroup;
 mod engine;
+mod files;
 mod http_server;
 mod nexus;
 mod podman;
@@ -24,6 +25,7 @@ mod worker;
 
 pub use cgroup::TestCgroups;
 pub use engine::{LlmEngine, Misbehaviour, misbehaving_engine, ollama_emulator};
+pub use files::{FileServer, Seen};
 pub use http_server::serve_loopback;
 pub use nexus::FakeNexus;
 pub use podman::Podman;

@@ -20,5 +20,8 @@ pub mod bindings {
     });
 }
 
-pub use bindings::citadel::handler::{docker, inference, log, stream};
+pub use bindings::citadel::handler::{docker, inference, log, models, stream};
 pub use bindings::{Guest, HandlerError, Job, export_handler};
+
+#[cfg(feature = "http")]
+pub mod http;

@@ -9,8 +9,10 @@
 //! [`linker`].
 
 pub mod docker;
+pub mod http;
 pub(crate) mod inference;
 mod log;
+pub(crate) mod models;
 mod stream;
 
 use wasmtime::Engine;
@@ -25,7 +27,9 @@ pub const PROVIDED: Capabilities = Capabilities::NONE
     .with(Capability::Log)
     .with(Capability::Stream)
     .with(Capability::Inference)
-    .with(Capability::Docker);
+    .with(Capability::Docker)
+    .with(Capability::Http)
+    .with(Capability::Models);
 
 /// A linker offering the WASI base plus the granted capabilities.
 pub(crate) fn linker(engine: &Engine, granted: Capabilities) -> wasmtime::Result<Linker<JobState>> {
@@ -43,6 +47,12 @@ pub(crate) fn linker(engine: &Engine, granted: Capabilities) -> wasmtime::Result
     }
     if granted.contains(Capability::Docker) {
         handler::docker::add_to_linker::<_, HasSelf<JobState>>(&mut linker, |state| state)?;
+    }
+    if granted.contains(Capability::Models) {
+        handler::models::add_to_linker::<_, HasSelf<JobState>>(&mut linker, |state| state)?;
+    }
+    if granted.contains(Capability::Http) {
+        http::add_to_linker(&mut linker)?;
     }
     Ok(linker)
 }

@@ -19,6 +19,7 @@ mod agent;
 mod device;
 mod docker;
 mod engines;
+mod models;
 mod services;
 mod telemetry;
 
@@ -26,6 +27,7 @@ pub use agent::AgentConfig;
 pub use device::{DeviceConfig, DeviceStore};
 pub use docker::DockerConfig;
 pub use engines::EngineSettings;
+pub use models::ModelsConfig;
 pub use services::{Limits, RestartPolicy, ServiceSettings};
 pub use telemetry::TelemetryConfig;
 
@@ -82,6 +84,8 @@ pub struct Config {
     pub docker: DockerConfig,
     /// The Nexus polling agent (`citadel agent`).
     pub agent: AgentConfig,
+    /// The models directory capability `models` writes (`[models]`).
+    pub models: ModelsConfig,
     /// The device configuration applied by the control plane, laid over
     /// this file at start (not a TOML key: see `config/device.rs`).
     #[serde(skip)]
@@ -94,6 +98,9 @@ pub struct Config {
 
 /// The job type Citadel sends to inference handlers.
 pub const LLM_INFERENCE: &str = "llm_inference";
+
+/// The job type that stores a model file in the node's models directory.
+pub const MODEL_DOWNLOAD: &str = "model_download";
 
 /// Who this node is.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -376,6 +383,7 @@ impl Config {
         services::validate(&self.services)?;
         self.docker.validate()?;
         self.agent.validate()?;
+        self.models.validate()?;
         if let Some(slice) = &self.node.cgroup_slice
             && (slice.is_empty() || slice.split('/').any(|part| !valid_node_id(part)))
         {
@@ -408,17 +416,24 @@ impl Config {
         if id.is_empty() { "citadel-node".into() } else { id }
     }
 
-    /// The handlers to load: `[handlers]`, plus the built-in `llm-chat` for
-    /// `llm_inference` when engines are configured and no handler is named
-    /// for it (and the component is in `guests_dir`).
+    /// The handlers to load: `[handlers]`, plus the built-in ones found in
+    /// `guests_dir` for job types `[handlers]` does not name:
+    /// `model-download` for `model_download`, and `llm-chat` for
+    /// `llm_inference` when engines are configured.
     pub fn handlers_with_defaults(&self) -> BTreeMap<String, PathBuf> {
         let mut handlers = self.handlers.clone();
+        let dir = self.guests_dir.clone().or_else(|| {
+            let exe = std::env::current_exe().ok()?;
+            Some(exe.parent()?.parent()?.join("guests"))
+        });
+        let built_in = |file: &str| dir.as_ref().map(|dir| dir.join(file));
+        if !handlers.contains_key(MODEL_DOWNLOAD)
+            && let Some(component) = built_in("model-download.wasm").filter(|path| path.is_file())
+        {
+            handlers.insert(MODEL_DOWNLOAD.into(), component);
+        }
         if !self.engines.is_empty() && !handlers.contains_key(LLM_INFERENCE) {
-            let dir = self.guests_dir.clone().or_else(|| {
-                let exe = std::env::current_exe().ok()?;
-                Some(exe.parent()?.parent()?.join("guests"))
-            });
-            match dir.map(|dir| dir.join("llm-chat.wasm")) {
+            match built_in("llm-chat.wasm") {
                 Some(component) if component.is_file() => {
                     handlers.insert(LLM_INFERENCE.into(), component);
                 }
@@ -429,6 +444,14 @@ impl Config {
             }
         }
         handlers
+    }
+
+    /// The models directory: `models.dir`, else `<state_dir>/models`.
+    pub fn models_dir(&self) -> PathBuf {
+        self.models
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir().join("models"))
     }
 
     /// The node's display name: `node.name`, else its id.
@@ -583,6 +606,13 @@ mod tests {
             config.handlers_with_defaults()[LLM_INFERENCE],
             PathBuf::from("mine.wasm"),
             "a named handler wins"
+        );
+        assert!(!config.handlers_with_defaults().contains_key(MODEL_DOWNLOAD));
+        std::fs::write(dir.path().join("model-download.wasm"), b"").unwrap();
+        assert_eq!(
+            config.handlers_with_defaults()[MODEL_DOWNLOAD],
+            dir.path().join("model-download.wasm"),
+            "model_download is built in whenever its component is there"
         );
     }
 
