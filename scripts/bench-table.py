@@ -35,6 +35,14 @@ CRITERION = {
         ("shell_join", "`sh -c 'echo $$ > cgroup.procs…; exec true'`"),
         ("citadel_launcher", "`citadel service-exec --join … -- true` (what the node runs)"),
     ]),
+    "model_download_16mib": ("native", [
+        ("native", "native: reqwest GET + SHA-256 + write + fsync + rename"),
+        ("citadel", "citadel: a `model_download` job (wasi:http, capability `models`, progress chunks)"),
+    ]),
+    "http_get_1kib": ("native", [
+        ("native", "native: reqwest GET on a fresh connection"),
+        ("citadel", "citadel: an `http-fetch` job (instantiate, egress checks, connect, GET)"),
+    ]),
     "gpu_sample": ("nvidia_smi", [
         ("nvml", "every GPU through NVML"),
         ("nvidia_smi", "`nvidia-smi --query-gpu` once"),
