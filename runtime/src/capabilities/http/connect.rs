@@ -103,7 +103,7 @@ pub(super) async fn open(
         if let Err(why) = egress.check_address(address.ip()) {
             let reason = match destination.literal() {
                 Some(_) => why,
-                None => format!("{} resolves to {why}", destination.host),
+                None => format!("{} resolves to {}; {why}", destination.host, address.ip()),
             };
             return Err(job.refuse(&shown, &reason, HttpError::DestinationIpProhibited));
         }
