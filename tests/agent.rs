@@ -67,11 +67,24 @@ async fn the_agent_polls_runs_and_reports() {
     assert_eq!(reports[2].0, "n-unknown");
     assert_eq!(
         reports[2].1,
-        json!({"status": "FAILURE", "error": "unsupported job type `transcode`; this node handles echo, trap"})
+        json!({"status": "FAILURE", "error": "unsupported job type `transcode`; this node handles echo, model_download, trap"})
     );
     assert_eq!(nexus.unauthorized(), 0, "every call carried the token");
     let status = node_status(&node.status_url()).await.unwrap();
     assert_eq!(status["node"]["mode"], "nexus");
+    // The jobs the agent ran are in status `worker{}` (the unsupported
+    // type never ran).
+    let worker = eventually_some(SETTLE, "the agent's jobs in status", || async {
+        let status = node_status(&node.status_url()).await?;
+        (status["worker"]["processed"] == 2).then(|| status["worker"].clone())
+    })
+    .await;
+    assert_eq!(
+        (worker["failed"].as_u64(), worker["in_flight"].as_u64()),
+        (Some(1), Some(0)),
+        "{worker}"
+    );
+    assert!(worker["last_job_consumed_at"].is_string(), "{worker}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,10 +16,11 @@
 //! while Redis is down.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
+use citadel_collector::status::WorkerStatus;
 use citadel_transports::backoff::{Backoff, RetryError, retry, worth_logging};
 use citadel_transports::nexus::{NexusClient, NexusJob, Outcome};
 use serde::{Deserialize, Serialize};
@@ -32,8 +33,9 @@ use crate::config::Config;
 use crate::executor::Executor;
 use crate::job::{JobError, JobSpec};
 use crate::node::Telemetry;
+use crate::node::telemetry::JobCounts;
 use crate::policy::DEFAULT_TENANT;
-use crate::worker::{Handler, HandlerTable, Worker};
+use crate::worker::{Handler, HandlerTable, JobInfo, JobObserver, Worker};
 
 /// Where the node takes jobs from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,13 +87,38 @@ pub enum AgentError {
     },
 }
 
-/// Counters.
+/// Counters, also shown in status `worker{}` (added to the Redis
+/// worker's in adaptive mode).
 #[derive(Debug, Default)]
 pub struct AgentStats {
     /// Jobs taken from the API.
     pub taken: AtomicU64,
     /// Outcomes the API has taken.
     pub reported: AtomicU64,
+    /// Jobs running now.
+    pub in_flight: AtomicU64,
+    /// Jobs that ended (with a result or an error).
+    pub processed: AtomicU64,
+    /// Jobs that ended with an error.
+    pub failed: AtomicU64,
+    /// When the last job was taken.
+    pub last_taken_at: Mutex<Option<SystemTime>>,
+}
+
+impl JobCounts for AgentStats {
+    fn counts(&self) -> WorkerStatus {
+        WorkerStatus {
+            consuming: true,
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            processed: self.processed.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            last_job_consumed_at: self
+                .last_taken_at
+                .lock()
+                .expect("stats poisoned")
+                .map(citadel_transports::wire::timestamp),
+        }
+    }
 }
 
 /// Outcomes not yet taken by the API, one file per job in
@@ -163,6 +190,7 @@ pub struct Agent {
     stats: Arc<AgentStats>,
     source: watch::Receiver<Source>,
     wake: Arc<Notify>,
+    observer: Option<Arc<dyn JobObserver>>,
 }
 
 impl Agent {
@@ -189,12 +217,22 @@ impl Agent {
             stats: Arc::default(),
             source: watch::channel(Source::Nexus).1,
             wake: Arc::default(),
+            observer: None,
         })
     }
 
     /// Poll only while `source` says `Nexus`, and when `wake` is notified.
     pub fn switched_by(self, source: watch::Receiver<Source>, wake: Arc<Notify>) -> Agent {
         Agent { source, wake, ..self }
+    }
+
+    /// Tell `observer` about every job's start and end (metrics, `/events`,
+    /// status triggers), as the Redis worker does.
+    pub fn observed_by(self, observer: Arc<dyn JobObserver>) -> Agent {
+        Agent {
+            observer: Some(observer),
+            ..self
+        }
     }
 
     /// Its counters.
@@ -250,6 +288,7 @@ impl Agent {
                     failures = 0;
                     waits.reset();
                     self.stats.taken.fetch_add(1, Ordering::Relaxed);
+                    *self.stats.last_taken_at.lock().expect("stats poisoned") = Some(SystemTime::now());
                     let agent = Arc::clone(&self);
                     let (stop, abort) = (stop.clone(), abort.clone());
                     tracker.spawn(async move {
@@ -321,6 +360,17 @@ impl Agent {
             attempt: 1,
             timeout: job.timeout_ms.map(Duration::from_millis),
         };
+        let tenant = spec.tenant.clone();
+        let info = JobInfo {
+            job_id: &job.id,
+            job_type: &job.job_type,
+            tenant: &tenant,
+        };
+        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        if let Some(observer) = &self.observer {
+            observer.started(&info);
+        }
+        let started = Instant::now();
         let outcome = match handler {
             Handler::Component(component) => {
                 let (sink, mut chunks) = mpsc::channel(CHUNK_BUFFER);
@@ -331,7 +381,23 @@ impl Agent {
             }
             Handler::Native(native) => native.run(spec).await,
         };
-        if abort.is_cancelled() && matches!(outcome, Err(JobError::Cancelled { .. })) {
+        let interrupted = abort.is_cancelled() && matches!(outcome, Err(JobError::Cancelled { .. }));
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let class = match (&outcome, interrupted) {
+            (_, true) => "interrupted",
+            (Ok(_), false) => "ok",
+            (Err(err), false) => err.class(),
+        };
+        if !interrupted {
+            self.stats.processed.fetch_add(1, Ordering::Relaxed);
+            if outcome.is_err() {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if let Some(observer) = &self.observer {
+            observer.finished(&info, class, started.elapsed());
+        }
+        if interrupted {
             tracing::warn!(job_id = %job.id, "interrupted by shutdown: not reported (the Nexus API decides when to hand it out again)");
             return;
         }

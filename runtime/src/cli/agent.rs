@@ -125,12 +125,13 @@ pub(super) async fn agent(config: &Config) -> Result<(), Failure> {
     let agent = Agent::new(executor, handlers, config)
         .map_err(Failure::input)?
         .switched_by(following, Arc::clone(&wake));
-    let agent = Arc::new(agent);
     let stop = CancellationToken::new();
     let services = drain_on_signal(&stop)?;
     let node = NodeServices::start(config, initial.name(), worker.as_ref(), engines)
         .await
         .map_err(Failure::input)?;
+    let agent = Arc::new(agent.observed_by(node.telemetry.job_feed()));
+    node.telemetry.count_jobs_of(agent.stats());
     let _ = services.set(Arc::clone(&node.supervisor));
     let Some(worker) = worker else {
         agent.run(stop).await;

@@ -69,7 +69,28 @@ pub struct Telemetry {
     pub(super) watches: Mutex<Vec<Watch>>,
     /// Services by who reports them (`inference`, `native`, `docker`).
     pub(super) services: Mutex<BTreeMap<&'static str, Vec<ServiceStatus>>>,
+    /// Job sources besides the Redis worker (the Nexus agent).
+    other_jobs: Mutex<Vec<Arc<dyn JobCounts>>>,
     latest: Mutex<Latest>,
+}
+
+/// Jobs a node takes from somewhere besides its Redis worker (the Nexus
+/// agent), added into status `worker{}`.
+pub trait JobCounts: Send + Sync {
+    /// The source's counters, in status form.
+    fn counts(&self) -> WorkerStatus;
+}
+
+/// `a` and `b` together: either consuming, counters added, the later
+/// `last_job_consumed_at` (RFC 3339 strings of one format sort by time).
+fn merged(a: WorkerStatus, b: WorkerStatus) -> WorkerStatus {
+    WorkerStatus {
+        consuming: a.consuming || b.consuming,
+        in_flight: a.in_flight + b.in_flight,
+        processed: a.processed + b.processed,
+        failed: a.failed + b.failed,
+        last_job_consumed_at: a.last_job_consumed_at.max(b.last_job_consumed_at),
+    }
 }
 
 impl Telemetry {
@@ -96,6 +117,7 @@ impl Telemetry {
             http: Mutex::new(http),
             watches: Mutex::default(),
             services: Mutex::default(),
+            other_jobs: Mutex::default(),
             latest: Mutex::default(),
         }
     }
@@ -103,6 +125,11 @@ impl Telemetry {
     /// The worker's job observer.
     pub fn job_feed(&self) -> Arc<JobFeed> {
         Arc::clone(&self.feed)
+    }
+
+    /// Count `source`'s jobs in status `worker{}` too.
+    pub fn count_jobs_of(&self, source: Arc<dyn JobCounts>) {
+        self.other_jobs.lock().expect("job sources poisoned").push(source);
     }
 
     /// Report where the node takes jobs from (`redis`, `nexus`); a change
@@ -343,7 +370,14 @@ impl Telemetry {
                 .flatten()
                 .cloned()
                 .collect(),
-            worker: worker.unwrap_or_default(),
+            worker: self
+                .other_jobs
+                .lock()
+                .expect("job sources poisoned")
+                .iter()
+                .fold(worker.unwrap_or_default(), |total, source| {
+                    merged(total, source.counts())
+                }),
             mode: self.mode.lock().expect("mode poisoned").clone(),
             errors: self
                 .probe_errors
