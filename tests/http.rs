@@ -215,6 +215,32 @@ async fn oversized_responses_end_in_a_body_size_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_holds_at_most_eight_connections() {
+    let server = FileServer::start().await;
+    server.file("/", "open");
+    server.stalled_file("/stalled", vec![b's'; 100_000]);
+    let executor = executor(&loopback(server.port()));
+    let hold = |count: usize| json!({"url": server.base(), "hold_open": count, "hold_url": format!("{}/stalled", server.base())});
+    let report = fetch(&executor, hold(7)).await;
+    assert_eq!(report.outcome.expect("eight at once")["held_open"], 7);
+    let report = fetch(&executor, hold(8)).await;
+    assert_eq!(class(&report), "unavailable");
+    assert!(
+        error_text(&report).contains("ConnectionLimitReached"),
+        "{}",
+        error_text(&report)
+    );
+    assert!(
+        node_log(&report).contains("already holds 8 connections"),
+        "{}",
+        node_log(&report)
+    );
+    // The connections of a finished job are gone: the next job has all eight.
+    let report = fetch(&executor, hold(7)).await;
+    assert_eq!(report.outcome.expect("eight again")["held_open"], 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_without_http_is_refused_before_the_handler_runs() {
     let executor = executor(&loopback(1));
     let (report, _) = run(

@@ -250,6 +250,13 @@ impl TenantPolicy {
                 "http.max_response_bytes must be at least 1 and http.timeout_ms between 1 and 3600000".into(),
             ));
         }
+        if self.capabilities.contains(&Capability::Http) && self.http.allowed_hosts.is_empty() {
+            tracing::warn!(
+                policy = origin,
+                tenant,
+                "capability http is granted but http.allowed_hosts is empty: every request will be refused"
+            );
+        }
         Ok(())
     }
 }

@@ -39,6 +39,7 @@ struct Files {
     files: HashMap<String, Bytes>,
     /// Served without `Content-Length`.
     streamed: HashMap<String, Bytes>,
+    stalled: HashMap<String, Bytes>,
     redirects: HashMap<String, String>,
     ignore_range: bool,
     cut_after: Option<(usize, Arc<Notify>)>,
@@ -94,6 +95,12 @@ impl FileServer {
             .insert(path.into(), location.into());
     }
 
+    /// Serve `content` at `path` with a `Content-Length`, but send only its
+    /// first half, then nothing more (a stalled transfer).
+    pub fn stalled_file(&self, path: &str, content: impl Into<Bytes>) {
+        self.state.lock().unwrap().stalled.insert(path.into(), content.into());
+    }
+
     /// Answer every request with the whole file, `Range` or not.
     pub fn ignore_range(&self) {
         self.state.lock().unwrap().ignore_range = true;
@@ -147,6 +154,14 @@ fn answer(state: &Mutex<Files>, request: &Request<hyper::body::Incoming>) -> Res
     });
     if let Some(location) = files.redirects.get(&path) {
         return full(302, &[("location", location.clone())], Bytes::new());
+    }
+    if let Some(content) = files.stalled.get(&path).cloned() {
+        let half = content.slice(..content.len() / 2);
+        let pieces = stream::iter([Ok(Frame::data(half))]).chain(stream::pending());
+        return Response::builder()
+            .header("content-length", content.len())
+            .body(StreamBody::new(pieces).boxed_unsync())
+            .unwrap();
     }
     if let Some(content) = files.streamed.get(&path).cloned() {
         let pieces: Vec<Result<Frame<Bytes>, std::io::Error>> = content

@@ -1,7 +1,9 @@
 //! `http-fetch`: one HTTP request through capability `http`.
 //!
 //! Payload `{"url", "method"?: "GET", "headers"?: {name: value}, "body"?:
-//! text, "max_redirects"?: 5, "max_body_bytes"?: 1048576}`. Redirects
+//! text, "max_redirects"?: 5, "max_body_bytes"?: 1048576, "hold_open"?: 0}`
+//! (`hold_open`: responses to `hold_url`, default `url`, kept open and
+//! unread before the real request). Redirects
 //! (301/302/303/307/308) are followed here, each hop a new request the node
 //! checks against the tenant's egress rules. Result `{"status", "url"
 //! (the last one asked), "redirects", "content_type", "bytes", "body"
@@ -15,7 +17,6 @@ use citadel_guest::{Guest, HandlerError, Job};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Fetch {
     url: String,
     #[serde(default = "get")]
@@ -28,6 +29,13 @@ struct Fetch {
     max_redirects: u32,
     #[serde(default = "one_mib")]
     max_body_bytes: usize,
+    /// Hold this many responses open before reading the last one (tests
+    /// the node's per-job connection cap).
+    #[serde(default)]
+    hold_open: usize,
+    /// Where the held requests go (default: `url`).
+    #[serde(default)]
+    hold_url: Option<String>,
 }
 
 fn get() -> String {
@@ -56,6 +64,14 @@ impl Guest for HttpFetch {
             .collect();
         let mut method = fetch.method.clone();
         let mut body = fetch.body.as_deref().map(str::as_bytes);
+        let hold_url = match &fetch.hold_url {
+            Some(hold_url) => Url::parse(hold_url).map_err(HandlerError::InvalidInput)?,
+            None => url.clone(),
+        };
+        let mut held = Vec::new();
+        for _ in 0..fetch.hold_open {
+            held.push(http::send("GET", &hold_url, &[], None).map_err(http::HttpFailure::into_handler_error)?);
+        }
         let mut redirects = 0;
         loop {
             let mut response =
@@ -86,6 +102,7 @@ impl Guest for HttpFetch {
                 "content_type": response.header("content-type"),
                 "bytes": bytes.len(),
                 "body": String::from_utf8_lossy(&bytes),
+                "held_open": held.len(),
             });
             return Ok(result.to_string());
         }

@@ -24,8 +24,9 @@ const MAX_REDIRECTS: u32 = 5;
 /// Progress interval when the size is unknown.
 const UNSIZED_STEP: u64 = 8 << 20;
 
+/// Other keys (`tenant`, `type`, `timeout_ms`, which the wire format
+/// allows in a payload) are ignored.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Request {
     url: String,
     sha256: String,
@@ -71,10 +72,12 @@ fn get_from(url: &str, offset: u64) -> Result<http::Response, HandlerError> {
     )))
 }
 
-/// Progress chunks: every 5 % of a known size, else every 8 MiB.
+/// Progress chunks: every 5 % of a known size, else every 8 MiB, and the
+/// end.
 struct Progress {
     total: Option<u64>,
-    reported: Option<u64>,
+    /// The step and byte count of the last chunk.
+    reported: Option<(u64, u64)>,
 }
 
 impl Progress {
@@ -87,14 +90,24 @@ impl Progress {
 
     fn update(&mut self, bytes: u64, last: bool) -> Result<(), HandlerError> {
         let step = self.step(bytes);
-        if self.reported == Some(step) && !last {
+        let unchanged = match self.reported {
+            Some((reported_step, reported_bytes)) => {
+                if last {
+                    reported_bytes == bytes
+                } else {
+                    reported_step == step
+                }
+            }
+            None => false,
+        };
+        if unchanged {
             return Ok(());
         }
-        self.reported = Some(step);
+        self.reported = Some((step, bytes));
         let percent = self
             .total
             .filter(|total| *total > 0)
-            .map(|total| (bytes as f64 * 100.0 / total as f64).min(100.0));
+            .map(|total| (bytes as f64 * 1000.0 / total as f64).round().min(1000.0) / 10.0);
         let chunk = serde_json::json!({"bytes": bytes, "total": self.total, "percent": percent});
         stream::emit(&chunk.to_string()).map_err(|err| HandlerError::Failed(format!("progress: {err:?}")))
     }

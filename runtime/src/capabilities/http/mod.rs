@@ -22,6 +22,8 @@ mod send;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
+
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpHooks};
 
@@ -33,6 +35,9 @@ use crate::state::JobState;
 
 /// Largest response header section a handler may receive, bytes.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Connections one job may hold open at once (each response whose body is
+/// not finished holds one): a handler cannot exhaust the node's sockets.
+pub const MAX_CONNECTIONS_PER_JOB: usize = 8;
 
 /// The node's side of capability `http`, shared by every job: the TLS
 /// client settings (the platform's trust store), built on first use.
@@ -102,6 +107,7 @@ impl JobHttp {
                     job_id,
                     tenant: grant.tenant().to_string(),
                     log,
+                    connections: Arc::new(Semaphore::new(MAX_CONNECTIONS_PER_JOB)),
                 }),
                 rules,
                 access,
@@ -116,6 +122,7 @@ struct JobContext {
     job_id: Arc<str>,
     tenant: String,
     log: JobLog,
+    connections: Arc<Semaphore>,
 }
 
 impl JobContext {

@@ -4,6 +4,7 @@
 
 use std::future::poll_fn;
 use std::pin::{Pin, pin};
+use std::sync::Arc;
 use std::task::{Poll, ready};
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody};
 
 use super::body::CappedBody;
 use super::connect::{self, Destination};
-use super::{HttpAccess, HttpRules, IoFuture, JobContext, MAX_HEADER_BYTES};
+use super::{HttpAccess, HttpRules, IoFuture, JobContext, MAX_CONNECTIONS_PER_JOB, MAX_HEADER_BYTES};
 
 /// Send `request` under `rules`, or refuse it.
 pub(super) async fn send(
@@ -35,6 +36,11 @@ pub(super) async fn send(
             HttpError::HttpRequestDenied,
         ));
     }
+    let connection_slot = Arc::clone(&job.connections).try_acquire_owned().map_err(|_| {
+        let reason =
+            format!("the job already holds {MAX_CONNECTIONS_PER_JOB} connections (finish or drop a response first)");
+        job.refuse(&destination.to_string(), &reason, HttpError::ConnectionLimitReached)
+    })?;
     // A handler's own timeouts can only shorten the tenant's.
     let timeout = |asked: Option<Duration>| asked.map_or(rules.timeout, |asked| asked.min(rules.timeout));
     let connect_timeout = timeout(options.and_then(|options| options.connect_timeout));
@@ -128,7 +134,9 @@ pub(super) async fn send(
                 None => Ok(()),
             }
         };
-        tokio::join!(drive, drain).0
+        let ended = tokio::join!(drive, drain).0;
+        drop(connection_slot);
+        ended
     });
     Ok((response, drive))
 }
