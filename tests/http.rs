@@ -50,6 +50,13 @@ fn error_text(report: &JobReport) -> String {
     }
 }
 
+/// The job failed with `class`, its error naming `code`.
+fn assert_failed(report: &JobReport, class_name: &str, code: &str) {
+    let text = error_text(report);
+    assert_eq!(class(report), class_name, "{text}");
+    assert!(text.contains(code), "expected {code}: {text}");
+}
+
 /// The node's own records in the job's log.
 fn node_log(report: &JobReport) -> String {
     report
@@ -94,12 +101,7 @@ async fn a_host_outside_allowed_hosts_is_refused_before_any_connection() {
     let executor = executor(&loopback(allowed.port()));
 
     let report = fetch(&executor, json!({"url": format!("{}/secret", other.base())})).await;
-    assert_eq!(class(&report), "denied");
-    assert!(
-        error_text(&report).contains("HttpRequestDenied"),
-        "{}",
-        error_text(&report)
-    );
+    assert_failed(&report, "denied", "HttpRequestDenied");
     assert!(
         node_log(&report).contains(&format!("http: request to http://127.0.0.1:{}", other.port()))
             && node_log(&report).contains("not in http.allowed_hosts"),
@@ -112,11 +114,7 @@ async fn a_host_outside_allowed_hosts_is_refused_before_any_connection() {
         json!({"url": format!("https://127.0.0.1:{}/", allowed.port())}),
     )
     .await;
-    assert!(
-        error_text(&report).contains("HttpRequestDenied"),
-        "{}",
-        error_text(&report)
-    );
+    assert_failed(&report, "denied", "HttpRequestDenied");
     assert!(other.seen().is_empty() && allowed.seen().is_empty());
 }
 
@@ -129,12 +127,7 @@ async fn a_redirect_to_a_denied_host_is_refused() {
     let executor = executor(&loopback(allowed.port()));
 
     let report = fetch(&executor, json!({"url": format!("{}/go", allowed.base())})).await;
-    assert_eq!(class(&report), "denied");
-    assert!(
-        error_text(&report).contains("HttpRequestDenied"),
-        "{}",
-        error_text(&report)
-    );
+    assert_failed(&report, "denied", "HttpRequestDenied");
     assert_eq!(allowed.seen().len(), 1);
     assert!(other.seen().is_empty());
 }
@@ -203,12 +196,7 @@ async fn oversized_responses_end_in_a_body_size_error() {
     assert!(node_log(&report).contains("more than http.max_response_bytes (1000)"));
 
     let report = fetch(&executor, json!({"url": format!("{}/streamed", server.base())})).await;
-    assert_eq!(class(&report), "failed");
-    assert!(
-        error_text(&report).contains("HttpResponseBodySize"),
-        "{}",
-        error_text(&report)
-    );
+    assert_failed(&report, "failed", "HttpResponseBodySize");
 
     let report = fetch(&executor, json!({"url": format!("{}/fits", server.base())})).await;
     assert_eq!(report.outcome.expect("at the cap")["bytes"], 1000);
@@ -224,12 +212,7 @@ async fn a_job_holds_at_most_eight_connections() {
     let report = fetch(&executor, hold(7)).await;
     assert_eq!(report.outcome.expect("eight at once")["held_open"], 7);
     let report = fetch(&executor, hold(8)).await;
-    assert_eq!(class(&report), "unavailable");
-    assert!(
-        error_text(&report).contains("ConnectionLimitReached"),
-        "{}",
-        error_text(&report)
-    );
+    assert_failed(&report, "unavailable", "ConnectionLimitReached");
     assert!(
         node_log(&report).contains("already holds 8 connections"),
         "{}",
@@ -265,8 +248,38 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-fn models_executor(port: u16, dir: &Path, max_bytes: u64) -> Arc<Executor> {
-    Arc::new(executor(&loopback(port)).with_models(Arc::new(ModelStore::new(dir.to_path_buf(), max_bytes))))
+/// A file server offering a model, and a node whose models directory
+/// holds at most `max_bytes`.
+struct ModelScene {
+    server: FileServer,
+    content: Vec<u8>,
+    models: std::path::PathBuf,
+    executor: Arc<Executor>,
+    _dir: tempfile::TempDir,
+}
+
+impl ModelScene {
+    async fn new(path: &str, size: usize, max_bytes: u64) -> ModelScene {
+        let server = FileServer::start().await;
+        let content = model_bytes(size);
+        server.file(path, content.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let models = dir.path().join("models");
+        let store = ModelStore::new(models.clone(), max_bytes);
+        let executor = Arc::new(executor(&loopback(server.port())).with_models(Arc::new(store)));
+        ModelScene {
+            server,
+            content,
+            models,
+            executor,
+            _dir: dir,
+        }
+    }
+
+    /// The payload asking for `path` as `name`, with the right digest.
+    fn payload(&self, path: &str, name: &str) -> Value {
+        json!({"url": format!("{}{path}", self.server.base()), "sha256": sha256_hex(&self.content), "name": name})
+    }
 }
 
 async fn download(executor: &Executor, payload: Value) -> (JobReport, Vec<Value>) {
@@ -285,21 +298,15 @@ async fn download(executor: &Executor, payload: Value) -> (JobReport, Vec<Value>
 
 /// Run a download whose transfer the server breaks off once `cut` bytes
 /// have reached the models directory.
-async fn interrupted_download(
-    server: &FileServer,
-    executor: &Arc<Executor>,
-    models: &Path,
-    payload: Value,
-    cut: usize,
-) -> (JobReport, Vec<Value>) {
-    let breaking = server.cut_next_after(cut);
+async fn interrupted_download(scene: &ModelScene, payload: Value, cut: usize) -> (JobReport, Vec<Value>) {
+    let breaking = scene.server.cut_next_after(cut);
     let attempt = tokio::spawn({
-        let executor = Arc::clone(executor);
+        let executor = Arc::clone(&scene.executor);
         async move { download(&executor, payload).await }
     });
     let received = |models: &Path| files(models).iter().map(|(_, size)| *size).sum::<u64>();
     eventually(TIMEOUT.unwrap(), "the first bytes to be stored", || {
-        received(models) == cut as u64
+        received(&scene.models) == cut as u64
     })
     .await;
     breaking.notify_one();
@@ -325,21 +332,15 @@ fn files(dir: &Path) -> Vec<(String, u64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_is_downloaded_with_progress_and_its_hash_checked() {
-    let server = FileServer::start().await;
-    let content = model_bytes(3 << 20);
-    server.file("/m.gguf", content.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let models = dir.path().join("models");
-    let executor = models_executor(server.port(), &models, 1 << 30);
-
-    let payload = json!({"url": format!("{}/m.gguf", server.base()), "sha256": sha256_hex(&content), "name": "m.gguf"});
-    let (report, progress) = download(&executor, payload).await;
+    let scene = ModelScene::new("/m.gguf", 3 << 20, 1 << 30).await;
+    let (report, progress) = download(&scene.executor, scene.payload("/m.gguf", "m.gguf")).await;
+    let (content, models) = (&scene.content, &scene.models);
     let result = report.outcome.expect("downloaded");
     assert_eq!(result["bytes"], content.len());
-    assert_eq!(result["sha256"], sha256_hex(&content));
+    assert_eq!(result["sha256"], sha256_hex(content));
     assert_eq!(result["resumed_from"], 0);
-    assert_eq!(std::fs::read(models.join("m.gguf")).unwrap(), content);
-    assert_eq!(files(&models), [("models/m.gguf".to_string(), content.len() as u64)]);
+    assert_eq!(&std::fs::read(models.join("m.gguf")).unwrap(), content);
+    assert_eq!(files(models), [("models/m.gguf".to_string(), content.len() as u64)]);
 
     // Progress: bytes rising to the size, percent to 100, several steps.
     assert!(progress.len() >= 5, "{progress:?}");
@@ -347,7 +348,7 @@ async fn a_model_is_downloaded_with_progress_and_its_hash_checked() {
     assert!(
         progress
             .windows(2)
-            .all(|pair| pair[0]["bytes"].as_u64() <= pair[1]["bytes"].as_u64())
+            .all(|pair| pair[0]["bytes"].as_u64() < pair[1]["bytes"].as_u64())
     );
     let last = progress.last().unwrap();
     assert_eq!(
@@ -359,43 +360,31 @@ async fn a_model_is_downloaded_with_progress_and_its_hash_checked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_hash_leaves_nothing_behind() {
-    let server = FileServer::start().await;
-    let content = model_bytes(200_000);
-    server.file("/m.bin", content.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let models = dir.path().join("models");
-    let executor = models_executor(server.port(), &models, 1 << 30);
-    let wrong = sha256_hex(b"some other file");
-
-    let payload = json!({"url": format!("{}/m.bin", server.base()), "sha256": wrong, "name": "m.bin"});
-    let (report, _) = download(&executor, payload).await;
+    let scene = ModelScene::new("/m.bin", 200_000, 1 << 30).await;
+    let mut payload = scene.payload("/m.bin", "m.bin");
+    payload["sha256"] = sha256_hex(b"some other file").into();
+    let (report, _) = download(&scene.executor, payload).await;
     assert_eq!(class(&report), "invalid_input");
     assert!(
-        error_text(&report).contains(&sha256_hex(&content)),
+        error_text(&report).contains(&sha256_hex(&scene.content)),
         "{}",
         error_text(&report)
     );
-    assert!(files(&models).is_empty(), "{:?}", files(&models));
+    assert!(files(&scene.models).is_empty(), "{:?}", files(&scene.models));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_download_is_resumed_by_the_next_attempt() {
-    let server = FileServer::start().await;
-    let content = model_bytes(2 << 20);
-    server.file("/m.bin", content.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let models = dir.path().join("models");
-    let executor = models_executor(server.port(), &models, 1 << 30);
-    let payload = json!({"url": format!("{}/m.bin", server.base()), "sha256": sha256_hex(&content), "name": "m.bin"});
-
-    let (report, _) = interrupted_download(&server, &executor, &models, payload.clone(), 700_000).await;
+    let scene = ModelScene::new("/m.bin", 2 << 20, 1 << 30).await;
+    let payload = scene.payload("/m.bin", "m.bin");
+    let (report, _) = interrupted_download(&scene, payload.clone(), 700_000).await;
     assert_eq!(class(&report), "unavailable", "{:?}", report.outcome);
     assert!(
         error_text(&report).contains("next attempt resumes"),
         "{}",
         error_text(&report)
     );
-    let partial = files(&models);
+    let partial = files(&scene.models);
     assert_eq!(partial.len(), 1, "{partial:?}");
     let kept = partial[0].1;
     assert!(
@@ -403,13 +392,16 @@ async fn an_interrupted_download_is_resumed_by_the_next_attempt() {
         "{partial:?}"
     );
 
-    let (report, progress) = download(&executor, payload).await;
+    let (report, progress) = download(&scene.executor, payload).await;
     let result = report.outcome.expect("resumed");
     assert_eq!(result["resumed_from"], kept);
-    assert_eq!(std::fs::read(models.join("m.bin")).unwrap(), content);
-    assert_eq!(files(&models), [("models/m.bin".to_string(), content.len() as u64)]);
+    assert_eq!(std::fs::read(scene.models.join("m.bin")).unwrap(), scene.content);
     assert_eq!(
-        server.seen()[1].range.as_deref(),
+        files(&scene.models),
+        [("models/m.bin".to_string(), scene.content.len() as u64)]
+    );
+    assert_eq!(
+        scene.server.seen()[1].range.as_deref(),
         Some(format!("bytes={kept}-").as_str())
     );
     assert_eq!(progress[0]["bytes"], kept);
@@ -417,45 +409,33 @@ async fn an_interrupted_download_is_resumed_by_the_next_attempt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_cannot_resume_gets_a_fresh_download() {
-    let server = FileServer::start().await;
-    let content = model_bytes(1 << 20);
-    server.file("/m.bin", content.clone());
-    server.ignore_range();
-    let dir = tempfile::tempdir().unwrap();
-    let models = dir.path().join("models");
-    let executor = models_executor(server.port(), &models, 1 << 30);
-    let payload = json!({"url": format!("{}/m.bin", server.base()), "sha256": sha256_hex(&content), "name": "m.bin"});
-
-    let (report, _) = interrupted_download(&server, &executor, &models, payload.clone(), 300_000).await;
+    let scene = ModelScene::new("/m.bin", 1 << 20, 1 << 30).await;
+    scene.server.ignore_range();
+    let payload = scene.payload("/m.bin", "m.bin");
+    let (report, _) = interrupted_download(&scene, payload.clone(), 300_000).await;
     assert_eq!(class(&report), "unavailable", "{:?}", report.outcome);
-    let (report, _) = download(&executor, payload).await;
+    let (report, _) = download(&scene.executor, payload).await;
     assert_eq!(report.outcome.expect("started over")["resumed_from"], 0);
-    assert_eq!(std::fs::read(models.join("m.bin")).unwrap(), content);
-    assert_eq!(files(&models).len(), 1);
+    assert_eq!(std::fs::read(scene.models.join("m.bin")).unwrap(), scene.content);
+    assert_eq!(files(&scene.models).len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_models_directory_cap_and_grant_hold() {
-    let server = FileServer::start().await;
-    let content = model_bytes(100_000);
-    server.file("/m.bin", content.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let models = dir.path().join("models");
-    let executor = models_executor(server.port(), &models, 50_000);
-    let payload = json!({"url": format!("{}/m.bin", server.base()), "sha256": sha256_hex(&content), "name": "m.bin"});
-
-    let (report, _) = download(&executor, payload.clone()).await;
+    let scene = ModelScene::new("/m.bin", 100_000, 50_000).await;
+    let payload = scene.payload("/m.bin", "m.bin");
+    let (report, _) = download(&scene.executor, payload.clone()).await;
     assert_eq!(class(&report), "failed");
     assert!(
         error_text(&report).contains("models directory is full"),
         "{}",
         error_text(&report)
     );
-    assert!(!models.join("m.bin").exists());
+    assert!(!scene.models.join("m.bin").exists());
 
     // A tenant without `http` never gets to run the handler.
     let (report, _) = run(
-        &executor,
+        &scene.executor,
         &load("model-download"),
         job("offline", &payload.to_string(), TIMEOUT),
     )
