@@ -23,7 +23,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::bindings::{HandlerError, HandlerPre, JobRecord};
 use crate::capabilities::docker::DockerAccess;
-use crate::capabilities::http::{HttpAccess, JobHttp};
+use crate::capabilities::http::HttpAccess;
 use crate::capabilities::{self, PROVIDED};
 use crate::capability::Capabilities;
 use crate::capture::Captured;
@@ -286,10 +286,8 @@ impl Executor {
             .allow_tcp(false)
             .allow_udp(false)
             .build();
-        let job_id: Arc<str> = Arc::from(job.id.as_str());
-        let http = JobHttp::new(Arc::clone(&job_id), &grant, log.clone(), Arc::clone(&self.http));
         let state = JobState::new(
-            job_id,
+            Arc::from(job.id.as_str()),
             grant,
             StoreLimiter::new(limits.memory_bytes),
             log.clone(),
@@ -299,7 +297,7 @@ impl Executor {
             Arc::clone(&self.docker),
             self.models.clone(),
             wasi,
-            http,
+            Arc::clone(&self.http),
         );
         let mut store = Store::new(self.components.engine().engine(), state);
         store.limiter(|state| &mut state.limiter);

@@ -9,7 +9,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
 use crate::capabilities::docker::DockerAccess;
-use crate::capabilities::http::JobHttp;
+use crate::capabilities::http::{HttpAccess, JobHttp};
 use crate::grant::Grant;
 use crate::inference::Engines;
 use crate::joblog::JobLog;
@@ -40,7 +40,10 @@ pub struct JobState {
     /// Resources handed to the guest (WASI's and citadel's).
     pub(crate) table: ResourceTable,
     wasi: WasiCtx,
-    http: JobHttp,
+    /// The node's side of capability `http`.
+    http_access: Arc<HttpAccess>,
+    /// The job's `wasi:http` state, made on the first HTTP call.
+    http: Option<JobHttp>,
 }
 
 impl JobState {
@@ -57,7 +60,7 @@ impl JobState {
         docker: Arc<DockerAccess>,
         models: Option<Arc<ModelStore>>,
         wasi: WasiCtx,
-        http: JobHttp,
+        http_access: Arc<HttpAccess>,
     ) -> JobState {
         JobState {
             job_id,
@@ -70,7 +73,8 @@ impl JobState {
             docker,
             models,
             wasi,
-            http,
+            http_access,
+            http: None,
             table: ResourceTable::new(),
         }
     }
@@ -87,10 +91,18 @@ impl WasiView for JobState {
 
 impl WasiHttpView for JobState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
+        let http = self.http.get_or_insert_with(|| {
+            JobHttp::new(
+                Arc::clone(&self.job_id),
+                &self.grant,
+                self.log.clone(),
+                Arc::clone(&self.http_access),
+            )
+        });
         WasiHttpCtxView {
-            ctx: &mut self.http.ctx,
+            ctx: &mut http.ctx,
             table: &mut self.table,
-            hooks: &mut self.http.hooks,
+            hooks: &mut http.hooks,
         }
     }
 }

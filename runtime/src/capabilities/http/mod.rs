@@ -27,6 +27,7 @@ use tokio::sync::Semaphore;
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpHooks};
 
+use crate::capability::Capability;
 use crate::egress::Egress;
 use crate::grant::Grant;
 use crate::joblog::{JobLog, Level, LogRecord, Source};
@@ -91,14 +92,14 @@ pub(crate) struct JobHttp {
 }
 
 impl JobHttp {
-    /// The job's HTTP state under its grant (rules parsed only when
-    /// `http` is granted: otherwise nothing is linked to use them).
+    /// The job's HTTP state under its grant (made on the job's first HTTP
+    /// call, which only a job granted `http` can make).
     pub(crate) fn new(job_id: Arc<str>, grant: &Grant, log: JobLog, access: Arc<HttpAccess>) -> JobHttp {
         let mut ctx = WasiHttpCtx::new();
         ctx.set_field_size_limit(MAX_HEADER_BYTES);
         let rules = grant
             .capabilities()
-            .contains(crate::capability::Capability::Http)
+            .contains(Capability::Http)
             .then(|| Arc::new(HttpRules::from_policy(&grant.policy().http)));
         JobHttp {
             ctx,
