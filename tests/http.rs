@@ -203,6 +203,22 @@ async fn oversized_responses_end_in_a_body_size_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_server_and_a_stalled_body_end_in_timeouts() {
+    let server = FileServer::start().await;
+    server.never_answer("/silent");
+    server.stalled_file("/stalled", vec![b's'; 100_000]);
+    let port = server.port();
+    let executor = executor(&policy(&format!(
+        "allowed_hosts = [\"http://127.0.0.1:{port}\"]\nallow_addresses = [\"127.0.0.1\"]\ntimeout_ms = 300"
+    )));
+    for path in ["/silent", "/stalled"] {
+        let report = fetch(&executor, json!({"url": format!("{}{path}", server.base())})).await;
+        assert_failed(&report, "unavailable", "ConnectionReadTimeout");
+    }
+    assert_eq!(server.seen().len(), 2, "both requests reached the server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_holds_at_most_eight_connections() {
     let server = FileServer::start().await;
     server.file("/", "open");

@@ -40,6 +40,8 @@ struct Files {
     /// Served without `Content-Length`.
     streamed: HashMap<String, Bytes>,
     stalled: HashMap<String, Bytes>,
+    /// Paths whose requests are read and never answered.
+    silent: std::collections::HashSet<String>,
     redirects: HashMap<String, String>,
     ignore_range: bool,
     cut_after: Option<(usize, Arc<Notify>)>,
@@ -60,7 +62,12 @@ impl FileServer {
         let shared = Arc::clone(&state);
         let (addr, task) = serve_loopback(move |request: Request<hyper::body::Incoming>| {
             let state = Arc::clone(&shared);
-            async move { Ok::<_, Infallible>(answer(&state, &request)) }
+            async move {
+                if record(&state, &request) {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, Infallible>(answer(&state, &request))
+            }
         })
         .await;
         FileServer { addr, state, task }
@@ -101,6 +108,11 @@ impl FileServer {
         self.state.lock().unwrap().stalled.insert(path.into(), content.into());
     }
 
+    /// Read requests for `path` and never answer them.
+    pub fn never_answer(&self, path: &str) {
+        self.state.lock().unwrap().silent.insert(path.into());
+    }
+
     /// Answer every request with the whole file, `Range` or not.
     pub fn ignore_range(&self) {
         self.state.lock().unwrap().ignore_range = true;
@@ -136,9 +148,9 @@ fn full(status: u16, headers: &[(&str, String)], body: Bytes) -> Response<Body> 
         .unwrap()
 }
 
-fn answer(state: &Mutex<Files>, request: &Request<hyper::body::Incoming>) -> Response<Body> {
+/// Record `request`; whether it is to be left unanswered.
+fn record(state: &Mutex<Files>, request: &Request<hyper::body::Incoming>) -> bool {
     let mut files = state.lock().unwrap();
-    let path = request.uri().path().to_string();
     let header = |name: &str| {
         request
             .headers()
@@ -146,12 +158,24 @@ fn answer(state: &Mutex<Files>, request: &Request<hyper::body::Incoming>) -> Res
             .and_then(|value| value.to_str().ok())
             .map(String::from)
     };
-    let range = header("range");
+    let path = request.uri().path().to_string();
+    let silent = files.silent.contains(&path);
     files.seen.push(Seen {
-        path: path.clone(),
-        range: range.clone(),
+        path,
+        range: header("range"),
         host: header("host"),
     });
+    silent
+}
+
+fn answer(state: &Mutex<Files>, request: &Request<hyper::body::Incoming>) -> Response<Body> {
+    let mut files = state.lock().unwrap();
+    let path = request.uri().path().to_string();
+    let range = request
+        .headers()
+        .get("range")
+        .and_then(|value| value.to_str().ok())
+        .map(String::from);
     if let Some(location) = files.redirects.get(&path) {
         return full(302, &[("location", location.clone())], Bytes::new());
     }
