@@ -82,6 +82,30 @@ pub struct WorkerStatus {
     pub last_job_consumed_at: Option<String>,
 }
 
+/// A job type's handler (`handlers[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HandlerStatus {
+    /// The job type.
+    pub job_type: String,
+    /// `sha256:<hex>` of the component serving it (`null` for native ones).
+    pub digest: Option<String>,
+    /// `config`, `fleet` (published), `native`.
+    pub source: String,
+    /// A published component this node refused, and why (the handler in
+    /// force is the one above).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<RefusedHandler>,
+}
+
+/// A published component a node would not load.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefusedHandler {
+    /// Its digest.
+    pub digest: String,
+    /// Why.
+    pub reason: String,
+}
+
 /// Everything a status message is made of besides the snapshot.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Reported {
@@ -89,6 +113,8 @@ pub struct Reported {
     pub services: Vec<ServiceStatus>,
     /// The worker.
     pub worker: WorkerStatus,
+    /// The handlers, by job type.
+    pub handlers: Vec<HandlerStatus>,
     /// The node's mode (`redis`, `agent`, `local`).
     pub mode: String,
     /// Failures of probes run outside the collector (the Docker API).
@@ -155,6 +181,7 @@ pub fn status_message(node: &NodeIdentity, snapshot: &Snapshot, reported: &Repor
             "gpu_unavailable_reason": snapshot.gpu.unavailable,
             "services": reported.services,
             "worker": reported.worker,
+            "handlers": reported.handlers,
             "processes": snapshot.watched.iter().map(process_entry).collect::<Vec<_>>(),
             "collector_errors": snapshot.errors.iter().chain(&reported.errors).collect::<Vec<_>>(),
         }

@@ -343,7 +343,7 @@ impl Agent {
 
     /// Run one job and report its outcome.
     async fn handle(&self, job: NexusJob, stop: &CancellationToken, abort: &CancellationToken) {
-        let Some(handler) = self.handlers.get(&job.job_type).cloned() else {
+        let Some(handler) = self.handlers.get(&job.job_type) else {
             let error = format!(
                 "unsupported job type `{}`; this node handles {}",
                 job.job_type,

@@ -33,6 +33,7 @@ pub mod config;
 pub mod egress;
 pub mod engine;
 pub mod executor;
+pub mod fleet;
 pub mod grant;
 pub mod inference;
 pub mod job;

@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::Failure;
 use super::work::{
-    NodeOverrides, TelemetryOverrides, device_config_reader, drain_on_signal, executor_and_handlers, run_workers,
+    NodeOverrides, TelemetryOverrides, device_config_reader, drain_on_signal, executor_and_handlers, follow_fleet,
+    run_workers,
 };
 use crate::agent::{Agent, Source, follow_redis};
 use crate::config::Config;
@@ -122,7 +123,7 @@ pub(super) async fn agent(config: &Config) -> Result<(), Failure> {
     let initial = if worker.is_some() { Source::Redis } else { Source::Nexus };
     let (source, following) = watch::channel(initial);
     let wake = Arc::new(Notify::new());
-    let agent = Agent::new(executor, handlers, config)
+    let agent = Agent::new(Arc::clone(&executor), handlers.clone(), config)
         .map_err(Failure::input)?
         .switched_by(following, Arc::clone(&wake));
     let stop = CancellationToken::new();
@@ -132,6 +133,7 @@ pub(super) async fn agent(config: &Config) -> Result<(), Failure> {
         .map_err(Failure::input)?;
     let agent = Arc::new(agent.observed_by(node.telemetry.job_feed()));
     node.telemetry.count_jobs_of(agent.stats());
+    follow_fleet(config, &executor, &handlers, &node, &stop).await?;
     let _ = services.set(Arc::clone(&node.supervisor));
     let Some(worker) = worker else {
         agent.run(stop).await;

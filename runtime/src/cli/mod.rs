@@ -6,6 +6,7 @@
 mod agent;
 mod inspect;
 mod output;
+mod registry;
 mod run;
 mod status;
 mod submit;
@@ -58,7 +59,8 @@ pub enum Command {
     Submit(SubmitArgs),
     /// Print this node's status: the running node's, else a local snapshot.
     Status(StatusArgs),
-    /// Inspect, and later publish, handler components.
+    /// Inspect handler components, publish them to the fleet, list and
+    /// roll back what is published, make signing keys.
     #[command(subcommand)]
     Component(ComponentCommand),
     /// Join cgroups, then exec a program: how the node starts its services
@@ -73,6 +75,15 @@ pub enum ComponentCommand {
     /// Print a component's digest, size, imports (and the capabilities they
     /// need) and exports.
     Inspect(InspectArgs),
+    /// Make an ed25519 key pair for signing published components.
+    Keygen(registry::KeygenArgs),
+    /// Publish a component as a job type's handler: store its bytes on
+    /// Redis, point the job type at its digest, announce it to the nodes.
+    Publish(registry::PublishArgs),
+    /// List the published handlers.
+    List(registry::ListArgs),
+    /// Point a job type back at its previous published component.
+    Rollback(registry::RollbackArgs),
 }
 
 /// A failure with its exit code and one-line reason.
@@ -139,6 +150,19 @@ impl Cli {
             Command::Component(ComponentCommand::Inspect(args)) => {
                 let config = Config::load(self.config.as_deref(), NoOverrides {}).map_err(Failure::input)?;
                 inspect::inspect(args, &config)
+            }
+            Command::Component(ComponentCommand::Keygen(args)) => registry::keygen(args),
+            Command::Component(ComponentCommand::Publish(args)) => {
+                let config = Config::load(self.config.as_deref(), args.registry.overrides()).map_err(Failure::input)?;
+                registry::publish(args, &config).await
+            }
+            Command::Component(ComponentCommand::List(args)) => {
+                let config = Config::load(self.config.as_deref(), args.registry.overrides()).map_err(Failure::input)?;
+                registry::list(args, &config).await
+            }
+            Command::Component(ComponentCommand::Rollback(args)) => {
+                let config = Config::load(self.config.as_deref(), args.registry.overrides()).map_err(Failure::input)?;
+                registry::rollback(args, &config).await
             }
             Command::ServiceExec(_) => Err(Failure::input("service-exec runs before the async runtime (main.rs)")),
         }

@@ -15,10 +15,14 @@ use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
+use citadel_transports::redis::registry::Registry;
+use citadel_transports::redis::{self as transport};
+
 use super::Failure;
 use crate::config::Config;
 use crate::engine::Allocation;
 use crate::executor::Executor;
+use crate::fleet::{self, FleetHandlers};
 use crate::node::NodeServices;
 use crate::node::device::{APPLY_DEVICE_CONFIG, DeviceConfigurator};
 use crate::services::Supervisor;
@@ -121,13 +125,15 @@ impl WorkArgs {
 pub(super) async fn work(config: &Config) -> Result<(), Failure> {
     let (executor, handlers) = executor_and_handlers(config)?;
     let engines = Arc::clone(executor.engines());
-    let worker = Worker::new(Arc::new(executor), handlers, config).map_err(Failure::input)?;
+    let executor = Arc::new(executor);
+    let worker = Worker::new(Arc::clone(&executor), handlers.clone(), config).map_err(Failure::input)?;
     let stop = CancellationToken::new();
     let services = drain_on_signal(&stop)?;
     let node = NodeServices::start(config, "redis", Some(&worker), engines)
         .await
         .map_err(Failure::input)?;
     let _ = services.set(Arc::clone(&node.supervisor));
+    follow_fleet(config, &executor, &handlers, &node, &stop).await?;
     let reader = device_config_reader(config, &worker, &node)?;
     let outcome = run_workers(&worker, reader.as_ref(), &stop).await;
     node.stop().await;
@@ -141,6 +147,38 @@ pub(super) fn executor_and_handlers(config: &Config) -> Result<(Executor, Handle
     let handlers =
         HandlerTable::load(executor.components(), &config.handlers_with_defaults()).map_err(Failure::input)?;
     Ok((executor, handlers))
+}
+
+/// Follow the handlers published to the fleet (`components.fleet`, with
+/// Redis): one sync before the first job — a node that was down during a
+/// publish starts on the current handler — then on every announcement
+/// until `stop`. Without it, status lists the configured handlers.
+pub(super) async fn follow_fleet(
+    config: &Config,
+    executor: &Executor,
+    handlers: &HandlerTable,
+    node: &NodeServices,
+    stop: &CancellationToken,
+) -> Result<(), Failure> {
+    let Some(url) = config.redis_url.as_deref().filter(|_| config.components.fleet) else {
+        node.telemetry.set_handlers(fleet::configured_statuses(handlers));
+        return Ok(());
+    };
+    let invalid = |err: transport::RedisError| Failure::input(format!("invalid redis_url {url:?}: {err}"));
+    let client = transport::client(url).map_err(invalid)?;
+    let fleet = Arc::new(FleetHandlers::new(
+        Registry::new(&client).map_err(invalid)?,
+        Arc::clone(executor.components()),
+        executor.policy().clone(),
+        config.components.trusted(),
+        handlers.clone(),
+    ));
+    if let Err(err) = fleet.sync().await {
+        tracing::warn!(error = %err, "cannot read the published handlers yet: starting with the configured ones");
+    }
+    fleet.report_to(Arc::clone(&node.telemetry));
+    tokio::spawn(fleet.follow(client, stop.clone()));
+    Ok(())
 }
 
 /// On SIGTERM/SIGINT fire `stop` (drain); on a second, kill the services

@@ -19,6 +19,18 @@ impl Digest {
         hex::encode(self.0)
     }
 
+    /// The 32 bytes (what a signature signs).
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Parse `sha256:<hex>` (or bare hex).
+    pub fn parse(text: &str) -> Option<Digest> {
+        let mut bytes = [0; 32];
+        hex::decode_to_slice(text.strip_prefix("sha256:").unwrap_or(text), &mut bytes).ok()?;
+        Some(Digest(bytes))
+    }
+
     /// The first 12 hex digits, for logs.
     pub fn short(&self) -> String {
         hex::encode(&self.0[..6])

@@ -8,6 +8,7 @@
 mod cache;
 mod digest;
 mod interface;
+pub mod signing;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::policy::{Policy, PolicyError};
 
 mod agent;
+mod components;
 mod device;
 mod docker;
 mod engines;
@@ -24,6 +25,7 @@ mod services;
 mod telemetry;
 
 pub use agent::AgentConfig;
+pub use components::ComponentsConfig;
 pub use device::{DeviceConfig, DeviceStore};
 pub use docker::DockerConfig;
 pub use engines::EngineSettings;
@@ -86,6 +88,8 @@ pub struct Config {
     pub agent: AgentConfig,
     /// The models directory capability `models` writes (`[models]`).
     pub models: ModelsConfig,
+    /// Handlers published to the fleet, and trusted signers (`[components]`).
+    pub components: ComponentsConfig,
     /// The device configuration applied by the control plane, laid over
     /// this file at start (not a TOML key: see `config/device.rs`).
     #[serde(skip)]
@@ -384,6 +388,7 @@ impl Config {
         self.docker.validate()?;
         self.agent.validate()?;
         self.models.validate()?;
+        self.components.validate()?;
         if let Some(slice) = &self.node.cgroup_slice
             && (slice.is_empty() || slice.split('/').any(|part| !valid_node_id(part)))
         {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use citadel_collector::status::{NodeIdentity, Reported, ServiceStatus, WorkerStatus, status_message};
+use citadel_collector::status::{HandlerStatus, NodeIdentity, Reported, ServiceStatus, WorkerStatus, status_message};
 use citadel_collector::{Collector, CollectorError, Snapshot, Watch};
 use citadel_transports::backoff::{Backoff, worth_logging};
 use citadel_transports::status::{Health, HttpPublisher, RedisStatusPublisher, ServerEvent, StatusSource};
@@ -71,6 +71,8 @@ pub struct Telemetry {
     pub(super) services: Mutex<BTreeMap<&'static str, Vec<ServiceStatus>>>,
     /// Job sources besides the Redis worker (the Nexus agent).
     other_jobs: Mutex<Vec<Arc<dyn JobCounts>>>,
+    /// The handlers, as last reported.
+    handlers: Mutex<Vec<HandlerStatus>>,
     latest: Mutex<Latest>,
 }
 
@@ -118,6 +120,7 @@ impl Telemetry {
             watches: Mutex::default(),
             services: Mutex::default(),
             other_jobs: Mutex::default(),
+            handlers: Mutex::default(),
             latest: Mutex::default(),
         }
     }
@@ -125,6 +128,15 @@ impl Telemetry {
     /// The worker's job observer.
     pub fn job_feed(&self) -> Arc<JobFeed> {
         Arc::clone(&self.feed)
+    }
+
+    /// Report the handlers (`handlers[]`); a change publishes at once.
+    pub fn set_handlers(&self, handlers: Vec<HandlerStatus>) {
+        let mut current = self.handlers.lock().expect("handlers poisoned");
+        if *current != handlers {
+            *current = handlers;
+            self.feed.changed();
+        }
     }
 
     /// Count `source`'s jobs in status `worker{}` too.
@@ -379,6 +391,7 @@ impl Telemetry {
                     merged(total, source.counts())
                 }),
             mode: self.mode.lock().expect("mode poisoned").clone(),
+            handlers: self.handlers.lock().expect("handlers poisoned").clone(),
             errors: self
                 .probe_errors
                 .lock()

@@ -106,7 +106,7 @@ impl Shared {
         let claimed = EventKind::Claimed {
             agent_version: AGENT_VERSION.into(),
         };
-        let Some(handler) = self.handlers.get(&entry.job_type).cloned() else {
+        let Some(handler) = self.handlers.get(&entry.job_type) else {
             let supported = self.handlers.types();
             let reason = format!(
                 "unsupported job type `{}`; this node handles {}",

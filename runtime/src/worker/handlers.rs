@@ -1,12 +1,17 @@
 //! The node's handlers: job type → component, loaded (and compiled, or
-//! taken from the compiled cache) once at start-up, so a bad component
-//! stops the node before it takes any job rather than failing each one;
-//! or → a native handler, for the few jobs that act on the node itself
-//! (`APPLY_DEVICE_CONFIG`) and so cannot run in the sandbox.
+//! taken from the compiled cache) at start-up, so a bad configured
+//! component stops the node before it takes any job rather than failing
+//! each one; or → a native handler, for the few jobs that act on the node
+//! itself (`APPLY_DEVICE_CONFIG`) and so cannot run in the sandbox.
+//!
+//! The table is shared by every clone and can be changed while jobs run
+//! (components published to the fleet, `crate::fleet`): a swap replaces
+//! one entry under a write lock; a job holds the `Arc` of the component it
+//! started with, so it finishes on that version.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use futures_util::future::BoxFuture;
 
@@ -38,10 +43,10 @@ pub struct HandlerLoadError {
     pub source: ComponentError,
 }
 
-/// Job type → handler.
+/// Job type → handler, shared by its clones.
 #[derive(Default, Clone)]
 pub struct HandlerTable {
-    by_type: BTreeMap<String, Handler>,
+    by_type: Arc<RwLock<BTreeMap<String, Handler>>>,
 }
 
 impl HandlerTable {
@@ -58,31 +63,52 @@ impl HandlerTable {
             })?;
             by_type.insert(job_type.clone(), Handler::Component(component));
         }
-        Ok(HandlerTable { by_type })
+        Ok(HandlerTable {
+            by_type: Arc::new(RwLock::new(by_type)),
+        })
     }
 
     /// A table of native handlers only.
     pub fn native(handlers: impl IntoIterator<Item = (String, Arc<dyn NativeHandler>)>) -> HandlerTable {
+        let by_type = handlers
+            .into_iter()
+            .map(|(job_type, handler)| (job_type, Handler::Native(handler)))
+            .collect();
         HandlerTable {
-            by_type: handlers
-                .into_iter()
-                .map(|(job_type, handler)| (job_type, Handler::Native(handler)))
-                .collect(),
+            by_type: Arc::new(RwLock::new(by_type)),
         }
     }
 
-    /// The handler of `job_type`.
-    pub fn get(&self, job_type: &str) -> Option<&Handler> {
-        self.by_type.get(job_type)
+    /// The handler of `job_type` now.
+    pub fn get(&self, job_type: &str) -> Option<Handler> {
+        self.by_type
+            .read()
+            .expect("handler table poisoned")
+            .get(job_type)
+            .cloned()
+    }
+
+    /// Make `component` the handler of `job_type` from the next job on; the
+    /// component it replaces, if any.
+    pub fn swap(&self, job_type: &str, component: Arc<LoadedComponent>) -> Option<Handler> {
+        self.by_type
+            .write()
+            .expect("handler table poisoned")
+            .insert(job_type.to_string(), Handler::Component(component))
     }
 
     /// The job types handled.
     pub fn types(&self) -> Vec<String> {
-        self.by_type.keys().cloned().collect()
+        self.by_type
+            .read()
+            .expect("handler table poisoned")
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.by_type.is_empty()
+        self.by_type.read().expect("handler table poisoned").is_empty()
     }
 }

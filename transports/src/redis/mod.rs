@@ -2,7 +2,8 @@
 //! (`queue.rs`), events and results go out on Pub/Sub, a capped replay
 //! stream and a status hash (`events.rs`), workers prove they are alive with
 //! expiring keys (`liveness.rs`), producers cancel with flags
-//! (`cancel.rs`) and wake an on-prem node's Nexus polling (`wake.rs`).
+//! (`cancel.rs`) and wake an on-prem node's Nexus polling (`wake.rs`), and
+//! published handlers live in a registry (`registry.rs`).
 //!
 //! Connections are `ConnectionManager`s, which reconnect by themselves after
 //! a failed command; callers retry what must not be lost with
@@ -16,6 +17,7 @@ mod cancel;
 mod events;
 mod liveness;
 mod queue;
+pub mod registry;
 mod wake;
 
 use std::time::Duration;

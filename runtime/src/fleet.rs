@@ -1,0 +1,290 @@
+//! Handlers published to the fleet (`citadel component publish`), followed
+//! while the node runs.
+//!
+//! The registry on Redis (`citadel_transports::redis::registry`) says which
+//! component serves each job type. [`FleetHandlers::sync`] reads it and,
+//! for every job type whose digest differs from the one in force, fetches
+//! the bytes and checks them — the digest of the bytes, the signature
+//! against `components.trusted_keys`, the component itself (valid, fits the
+//! handler world, provided capabilities), and that some tenant's policy
+//! grants everything it imports — compiles it (or takes it from the
+//! compiled cache), then swaps it into the handler table. Jobs already
+//! running finish on the component they started with; the next job of the
+//! type gets the new one. A component failing any check is refused with a
+//! log line and a `handlers[].refused` status entry, and the handler in
+//! force stays. Sync runs at start (before the first job), on every
+//! announcement, after every reconnect of the announcement subscription,
+//! and every [`RESYNC_INTERVAL`] as a backstop.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use citadel_collector::status::{HandlerStatus, RefusedHandler};
+use citadel_transports::backoff::{Backoff, worth_logging};
+use citadel_transports::redis::registry::{HandlerRecord, Registry, listen_for_changes};
+use citadel_transports::redis::{Client, RedisResult};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::capabilities::PROVIDED;
+use crate::components::signing::TrustedKeys;
+use crate::components::{ComponentStore, Digest, LoadedComponent};
+use crate::node::Telemetry;
+use crate::policy::Policy;
+use crate::worker::{Handler, HandlerTable};
+
+/// How often the registry is read even without an announcement.
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Where each job type's handler came from, and what was refused.
+#[derive(Debug, Default)]
+struct Applied {
+    /// Job types served by a published component → its digest.
+    fleet: BTreeMap<String, Digest>,
+    /// Job types whose latest published record was refused.
+    refused: BTreeMap<String, Refusal>,
+}
+
+/// A published record this node refused.
+#[derive(Debug, Clone)]
+struct Refusal {
+    /// The record as read (JSON), or the unreadable entry's problem: the
+    /// same record is not checked again, a new one is.
+    seen: String,
+    digest: String,
+    reason: String,
+}
+
+/// The status entries of `table`'s handlers (`handlers[]`) for a node that
+/// does not follow the fleet.
+pub fn configured_statuses(table: &HandlerTable) -> Vec<HandlerStatus> {
+    statuses(table, &Applied::default())
+}
+
+fn statuses(table: &HandlerTable, applied: &Applied) -> Vec<HandlerStatus> {
+    let mut types = table.types();
+    types.extend(applied.refused.keys().cloned());
+    types.sort();
+    types.dedup();
+    types
+        .into_iter()
+        .map(|job_type| {
+            let (digest, source) = match table.get(&job_type) {
+                Some(Handler::Component(component)) => {
+                    let source = if applied.fleet.contains_key(&job_type) {
+                        "fleet"
+                    } else {
+                        "config"
+                    };
+                    (Some(component.digest.to_string()), source)
+                }
+                Some(Handler::Native(_)) => (None, "native"),
+                None => (None, "none"),
+            };
+            let refused = applied.refused.get(&job_type).map(|refusal| RefusedHandler {
+                digest: refusal.digest.clone(),
+                reason: refusal.reason.clone(),
+            });
+            HandlerStatus {
+                job_type,
+                digest,
+                source: source.into(),
+                refused,
+            }
+        })
+        .collect()
+}
+
+/// The node's follower of the fleet's published handlers.
+pub struct FleetHandlers {
+    registry: Registry,
+    store: Arc<ComponentStore>,
+    policy: Policy,
+    trusted: TrustedKeys,
+    table: HandlerTable,
+    applied: Mutex<Applied>,
+    telemetry: Mutex<Option<Arc<Telemetry>>>,
+}
+
+impl FleetHandlers {
+    /// A follower swapping published components into `table`.
+    pub fn new(
+        registry: Registry,
+        store: Arc<ComponentStore>,
+        policy: Policy,
+        trusted: TrustedKeys,
+        table: HandlerTable,
+    ) -> FleetHandlers {
+        FleetHandlers {
+            registry,
+            store,
+            policy,
+            trusted,
+            table,
+            applied: Mutex::default(),
+            telemetry: Mutex::default(),
+        }
+    }
+
+    /// Report the handlers in status from now on.
+    pub fn report_to(&self, telemetry: Arc<Telemetry>) {
+        *self.telemetry.lock().expect("telemetry poisoned") = Some(telemetry);
+        self.report();
+    }
+
+    /// Read the registry and apply what changed.
+    pub async fn sync(&self) -> RedisResult<()> {
+        let (records, unreadable) = self.registry.handlers().await?;
+        for bad in unreadable {
+            if !self.refused_already(&bad.job_type, &bad.problem) {
+                self.refuse(&bad.job_type, bad.problem.clone(), "unknown", &bad.problem);
+            }
+        }
+        for (job_type, record) in records {
+            let seen = serde_json::to_string(&record).expect("records serialize");
+            let in_force = self
+                .applied
+                .lock()
+                .expect("applied poisoned")
+                .fleet
+                .get(&job_type)
+                .copied();
+            if in_force.is_some_and(|digest| digest.to_string() == record.digest)
+                || self.refused_already(&job_type, &seen)
+            {
+                continue;
+            }
+            match self.admit(&record).await {
+                Ok(component) => self.swap(&job_type, &record, component),
+                Err(reason) => self.refuse(&job_type, seen, &record.digest, &reason),
+            }
+        }
+        self.report();
+        Ok(())
+    }
+
+    /// Fetch and check a published component.
+    async fn admit(&self, record: &HandlerRecord) -> Result<Arc<LoadedComponent>, String> {
+        let digest = Digest::parse(&record.digest)
+            .ok_or_else(|| format!("the record's digest {:?} is not sha256:<64 hex digits>", record.digest))?;
+        let bytes = self
+            .registry
+            .component(&record.digest)
+            .await
+            .map_err(|err| format!("cannot fetch its bytes: {err}"))?
+            .ok_or("its bytes are missing from the registry")?;
+        let actual = Digest::of(&bytes);
+        if actual != digest {
+            return Err(format!(
+                "its bytes hash to {actual}, not the published digest (tampered or damaged)"
+            ));
+        }
+        self.trusted
+            .check(&digest, record.signature.as_deref(), record.signer.as_deref())
+            .map_err(|err| err.to_string())?;
+        let store = Arc::clone(&self.store);
+        let component = tokio::task::spawn_blocking(move || store.load(&bytes))
+            .await
+            .map_err(|err| format!("loading it failed: {err}"))?
+            .map_err(|err| err.to_string())?;
+        let required = component.interface.required;
+        let unprovided = required.missing_from(PROVIDED);
+        if !unprovided.is_empty() {
+            return Err(format!("it imports {unprovided}, which this node does not provide"));
+        }
+        if !self
+            .policy
+            .tenants()
+            .any(|(_, tenant)| required.missing_from(tenant.capability_set()).is_empty())
+        {
+            return Err(format!("it imports {required}, more than any tenant's policy grants"));
+        }
+        Ok(component)
+    }
+
+    fn swap(&self, job_type: &str, record: &HandlerRecord, component: Arc<LoadedComponent>) {
+        let previous = self.table.swap(job_type, Arc::clone(&component));
+        let previous = match previous {
+            Some(Handler::Component(previous)) => previous.digest.to_string(),
+            Some(Handler::Native(_)) => "a native handler".into(),
+            None => "none".into(),
+        };
+        tracing::info!(
+            job_type,
+            digest = %component.digest,
+            previous,
+            publisher = %record.publisher,
+            signer = record.signer.as_deref().unwrap_or("unsigned"),
+            "handler swapped: the next job of this type runs the published component"
+        );
+        let mut applied = self.applied.lock().expect("applied poisoned");
+        applied.fleet.insert(job_type.to_string(), component.digest);
+        applied.refused.remove(job_type);
+    }
+
+    /// Whether the record `seen` of `job_type` was refused already.
+    fn refused_already(&self, job_type: &str, seen: &str) -> bool {
+        self.applied
+            .lock()
+            .expect("applied poisoned")
+            .refused
+            .get(job_type)
+            .is_some_and(|refusal| refusal.seen == seen)
+    }
+
+    fn refuse(&self, job_type: &str, seen: String, digest: &str, reason: &str) {
+        tracing::error!(
+            job_type,
+            digest,
+            reason,
+            "published handler refused; the handler in force stays"
+        );
+        let refusal = Refusal {
+            seen,
+            digest: digest.to_string(),
+            reason: reason.to_string(),
+        };
+        self.applied
+            .lock()
+            .expect("applied poisoned")
+            .refused
+            .insert(job_type.to_string(), refusal);
+    }
+
+    /// Every job type's handler, for status.
+    pub fn statuses(&self) -> Vec<HandlerStatus> {
+        statuses(&self.table, &self.applied.lock().expect("applied poisoned"))
+    }
+
+    fn report(&self) {
+        if let Some(telemetry) = self.telemetry.lock().expect("telemetry poisoned").as_ref() {
+            telemetry.set_handlers(self.statuses());
+        }
+    }
+
+    /// Sync on every announcement and reconnect (and every
+    /// [`RESYNC_INTERVAL`]) until `stop`, retrying failed reads with the
+    /// shared backoff.
+    pub async fn follow(self: Arc<Self>, client: Client, stop: CancellationToken) {
+        let changed = Arc::new(Notify::new());
+        tokio::spawn(listen_for_changes(client, Arc::clone(&changed), stop.clone()));
+        let mut waits = Backoff::DEFAULT.start();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = changed.notified() => {}
+                _ = tokio::time::sleep(RESYNC_INTERVAL) => {}
+            }
+            while let Err(err) = self.sync().await {
+                if worth_logging(waits.attempts()) {
+                    tracing::warn!(error = %err, "cannot read the published handlers; retrying with backoff");
+                }
+                if !waits.wait(&stop).await {
+                    return;
+                }
+            }
+            waits.reset();
+        }
+    }
+}
