@@ -149,6 +149,18 @@ def inference_table(summary):
             print(f"| {label} | {row['ttft_ms']:.1f} ms | {row['tokens_per_s']:.1f} |")
 
 
+def fleet_table(summary):
+    job = summary["job_ms"]
+    print(f"\n| publish → first job served by the new handler ({summary['rounds']} rounds, running node) | median | vs a job |")
+    print("| --- | ---: | ---: |")
+    print(f"| baseline: one job, enqueue → completed, handler unchanged | {job:.1f} ms | baseline |")
+    print(f"| new `extract` variant (fetch, checks, compile, swap, the job) | {summary['swap_compile_ms']:.1f} ms "
+          f"| {summary['swap_compile_ms'] / job:.3g}× |")
+    print(f"| rollback to a component the node compiled before | {summary['swap_cached_ms']:.1f} ms "
+          f"| {summary['swap_cached_ms'] / job:.3g}× |")
+    print(f"| (`citadel component publish` itself: local check and compile, Redis write) | {summary['publish_cli_ms']:.1f} ms | |")
+
+
 def main():
     criterion_table(pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/criterion"))
     queues = pathlib.Path(sys.argv[2] if len(sys.argv) > 2 else "target/bench/queues.json")
@@ -160,6 +172,9 @@ def main():
     inference = pathlib.Path(sys.argv[4] if len(sys.argv) > 4 else "target/bench/inference.json")
     if inference.exists():
         inference_table(json.loads(inference.read_text()))
+    fleet = pathlib.Path(sys.argv[5] if len(sys.argv) > 5 else "target/bench/fleet.json")
+    if fleet.exists():
+        fleet_table(json.loads(fleet.read_text()))
 
 
 if __name__ == "__main__":
