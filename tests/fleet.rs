@@ -256,3 +256,57 @@ async fn a_node_down_during_a_publish_starts_on_the_current_handler_and_nodes_co
         serving(node, &digest_of("extract")).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_of_a_tenant_allowed_to_pin_runs_the_component_it_names() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[tenants.pinner]\ncapabilities = [\"log\", \"stream\"]\nallow_pin = true\n",
+    )
+    .unwrap();
+    let mut config = fleet_config(&redis, &[]);
+    config.policy = Some(policy);
+    let node = WorkerProcess::start(&config);
+    let (v1, v2) = (digest_of("slow"), digest_of("echo"));
+    publish(&redis, "slow", &[]);
+    publish(&redis, "echo", &[]);
+    serving(&node, &v2).await;
+
+    // Pinned to v1 while v2 is current: runs v1.
+    let pinned = format!(r#"{{"tenant": "pinner", "component": "{v1}", "ms": 1}}"#);
+    assert_eq!(greet(&redis, "pinned-v1", &pinned).await["attempt"], 1);
+    // Not pinned: the current one.
+    let plain = r#"{"tenant": "pinner", "ms": 1}"#;
+    assert_eq!(
+        greet(&redis, "current", plain).await["ms"],
+        1,
+        "echo returns the payload"
+    );
+
+    // A tenant without allow_pin, and a digest never published for the job type.
+    let refused = |id: &str, payload: String, reason: &'static str| {
+        let redis = &redis;
+        let id = id.to_string();
+        async move {
+            enqueue(&mut redis.conn(), &id, GREET, &payload);
+            let state = wait_status(redis, &id, "failed", WITHIN).await;
+            assert!(state["error"].contains(reason), "{id}: {state:?}");
+        }
+    };
+    refused(
+        "not-allowed",
+        format!(r#"{{"component": "{v1}", "ms": 1}}"#),
+        "may not pin components (allow_pin)",
+    )
+    .await;
+    let extract = digest_of("extract");
+    refused(
+        "not-published",
+        format!(r#"{{"tenant": "pinner", "component": "{extract}"}}"#),
+        "not among the components published for `greet`",
+    )
+    .await;
+}

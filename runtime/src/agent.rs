@@ -372,13 +372,17 @@ impl Agent {
         }
         let started = Instant::now();
         let outcome = match handler {
-            Handler::Component(component) => {
-                let (sink, mut chunks) = mpsc::channel(CHUNK_BUFFER);
-                let drain = tokio::spawn(async move { while chunks.recv().await.is_some() {} });
-                let report = self.executor.run(&component, spec, Some(sink), abort).await;
-                let _ = drain.await;
-                report.outcome
-            }
+            Handler::Component(component) => match self.handlers.pinned(&spec, self.executor.policy()).await {
+                Ok(pinned) => {
+                    let component = pinned.as_ref().unwrap_or(&component);
+                    let (sink, mut chunks) = mpsc::channel(CHUNK_BUFFER);
+                    let drain = tokio::spawn(async move { while chunks.recv().await.is_some() {} });
+                    let report = self.executor.run(component, spec, Some(sink), abort).await;
+                    let _ = drain.await;
+                    report.outcome
+                }
+                Err(refusal) => Err(refusal.into()),
+            },
             Handler::Native(native) => native.run(spec).await,
         };
         let interrupted = abort.is_cancelled() && matches!(outcome, Err(JobError::Cancelled { .. }));

@@ -14,7 +14,9 @@
 //! log line and a `handlers[].refused` status entry, and the handler in
 //! force stays. Sync runs at start (before the first job), on every
 //! announcement, after every reconnect of the announcement subscription,
-//! and every [`RESYNC_INTERVAL`] as a backstop.
+//! and every [`RESYNC_INTERVAL`] as a backstop. It also resolves jobs'
+//! pins (`"component": "sha256:…"`) among the job type's published
+//! components, with the same checks.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -24,6 +26,7 @@ use citadel_collector::status::{HandlerStatus, RefusedHandler};
 use citadel_transports::backoff::{Backoff, worth_logging};
 use citadel_transports::redis::registry::{HandlerRecord, Registry, listen_for_changes};
 use citadel_transports::redis::{Client, RedisResult};
+use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -32,7 +35,7 @@ use crate::components::signing::TrustedKeys;
 use crate::components::{ComponentStore, Digest, LoadedComponent};
 use crate::node::Telemetry;
 use crate::policy::Policy;
-use crate::worker::{Handler, HandlerTable};
+use crate::worker::{Handler, HandlerTable, PinResolver};
 
 /// How often the registry is read even without an announcement.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
@@ -44,6 +47,38 @@ struct Applied {
     fleet: BTreeMap<String, Digest>,
     /// Job types whose latest published record was refused.
     refused: BTreeMap<String, Refusal>,
+}
+
+impl PinResolver for FleetHandlers {
+    /// A pin must name a component published for the job type (one of the
+    /// records in its history); it gets the same checks as a publish, once.
+    fn resolve<'a>(
+        &'a self,
+        job_type: &'a str,
+        digest: &'a str,
+    ) -> BoxFuture<'a, Result<Arc<LoadedComponent>, String>> {
+        Box::pin(async move {
+            let key = (job_type.to_string(), digest.to_string());
+            if let Some(component) = self.pinned.lock().expect("pins poisoned").get(&key) {
+                return Ok(Arc::clone(component));
+            }
+            let history = self
+                .registry
+                .history(job_type)
+                .await
+                .map_err(|err| format!("cannot read the published handlers: {err}"))?;
+            let record = history
+                .into_iter()
+                .find(|record| record.digest == digest)
+                .ok_or_else(|| format!("it is not among the components published for `{job_type}`"))?;
+            let component = self.admit(&record).await?;
+            self.pinned
+                .lock()
+                .expect("pins poisoned")
+                .insert(key, Arc::clone(&component));
+            Ok(component)
+        })
+    }
 }
 
 /// A published record this node refused.
@@ -105,6 +140,8 @@ pub struct FleetHandlers {
     table: HandlerTable,
     applied: Mutex<Applied>,
     telemetry: Mutex<Option<Arc<Telemetry>>>,
+    /// Pinned components already checked, by (job type, digest).
+    pinned: Mutex<BTreeMap<(String, String), Arc<LoadedComponent>>>,
 }
 
 impl FleetHandlers {
@@ -124,6 +161,7 @@ impl FleetHandlers {
             table,
             applied: Mutex::default(),
             telemetry: Mutex::default(),
+            pinned: Mutex::default(),
         }
     }
 

@@ -86,6 +86,14 @@ pub enum Refusal {
         /// The capabilities the node lacks.
         missing: Capabilities,
     },
+    /// The job pins a component it may not use.
+    #[error("the job pins component {digest}, which is refused: {reason}")]
+    Pin {
+        /// The pinned digest, as the payload gave it.
+        digest: String,
+        /// Why.
+        reason: String,
+    },
     /// Linking failed (an import's or the export's type does not match).
     #[error("component {component} does not fit the handler world: {message}")]
     Link {

@@ -94,6 +94,11 @@ pub struct TenantPolicy {
     /// Jobs of this tenant running at once on one node.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: u32,
+    /// Whether the tenant's jobs may pin a published component
+    /// (`"component": "sha256:…"` in the payload) instead of the job
+    /// type's current one.
+    #[serde(default)]
+    pub allow_pin: bool,
     /// Which engines and models capability `inference` reaches.
     #[serde(default)]
     pub inference: InferencePolicy,
@@ -183,6 +188,7 @@ impl Default for TenantPolicy {
             max_chunks_per_second: default_max_chunks_per_second(),
             max_log_bytes: default_max_log_bytes(),
             max_in_flight: default_max_in_flight(),
+            allow_pin: false,
             inference: InferencePolicy::default(),
             docker: DockerPolicy::default(),
             http: HttpPolicy::default(),

@@ -177,6 +177,7 @@ pub(super) async fn follow_fleet(
         tracing::warn!(error = %err, "cannot read the published handlers yet: starting with the configured ones");
     }
     fleet.report_to(Arc::clone(&node.telemetry));
+    handlers.resolve_pins_with(fleet.clone());
     tokio::spawn(fleet.follow(client, stop.clone()));
     Ok(())
 }

@@ -187,7 +187,19 @@ impl Shared {
         let forwarder = self.forward_chunks(&info, ray, chunks, started);
         let run = async {
             match handler {
-                Handler::Component(component) => self.executor.run(&component, spec, Some(sink), cancel).await,
+                Handler::Component(component) => match self.handlers.pinned(&spec, self.executor.policy()).await {
+                    Ok(pinned) => {
+                        let component = pinned.as_ref().unwrap_or(&component);
+                        self.executor.run(component, spec, Some(sink), cancel).await
+                    }
+                    Err(refusal) => JobReport {
+                        outcome: Err(refusal.into()),
+                        chunks: 0,
+                        streamed_bytes: 0,
+                        elapsed: started.elapsed(),
+                        log: Vec::new(),
+                    },
+                },
                 Handler::Native(native) => {
                     drop(sink);
                     let outcome = native.run(spec).await;

@@ -11,12 +11,13 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use futures_util::future::BoxFuture;
 
 use crate::components::{ComponentError, ComponentStore, LoadedComponent};
-use crate::job::{JobError, JobSpec};
+use crate::job::{JobError, JobSpec, Refusal};
+use crate::policy::Policy;
 
 /// A job handler built into the node.
 pub trait NativeHandler: Send + Sync {
@@ -43,10 +44,18 @@ pub struct HandlerLoadError {
     pub source: ComponentError,
 }
 
+/// Finds the published component a job pins (`"component": "sha256:…"`).
+pub trait PinResolver: Send + Sync {
+    /// Component `digest` as published for `job_type`, checked and loaded.
+    fn resolve<'a>(&'a self, job_type: &'a str, digest: &'a str)
+    -> BoxFuture<'a, Result<Arc<LoadedComponent>, String>>;
+}
+
 /// Job type → handler, shared by its clones.
 #[derive(Default, Clone)]
 pub struct HandlerTable {
     by_type: Arc<RwLock<BTreeMap<String, Handler>>>,
+    pins: Arc<OnceLock<Arc<dyn PinResolver>>>,
 }
 
 impl HandlerTable {
@@ -65,6 +74,7 @@ impl HandlerTable {
         }
         Ok(HandlerTable {
             by_type: Arc::new(RwLock::new(by_type)),
+            pins: Arc::default(),
         })
     }
 
@@ -76,7 +86,34 @@ impl HandlerTable {
             .collect();
         HandlerTable {
             by_type: Arc::new(RwLock::new(by_type)),
+            pins: Arc::default(),
         }
+    }
+
+    /// Resolve jobs' pins with `resolver` (set once, by the fleet follower).
+    pub fn resolve_pins_with(&self, resolver: Arc<dyn PinResolver>) {
+        let _ = self.pins.set(resolver);
+    }
+
+    /// The component `job`'s payload pins, if it pins one: checked against
+    /// the tenant's `allow_pin` and resolved among the job type's
+    /// published components.
+    pub async fn pinned(&self, job: &JobSpec, policy: &Policy) -> Result<Option<Arc<LoadedComponent>>, Refusal> {
+        let Some(digest) = pinned_digest(&job.payload) else {
+            return Ok(None);
+        };
+        let refuse = |reason: String| Refusal::Pin {
+            digest: digest.clone(),
+            reason,
+        };
+        let (tenant, tenant_policy) = policy.tenant(&job.tenant);
+        if !tenant_policy.allow_pin {
+            return Err(refuse(format!("tenant `{tenant}` may not pin components (allow_pin)")));
+        }
+        let resolver = self.pins.get().ok_or_else(|| {
+            refuse("this node does not follow the published handlers (redis_url, components.fleet)".into())
+        })?;
+        resolver.resolve(&job.job_type, &digest).await.map(Some).map_err(refuse)
     }
 
     /// The handler of `job_type` now.
@@ -111,4 +148,14 @@ impl HandlerTable {
     pub fn is_empty(&self) -> bool {
         self.by_type.read().expect("handler table poisoned").is_empty()
     }
+}
+
+/// `payload.component`, when the payload is an object that has one (the
+/// payload is parsed only when it mentions the key).
+fn pinned_digest(payload: &str) -> Option<String> {
+    if !payload.contains("\"component\"") {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_str(payload).ok()?;
+    value.get("component")?.as_str().map(String::from)
 }
