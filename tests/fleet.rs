@@ -310,3 +310,62 @@ async fn a_job_of_a_tenant_allowed_to_pin_runs_the_component_it_names() {
     )
     .await;
 }
+
+/// Put `guest_name`'s component in `dir` as `<job_type>.wasm`, atomically.
+fn place(dir: &std::path::Path, job_type: &str, bytes: &[u8]) {
+    let staging = dir.join(format!(".{job_type}.partial"));
+    std::fs::write(&staging, bytes).unwrap();
+    std::fs::rename(&staging, dir.join(format!("{job_type}.wasm"))).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_directory_swaps_refuses_and_restores_handlers() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = worker_config(&redis);
+    config.components.fleet = false;
+    config.components.dir = Some(dir.path().to_path_buf());
+    config.components.dir_poll_ms = 100;
+    place(dir.path(), GREET, &std::fs::read(guest("slow")).unwrap());
+    let node = WorkerProcess::start(&config);
+    // Scanned before the first job.
+    assert!(node.log().contains("runs the directory's component"), "{}", node.log());
+    let entry = serving(&node, &digest_of("slow")).await;
+    assert_eq!(entry["source"], "dir");
+    assert_eq!(greet(&redis, "dir-v1", r#"{"ms": 1}"#).await["attempt"], 1);
+
+    place(dir.path(), GREET, &std::fs::read(guest("echo")).unwrap());
+    serving(&node, &digest_of("echo")).await;
+    assert_eq!(greet(&redis, "dir-v2", r#"{"ms": 7}"#).await["ms"], 7);
+
+    let junk = b"not a component at all".to_vec();
+    place(dir.path(), GREET, &junk);
+    let entry = handler_entry(&node, GREET, "the junk refused", |entry| {
+        entry["refused"]["digest"] == Digest::of(&junk).to_string().as_str()
+    })
+    .await;
+    assert_eq!(entry["digest"], digest_of("echo").as_str(), "echo stays");
+
+    // A file for a configured job type overrides it; removing it restores it.
+    place(dir.path(), "echo", &std::fs::read(guest("extract")).unwrap());
+    handler_entry(&node, "echo", "echo served by extract", |entry| {
+        entry["digest"] == digest_of("extract").as_str() && entry["source"] == "dir"
+    })
+    .await;
+    std::fs::remove_file(dir.path().join("echo.wasm")).unwrap();
+    handler_entry(&node, "echo", "echo back to its configured component", |entry| {
+        entry["digest"] == digest_of("echo").as_str() && entry["source"] == "config"
+    })
+    .await;
+    // Removing a file of a job type nobody configured stops handling it.
+    std::fs::remove_file(dir.path().join(format!("{GREET}.wasm"))).unwrap();
+    eventually_some(WITHIN, "greet no longer handled", || async {
+        let status = node_status(&node.status_url()).await?;
+        let handled = status["handlers"]
+            .as_array()?
+            .iter()
+            .any(|entry| entry["job_type"] == GREET && !entry["digest"].is_null());
+        (!handled).then_some(())
+    })
+    .await;
+}

@@ -22,7 +22,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use citadel_collector::status::{HandlerStatus, RefusedHandler};
 use citadel_transports::backoff::{Backoff, worth_logging};
 use citadel_transports::redis::registry::{HandlerRecord, Registry, listen_for_changes};
 use citadel_transports::redis::{Client, RedisResult};
@@ -35,18 +34,20 @@ use crate::components::signing::TrustedKeys;
 use crate::components::{ComponentStore, Digest, LoadedComponent};
 use crate::node::Telemetry;
 use crate::policy::Policy;
-use crate::worker::{Handler, HandlerTable, PinResolver};
+use crate::worker::{Handler, HandlerSource, HandlerTable, PinResolver};
 
 /// How often the registry is read even without an announcement.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Where each job type's handler came from, and what was refused.
+/// What this node made of the registry.
 #[derive(Debug, Default)]
 struct Applied {
     /// Job types served by a published component → its digest.
     fleet: BTreeMap<String, Digest>,
-    /// Job types whose latest published record was refused.
-    refused: BTreeMap<String, Refusal>,
+    /// Job types whose latest published record was refused → that record as
+    /// read (JSON, or the unreadable entry's problem): the same record is
+    /// not checked again, a new one is.
+    refused: BTreeMap<String, String>,
 }
 
 impl PinResolver for FleetHandlers {
@@ -81,54 +82,23 @@ impl PinResolver for FleetHandlers {
     }
 }
 
-/// A published record this node refused.
-#[derive(Debug, Clone)]
-struct Refusal {
-    /// The record as read (JSON), or the unreadable entry's problem: the
-    /// same record is not checked again, a new one is.
-    seen: String,
-    digest: String,
-    reason: String,
-}
-
-/// The status entries of `table`'s handlers (`handlers[]`) for a node that
-/// does not follow the fleet.
-pub fn configured_statuses(table: &HandlerTable) -> Vec<HandlerStatus> {
-    statuses(table, &Applied::default())
-}
-
-fn statuses(table: &HandlerTable, applied: &Applied) -> Vec<HandlerStatus> {
-    let mut types = table.types();
-    types.extend(applied.refused.keys().cloned());
-    types.sort();
-    types.dedup();
-    types
-        .into_iter()
-        .map(|job_type| {
-            let (digest, source) = match table.get(&job_type) {
-                Some(Handler::Component(component)) => {
-                    let source = if applied.fleet.contains_key(&job_type) {
-                        "fleet"
-                    } else {
-                        "config"
-                    };
-                    (Some(component.digest.to_string()), source)
-                }
-                Some(Handler::Native(_)) => (None, "native"),
-                None => (None, "none"),
-            };
-            let refused = applied.refused.get(&job_type).map(|refusal| RefusedHandler {
-                digest: refusal.digest.clone(),
-                reason: refusal.reason.clone(),
-            });
-            HandlerStatus {
-                job_type,
-                digest,
-                source: source.into(),
-                refused,
-            }
-        })
-        .collect()
+/// Load `bytes` (validated, compiled or taken from the cache) if the node
+/// provides every capability the component imports and some tenant's
+/// policy grants them all. Blocking (it may compile).
+pub fn load_checked(store: &ComponentStore, policy: &Policy, bytes: &[u8]) -> Result<Arc<LoadedComponent>, String> {
+    let component = store.load(bytes).map_err(|err| err.to_string())?;
+    let required = component.interface.required;
+    let unprovided = required.missing_from(PROVIDED);
+    if !unprovided.is_empty() {
+        return Err(format!("it imports {unprovided}, which this node does not provide"));
+    }
+    if !policy
+        .tenants()
+        .any(|(_, tenant)| required.missing_from(tenant.capability_set()).is_empty())
+    {
+        return Err(format!("it imports {required}, more than any tenant's policy grants"));
+    }
+    Ok(component)
 }
 
 /// The node's follower of the fleet's published handlers.
@@ -221,28 +191,14 @@ impl FleetHandlers {
         self.trusted
             .check(&digest, record.signature.as_deref(), record.signer.as_deref())
             .map_err(|err| err.to_string())?;
-        let store = Arc::clone(&self.store);
-        let component = tokio::task::spawn_blocking(move || store.load(&bytes))
+        let (store, policy) = (Arc::clone(&self.store), self.policy.clone());
+        tokio::task::spawn_blocking(move || load_checked(&store, &policy, &bytes))
             .await
             .map_err(|err| format!("loading it failed: {err}"))?
-            .map_err(|err| err.to_string())?;
-        let required = component.interface.required;
-        let unprovided = required.missing_from(PROVIDED);
-        if !unprovided.is_empty() {
-            return Err(format!("it imports {unprovided}, which this node does not provide"));
-        }
-        if !self
-            .policy
-            .tenants()
-            .any(|(_, tenant)| required.missing_from(tenant.capability_set()).is_empty())
-        {
-            return Err(format!("it imports {required}, more than any tenant's policy grants"));
-        }
-        Ok(component)
     }
 
     fn swap(&self, job_type: &str, record: &HandlerRecord, component: Arc<LoadedComponent>) {
-        let previous = self.table.swap(job_type, Arc::clone(&component));
+        let previous = self.table.swap(job_type, Arc::clone(&component), HandlerSource::Fleet);
         let previous = match previous {
             Some(Handler::Component(previous)) => previous.digest.to_string(),
             Some(Handler::Native(_)) => "a native handler".into(),
@@ -268,7 +224,7 @@ impl FleetHandlers {
             .expect("applied poisoned")
             .refused
             .get(job_type)
-            .is_some_and(|refusal| refusal.seen == seen)
+            .is_some_and(|refused| refused == seen)
     }
 
     fn refuse(&self, job_type: &str, seen: String, digest: &str, reason: &str) {
@@ -278,26 +234,17 @@ impl FleetHandlers {
             reason,
             "published handler refused; the handler in force stays"
         );
-        let refusal = Refusal {
-            seen,
-            digest: digest.to_string(),
-            reason: reason.to_string(),
-        };
+        self.table.refuse(job_type, digest, reason);
         self.applied
             .lock()
             .expect("applied poisoned")
             .refused
-            .insert(job_type.to_string(), refusal);
-    }
-
-    /// Every job type's handler, for status.
-    pub fn statuses(&self) -> Vec<HandlerStatus> {
-        statuses(&self.table, &self.applied.lock().expect("applied poisoned"))
+            .insert(job_type.to_string(), seen);
     }
 
     fn report(&self) {
         if let Some(telemetry) = self.telemetry.lock().expect("telemetry poisoned").as_ref() {
-            telemetry.set_handlers(self.statuses());
+            telemetry.set_handlers(self.table.statuses());
         }
     }
 

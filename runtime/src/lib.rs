@@ -35,6 +35,7 @@ pub mod engine;
 pub mod executor;
 pub mod fleet;
 pub mod grant;
+pub mod handler_dir;
 pub mod inference;
 pub mod job;
 pub mod joblog;

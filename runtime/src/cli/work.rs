@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
@@ -22,7 +23,8 @@ use super::Failure;
 use crate::config::Config;
 use crate::engine::Allocation;
 use crate::executor::Executor;
-use crate::fleet::{self, FleetHandlers};
+use crate::fleet::FleetHandlers;
+use crate::handler_dir::HandlerDir;
 use crate::node::NodeServices;
 use crate::node::device::{APPLY_DEVICE_CONFIG, DeviceConfigurator};
 use crate::services::Supervisor;
@@ -149,10 +151,11 @@ pub(super) fn executor_and_handlers(config: &Config) -> Result<(Executor, Handle
     Ok((executor, handlers))
 }
 
-/// Follow the handlers published to the fleet (`components.fleet`, with
-/// Redis): one sync before the first job — a node that was down during a
-/// publish starts on the current handler — then on every announcement
-/// until `stop`. Without it, status lists the configured handlers.
+/// Watch `components.dir` (scanned once before the first job) and follow
+/// the handlers published to the fleet (`components.fleet`, with Redis):
+/// one sync before the first job — a node that was down during a publish
+/// starts on the current handler — then on every announcement until
+/// `stop`. Status lists the handlers either way.
 pub(super) async fn follow_fleet(
     config: &Config,
     executor: &Executor,
@@ -160,8 +163,22 @@ pub(super) async fn follow_fleet(
     node: &NodeServices,
     stop: &CancellationToken,
 ) -> Result<(), Failure> {
+    if let Some(dir) = &config.components.dir {
+        let watcher = Arc::new(HandlerDir::new(
+            dir.clone(),
+            Duration::from_millis(config.components.dir_poll_ms),
+            Arc::clone(executor.components()),
+            executor.policy().clone(),
+            handlers.clone(),
+        ));
+        let scanner = Arc::clone(&watcher);
+        tokio::task::spawn_blocking(move || scanner.scan())
+            .await
+            .map_err(|err| Failure::input(format!("cannot scan components.dir: {err}")))?;
+        tokio::spawn(watcher.watch(Arc::clone(&node.telemetry), stop.clone()));
+    }
     let Some(url) = config.redis_url.as_deref().filter(|_| config.components.fleet) else {
-        node.telemetry.set_handlers(fleet::configured_statuses(handlers));
+        node.telemetry.set_handlers(handlers.statuses());
         return Ok(());
     };
     let invalid = |err: transport::RedisError| Failure::input(format!("invalid redis_url {url:?}: {err}"));

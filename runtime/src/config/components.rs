@@ -18,6 +18,12 @@ pub struct ComponentsConfig {
     /// whose signatures this node accepts. When any is set, unsigned
     /// components and other signers are refused.
     pub trusted_keys: Vec<String>,
+    /// A watched directory of components: `<job type>.wasm` serves that job
+    /// type, changes apply while the node runs (single nodes, no Redis
+    /// needed).
+    pub dir: Option<std::path::PathBuf>,
+    /// How often the directory is looked at, ms.
+    pub dir_poll_ms: u64,
 }
 
 impl Default for ComponentsConfig {
@@ -25,6 +31,8 @@ impl Default for ComponentsConfig {
         ComponentsConfig {
             fleet: true,
             trusted_keys: Vec::new(),
+            dir: None,
+            dir_poll_ms: 1000,
         }
     }
 }
@@ -36,6 +44,12 @@ impl ComponentsConfig {
     }
 
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if !(50..=3_600_000).contains(&self.dir_poll_ms) {
+            return Err(ConfigError::Invalid {
+                key: "components.dir_poll_ms",
+                problem: format!("must be between 50 and 3600000, got {}", self.dir_poll_ms),
+            });
+        }
         TrustedKeys::parse(&self.trusted_keys)
             .map(drop)
             .map_err(|problem| ConfigError::Invalid {

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, RwLock};
 
+use citadel_collector::status::{HandlerStatus, RefusedHandler};
 use futures_util::future::BoxFuture;
 
 use crate::components::{ComponentError, ComponentStore, LoadedComponent};
@@ -51,14 +52,63 @@ pub trait PinResolver: Send + Sync {
     -> BoxFuture<'a, Result<Arc<LoadedComponent>, String>>;
 }
 
+/// Where a job type's handler came from (status `handlers[].source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandlerSource {
+    /// `[handlers]` (or a built-in default).
+    Config,
+    /// Published to the fleet (`citadel component publish`).
+    Fleet,
+    /// A file in the watched directory (`components.dir`).
+    Dir,
+    /// Code of the node itself.
+    Native,
+}
+
+impl HandlerSource {
+    fn name(self) -> &'static str {
+        match self {
+            HandlerSource::Config => "config",
+            HandlerSource::Fleet => "fleet",
+            HandlerSource::Dir => "dir",
+            HandlerSource::Native => "native",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    by_type: BTreeMap<String, (Handler, HandlerSource)>,
+    /// The latest component refused for a job type, and why.
+    refused: BTreeMap<String, RefusedHandler>,
+}
+
 /// Job type → handler, shared by its clones.
 #[derive(Default, Clone)]
 pub struct HandlerTable {
-    by_type: Arc<RwLock<BTreeMap<String, Handler>>>,
+    table: Arc<RwLock<Table>>,
     pins: Arc<OnceLock<Arc<dyn PinResolver>>>,
 }
 
 impl HandlerTable {
+    fn of(by_type: BTreeMap<String, (Handler, HandlerSource)>) -> HandlerTable {
+        HandlerTable {
+            table: Arc::new(RwLock::new(Table {
+                by_type,
+                refused: BTreeMap::new(),
+            })),
+            pins: Arc::default(),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
+        self.table.read().expect("handler table poisoned")
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
+        self.table.write().expect("handler table poisoned")
+    }
+
     /// Load every configured handler.
     pub fn load(
         store: &ComponentStore,
@@ -70,24 +120,19 @@ impl HandlerTable {
                 job_type: job_type.clone(),
                 source,
             })?;
-            by_type.insert(job_type.clone(), Handler::Component(component));
+            by_type.insert(job_type.clone(), (Handler::Component(component), HandlerSource::Config));
         }
-        Ok(HandlerTable {
-            by_type: Arc::new(RwLock::new(by_type)),
-            pins: Arc::default(),
-        })
+        Ok(HandlerTable::of(by_type))
     }
 
     /// A table of native handlers only.
     pub fn native(handlers: impl IntoIterator<Item = (String, Arc<dyn NativeHandler>)>) -> HandlerTable {
-        let by_type = handlers
-            .into_iter()
-            .map(|(job_type, handler)| (job_type, Handler::Native(handler)))
-            .collect();
-        HandlerTable {
-            by_type: Arc::new(RwLock::new(by_type)),
-            pins: Arc::default(),
-        }
+        HandlerTable::of(
+            handlers
+                .into_iter()
+                .map(|(job_type, handler)| (job_type, (Handler::Native(handler), HandlerSource::Native)))
+                .collect(),
+        )
     }
 
     /// Resolve jobs' pins with `resolver` (set once, by the fleet follower).
@@ -118,35 +163,85 @@ impl HandlerTable {
 
     /// The handler of `job_type` now.
     pub fn get(&self, job_type: &str) -> Option<Handler> {
-        self.by_type
-            .read()
-            .expect("handler table poisoned")
-            .get(job_type)
-            .cloned()
+        self.read().by_type.get(job_type).map(|(handler, _)| handler.clone())
     }
 
-    /// Make `component` the handler of `job_type` from the next job on; the
-    /// component it replaces, if any.
-    pub fn swap(&self, job_type: &str, component: Arc<LoadedComponent>) -> Option<Handler> {
-        self.by_type
-            .write()
-            .expect("handler table poisoned")
-            .insert(job_type.to_string(), Handler::Component(component))
+    /// Make `component` (from `source`) the handler of `job_type` from the
+    /// next job on, clearing a refusal; the handler it replaces, if any.
+    pub fn swap(&self, job_type: &str, component: Arc<LoadedComponent>, source: HandlerSource) -> Option<Handler> {
+        let mut table = self.write();
+        table.refused.remove(job_type);
+        table
+            .by_type
+            .insert(job_type.to_string(), (Handler::Component(component), source))
+            .map(|(handler, _)| handler)
+    }
+
+    /// Put `handler` back as the handler of `job_type` (what the
+    /// configuration says), clearing a refusal.
+    pub fn restore(&self, job_type: &str, handler: Handler) {
+        let source = match handler {
+            Handler::Component(_) => HandlerSource::Config,
+            Handler::Native(_) => HandlerSource::Native,
+        };
+        let mut table = self.write();
+        table.refused.remove(job_type);
+        table.by_type.insert(job_type.to_string(), (handler, source));
+    }
+
+    /// Stop handling `job_type` (its jobs fail as unsupported from now on).
+    pub fn remove(&self, job_type: &str) -> Option<Handler> {
+        let mut table = self.write();
+        table.refused.remove(job_type);
+        table.by_type.remove(job_type).map(|(handler, _)| handler)
+    }
+
+    /// Record that a component for `job_type` was refused (status
+    /// `handlers[].refused`); the handler in force stays.
+    pub fn refuse(&self, job_type: &str, digest: &str, reason: &str) {
+        self.write().refused.insert(
+            job_type.to_string(),
+            RefusedHandler {
+                digest: digest.to_string(),
+                reason: reason.to_string(),
+            },
+        );
     }
 
     /// The job types handled.
     pub fn types(&self) -> Vec<String> {
-        self.by_type
-            .read()
-            .expect("handler table poisoned")
-            .keys()
-            .cloned()
-            .collect()
+        self.read().by_type.keys().cloned().collect()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.by_type.read().expect("handler table poisoned").is_empty()
+        self.read().by_type.is_empty()
+    }
+
+    /// Every job type's handler (and refusal), for status `handlers[]`.
+    pub fn statuses(&self) -> Vec<HandlerStatus> {
+        let table = self.read();
+        let mut types: Vec<&String> = table.by_type.keys().chain(table.refused.keys()).collect();
+        types.sort();
+        types.dedup();
+        types
+            .into_iter()
+            .map(|job_type| {
+                let (digest, source) = match table.by_type.get(job_type) {
+                    Some((Handler::Component(component), source)) => {
+                        (Some(component.digest.to_string()), source.name())
+                    }
+                    Some((Handler::Native(_), source)) => (None, source.name()),
+                    None => (None, "none"),
+                };
+                HandlerStatus {
+                    job_type: job_type.clone(),
+                    digest,
+                    source: source.into(),
+                    refused: table.refused.get(job_type).cloned(),
+                }
+            })
+            .collect()
     }
 }
 
