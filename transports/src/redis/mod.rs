@@ -14,6 +14,7 @@
 
 mod batch;
 mod cancel;
+mod channel;
 mod events;
 mod liveness;
 mod queue;

@@ -13,14 +13,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::{Backoff, worth_logging};
+use super::channel::follow_channel;
 
 /// The HASH job type → [`HandlerRecord`] (JSON).
 pub const HANDLERS_KEY: &str = "citadel:v1:handlers";
@@ -179,41 +178,5 @@ impl Registry {
 /// (a message may have been missed while unsubscribed); resubscribes with
 /// the shared backoff after Redis goes away.
 pub async fn listen_for_changes(client: redis::Client, changed: Arc<Notify>, stop: CancellationToken) {
-    let mut waits = Backoff::DEFAULT.start();
-    loop {
-        let subscribed = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(CHANGED_CHANNEL).await?;
-            redis::RedisResult::Ok(pubsub)
-        };
-        let pubsub = tokio::select! {
-            _ = stop.cancelled() => return,
-            subscribed = subscribed => subscribed,
-        };
-        match pubsub {
-            Ok(pubsub) => {
-                waits.reset();
-                changed.notify_one();
-                let mut messages = pubsub.into_on_message();
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        message = messages.next() => match message {
-                            Some(_) => changed.notify_one(),
-                            None => break,
-                        },
-                    }
-                }
-                tracing::debug!("handler announcements: subscription lost; resubscribing");
-            }
-            Err(err) => {
-                if worth_logging(waits.attempts()) {
-                    tracing::warn!(error = %err, "cannot subscribe to handler announcements; retrying with backoff");
-                }
-                if !waits.wait(&stop).await {
-                    return;
-                }
-            }
-        }
-    }
+    follow_channel(client, CHANGED_CHANNEL, |_| changed.notify_one(), stop).await;
 }
