@@ -94,6 +94,21 @@ async fn a_publish_swaps_the_handler_between_jobs_and_rollback_swaps_it_back() {
     let entry = serving(&node, &v1).await;
     assert_eq!(entry["source"], "fleet");
     assert_eq!(greet(&redis, "v1-first", r#"{"ms": 1}"#).await["attempt"], 1);
+    let table = Command::new(citadel_bin())
+        .args([
+            "status",
+            "--status-addr",
+            node.status_url().trim_start_matches("http://"),
+        ])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|line| line.starts_with("handler greet") && line.contains(&v1) && line.contains("fleet")),
+        "{table}"
+    );
 
     // v1 jobs still running when v2 is published finish on v1.
     let slow = r#"{"ms": 1500, "chunks": 3, "text": "hello"}"#;

@@ -186,6 +186,15 @@ fn table(message: &Value) -> Vec<String> {
             ),
         ));
     }
+    let tags: Vec<String> = status["node"]["tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(text)
+        .collect();
+    if !tags.is_empty() {
+        rows.push(("tags".into(), tags.join(", ")));
+    }
     let gpus = status["gpu"].as_array().cloned().unwrap_or_default();
     if gpus.is_empty() {
         rows.push((
@@ -226,6 +235,21 @@ fn table(message: &Value) -> Vec<String> {
             text(&worker["last_job_consumed_at"])
         ),
     ));
+    for handler in status["handlers"].as_array().into_iter().flatten() {
+        let refused = &handler["refused"];
+        rows.push((
+            format!("handler {}", text(&handler["job_type"])),
+            format!(
+                "{} · {}{}",
+                text(&handler["digest"]),
+                text(&handler["source"]),
+                refused["digest"]
+                    .as_str()
+                    .map(|digest| format!(" · refused {digest}: {}", text(&refused["reason"])))
+                    .unwrap_or_default()
+            ),
+        ));
+    }
     for service in status["services"].as_array().into_iter().flatten() {
         rows.push((
             format!("service {}", text(&service["name"])),
