@@ -384,3 +384,24 @@ async fn a_watched_directory_swaps_refuses_and_restores_handlers() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_handlers_starts_when_they_can_be_published() {
+    let redis = RedisServer::start();
+    let empty = tempfile::tempdir().unwrap();
+    let mut config = fleet_config(&redis, &[]);
+    config.handlers.clear();
+    config.guests_dir = Some(empty.path().to_path_buf());
+    let node = WorkerProcess::start(&config);
+    publish(&redis, "slow", &[]);
+    serving(&node, &digest_of("slow")).await;
+    assert_eq!(greet(&redis, "first-ever", r#"{"ms": 1}"#).await["attempt"], 1);
+
+    // Nothing configured and nothing that could arrive: it refuses to start.
+    config.components.fleet = false;
+    let file = empty.path().join("citadel.toml");
+    std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
+    let (code, stderr) = citadel_work_refusal(&file);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("no handlers"), "{stderr}");
+}

@@ -9,21 +9,21 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use citadel_transports::redis::{self as transport, listen_for_wake};
+use citadel_transports::redis::listen_for_wake;
 use clap::Args;
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::Failure;
 use super::work::{
     NodeOverrides, TelemetryOverrides, device_config_reader, drain_on_signal, executor_and_handlers, follow_fleet,
     run_workers,
 };
+use super::{Failure, redis_client};
 use crate::agent::{Agent, Source, follow_redis};
 use crate::config::Config;
 use crate::node::NodeServices;
-use crate::worker::Worker;
+use crate::worker::{Worker, WorkerError};
 
 /// Arguments of `citadel agent` (each overrides its config key).
 #[derive(Debug, Args)]
@@ -108,10 +108,8 @@ impl AgentArgs {
 
 pub(super) async fn agent(config: &Config) -> Result<(), Failure> {
     let (executor, handlers) = executor_and_handlers(config)?;
-    if handlers.is_empty() {
-        return Err(Failure::input(
-            "no handlers: give --handler TYPE=FILE.wasm or a [handlers] table in the config",
-        ));
+    if handlers.is_empty() && !config.handlers_can_arrive() {
+        return Err(Failure::input(WorkerError::NoHandlers));
     }
     let engines = Arc::clone(executor.engines());
     let executor = Arc::new(executor);
@@ -141,7 +139,7 @@ pub(super) async fn agent(config: &Config) -> Result<(), Failure> {
         return Ok(());
     };
     let url = config.redis_url.as_deref().unwrap_or_default();
-    let client = transport::client(url).map_err(|err| Failure::input(format!("invalid redis_url {url:?}: {err}")))?;
+    let client = redis_client(url)?;
     tokio::spawn(listen_for_wake(client, config.node_id(), wake, stop.clone()));
     tokio::spawn(follow_redis(
         worker.clone(),

@@ -15,7 +15,8 @@ mod work;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
 
 use crate::config::{Config, NoOverrides};
 use crate::services::launch::ServiceExecArgs;
@@ -167,6 +168,43 @@ impl Cli {
             Command::ServiceExec(_) => Err(Failure::input("service-exec runs before the async runtime (main.rs)")),
         }
     }
+}
+
+/// The `--redis-url` flag of the commands that talk to Redis.
+#[derive(Debug, Args)]
+pub struct RedisArgs {
+    /// Redis URL (`redis_url`).
+    #[arg(long, value_name = "URL")]
+    pub redis_url: Option<String>,
+}
+
+#[derive(Serialize)]
+struct RedisOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_url: Option<String>,
+}
+
+impl RedisArgs {
+    /// The config keys these flags set.
+    fn overrides(&self) -> impl Serialize + use<> {
+        RedisOverrides {
+            redis_url: self.redis_url.clone(),
+        }
+    }
+}
+
+/// The configured Redis URL, or a failure saying how to give one.
+fn required_redis_url(config: &Config) -> Result<&str, Failure> {
+    config
+        .redis_url
+        .as_deref()
+        .ok_or_else(|| Failure::input("no Redis URL: give --redis-url or set redis_url"))
+}
+
+/// A Redis client for `url` (no connection yet); a malformed URL is a
+/// failure naming it.
+fn redis_client(url: &str) -> Result<citadel_transports::redis::Client, Failure> {
+    citadel_transports::redis::client(url).map_err(|err| Failure::input(format!("invalid redis_url {url:?}: {err}")))
 }
 
 /// Exit code for a result of [`Cli::execute`], printing the reason.

@@ -5,13 +5,12 @@
 use std::path::PathBuf;
 use std::time::SystemTime;
 
+use citadel_transports::redis as transport;
 use citadel_transports::redis::registry::{HandlerRecord, Registry};
-use citadel_transports::redis::{self as transport};
 use citadel_transports::wire;
 use clap::Args;
-use serde::Serialize;
 
-use super::Failure;
+use super::{Failure, RedisArgs, redis_client, required_redis_url};
 use crate::components::{ComponentStore, signing};
 use crate::config::Config;
 use crate::engine::{Allocation, SandboxEngine};
@@ -23,29 +22,6 @@ pub struct KeygenArgs {
     /// goes to `<FILE>.pub`.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
-}
-
-/// The registry's Redis, for the commands that use it.
-#[derive(Debug, Args)]
-pub struct RegistryArgs {
-    /// Redis URL (`redis_url`).
-    #[arg(long, value_name = "URL")]
-    pub redis_url: Option<String>,
-}
-
-#[derive(Serialize)]
-struct Overrides {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    redis_url: Option<String>,
-}
-
-impl RegistryArgs {
-    /// The config keys these flags set.
-    pub(super) fn overrides(&self) -> impl Serialize + use<> {
-        Overrides {
-            redis_url: self.redis_url.clone(),
-        }
-    }
 }
 
 /// Arguments of `citadel component publish`.
@@ -60,9 +36,9 @@ pub struct PublishArgs {
     /// Sign its digest with this secret key (`citadel component keygen`).
     #[arg(long, value_name = "KEYFILE")]
     pub sign: Option<PathBuf>,
-    /// The registry.
+    /// The registry's Redis.
     #[command(flatten)]
-    pub registry: RegistryArgs,
+    pub registry: RedisArgs,
 }
 
 /// Arguments of `citadel component list`.
@@ -71,9 +47,9 @@ pub struct ListArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// The registry.
+    /// The registry's Redis.
     #[command(flatten)]
-    pub registry: RegistryArgs,
+    pub registry: RedisArgs,
 }
 
 /// Arguments of `citadel component rollback`.
@@ -82,9 +58,9 @@ pub struct RollbackArgs {
     /// The job type to point back at its previous component.
     #[arg(long, value_name = "TYPE")]
     pub job_type: String,
-    /// The registry.
+    /// The registry's Redis.
     #[command(flatten)]
-    pub registry: RegistryArgs,
+    pub registry: RedisArgs,
 }
 
 pub(super) fn keygen(args: KeygenArgs) -> Result<(), Failure> {
@@ -104,12 +80,8 @@ pub(super) fn keygen(args: KeygenArgs) -> Result<(), Failure> {
 }
 
 fn registry(config: &Config) -> Result<Registry, Failure> {
-    let url = config
-        .redis_url
-        .as_deref()
-        .ok_or_else(|| Failure::input("no Redis URL: give --redis-url or set redis_url"))?;
-    let client = transport::client(url).map_err(|err| Failure::input(format!("invalid Redis URL {url:?}: {err}")))?;
-    Registry::new(&client).map_err(|err| Failure::input(format!("invalid Redis URL {url:?}: {err}")))
+    let url = required_redis_url(config)?;
+    Registry::new(&redis_client(url)?).map_err(|err| Failure::input(format!("invalid redis_url {url:?}: {err}")))
 }
 
 fn unreachable(err: transport::RedisError) -> Failure {

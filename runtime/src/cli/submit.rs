@@ -11,15 +11,15 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Failure, output};
+use super::{Failure, RedisArgs, output, redis_client, required_redis_url};
 use crate::config::Config;
 
 /// Arguments of `citadel submit`.
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
-    /// Redis URL (`redis_url`).
-    #[arg(long, value_name = "URL")]
-    pub redis_url: Option<String>,
+    /// The Redis to enqueue on.
+    #[command(flatten)]
+    pub redis: RedisArgs,
     /// The job type.
     #[arg(long = "type", value_name = "TYPE")]
     pub job_type: String,
@@ -46,18 +46,10 @@ pub struct SubmitArgs {
     pub wait_ms: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct Overrides {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    redis_url: Option<String>,
-}
-
 impl SubmitArgs {
     /// The config keys these flags set.
     pub(super) fn overrides(&self) -> impl Serialize + use<> {
-        Overrides {
-            redis_url: self.redis_url.clone(),
-        }
+        self.redis.overrides()
     }
 }
 
@@ -67,11 +59,8 @@ pub(super) async fn submit(args: SubmitArgs, config: &Config) -> Result<(), Fail
         Ok(_) => return Err(Failure::input("--payload must be a JSON object")),
         Err(err) => return Err(Failure::input(format!("--payload is not valid JSON: {err}"))),
     }
-    let url = config
-        .redis_url
-        .as_deref()
-        .ok_or_else(|| Failure::input("no Redis URL: give --redis-url or set redis_url"))?;
-    let client = transport::client(url).map_err(|err| Failure::input(format!("invalid Redis URL {url:?}: {err}")))?;
+    let url = required_redis_url(config)?;
+    let client = redis_client(url)?;
     let job_id = args
         .job_id
         .clone()

@@ -17,9 +17,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use citadel_transports::redis::registry::Registry;
-use citadel_transports::redis::{self as transport};
 
-use super::Failure;
+use super::{Failure, redis_client};
 use crate::config::Config;
 use crate::engine::Allocation;
 use crate::executor::Executor;
@@ -181,10 +180,10 @@ pub(super) async fn follow_fleet(
         node.telemetry.set_handlers(handlers.statuses());
         return Ok(());
     };
-    let invalid = |err: transport::RedisError| Failure::input(format!("invalid redis_url {url:?}: {err}"));
-    let client = transport::client(url).map_err(invalid)?;
+    let client = redis_client(url)?;
+    let registry = Registry::new(&client).map_err(|err| Failure::input(format!("invalid redis_url {url:?}: {err}")))?;
     let fleet = Arc::new(FleetHandlers::new(
-        Registry::new(&client).map_err(invalid)?,
+        registry,
         Arc::clone(executor.components()),
         executor.policy().clone(),
         config.components.trusted(),

@@ -268,6 +268,12 @@ impl Config {
         handlers
     }
 
+    /// Whether handlers can arrive while the node runs: published to the
+    /// fleet (followed when Redis is configured) or put in `components.dir`.
+    pub fn handlers_can_arrive(&self) -> bool {
+        (self.components.fleet && self.redis_url.is_some()) || self.components.dir.is_some()
+    }
+
     /// The models directory: `models.dir`, else `<state_dir>/models`.
     pub fn models_dir(&self) -> PathBuf {
         self.models

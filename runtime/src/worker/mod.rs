@@ -78,7 +78,9 @@ pub enum WorkerError {
         source: transport::RedisError,
     },
     /// No handlers are configured.
-    #[error("no handlers: give --handler TYPE=FILE.wasm or a [handlers] table in the config")]
+    #[error(
+        "no handlers: give --handler TYPE=FILE.wasm, a [handlers] table or components.dir, or leave components.fleet on to take published ones"
+    )]
     NoHandlers,
     /// A handler's component is unusable.
     #[error(transparent)]
@@ -245,7 +247,9 @@ impl Worker {
         consumer: String,
         device_config: bool,
     ) -> Result<Worker, WorkerError> {
-        if handlers.is_empty() {
+        // Handlers may also arrive while the node runs (published to the
+        // fleet, or dropped in the watched directory).
+        if handlers.is_empty() && !config.handlers_can_arrive() {
             return Err(WorkerError::NoHandlers);
         }
         let url = config.redis_url.as_deref().ok_or(WorkerError::NoRedisUrl)?;
