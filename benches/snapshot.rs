@@ -19,6 +19,7 @@
 //! elsewhere the cgroup groups are skipped with a note. Processes and groups
 //! come from the test harness (`citadel_tests::TestCgroups`).
 
+use std::path::Path;
 use std::time::Duration;
 
 use cgroups_rs::fs::Cgroup;
@@ -166,7 +167,7 @@ fn snapshots(c: &mut Criterion) {
 
 fn gpu_samples(c: &mut Criterion) {
     let timeout = Duration::from_secs(5);
-    let mut probe = GpuProbe::new("nvidia-smi", timeout);
+    let mut probe = GpuProbe::new("nvidia-smi", Path::new(citadel_collector::gpu::DRIVER_DIR), timeout);
     if probe.source() != "nvml" || !citadel_collector::gpu::smi_available("nvidia-smi") {
         eprintln!(
             "gpu_sample skipped: needs NVML and nvidia-smi (source here: {})",

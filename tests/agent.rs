@@ -67,7 +67,7 @@ async fn the_agent_polls_runs_and_reports() {
     assert_eq!(reports[2].0, "n-unknown");
     assert_eq!(
         reports[2].1,
-        json!({"status": "FAILURE", "error": "unsupported job type `transcode`; this node handles echo, model_download, trap"})
+        json!({"status": "FAILURE", "error": "unsupported job type `transcode`; this node handles APPLY_DEVICE_CONFIG, echo, extract, extraction, llm_inference, model_download, trap"})
     );
     assert_eq!(nexus.unauthorized(), 0, "every call carried the token");
     let status = node_status(&node.status_url()).await.unwrap();

@@ -229,3 +229,83 @@ fn sha256sum(bytes: &[u8]) -> String {
     let out = Command::new("sha256sum").arg(&file).output().expect("sha256sum");
     text(&out.stdout).split_whitespace().next().unwrap().to_string()
 }
+
+#[test]
+fn help_opens_with_what_citadel_is_for_its_users() {
+    let out = citadel(&["--help"], &[]);
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    assert!(
+        help.starts_with("citadel turns a Linux GPU machine into a safe, multi-tenant job worker"),
+        "{help}"
+    );
+    assert!(help.contains("Coming from Citadel"), "{help}");
+    for command in ["init", "up", "agent", "work", "run", "submit", "status", "component"] {
+        assert!(help.contains(&format!("\n  {command} ")), "{command}: {help}");
+    }
+}
+
+#[test]
+fn citadel_variables_are_read_and_unknown_ones_only_warned_about() {
+    // A status snapshot taken here: the device code is Citadel's variable.
+    let out = citadel(
+        &["status", "--local", "--json", "--status-addr", "127.0.0.1:1"],
+        &[("CITADEL_DEVICE_CODE", "dev-77"), ("CITADEL_NO_SUCH_KEY", "1")],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let message: Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    assert_eq!(message["deviceCode"], "dev-77");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("CITADEL_NO_SUCH_KEY") && stderr.contains("ignoring a CITADEL_ environment variable"),
+        "{stderr}"
+    );
+    // A typo in a section is warned about too; a bad value of a real key is still an error.
+    let out = citadel(
+        &["status", "--local", "--json", "--status-addr", "127.0.0.1:1"],
+        &[("CITADEL_TELEMETRY__STATUS_INTERVAL", "5")],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("CITADEL_TELEMETRY__STATUS_INTERVAL"));
+    let out = citadel(
+        &["status", "--local", "--json"],
+        &[("CITADEL_TELEMETRY__STATUS_INTERVAL_S", "0")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("telemetry.status_interval_s"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn log_format_json_writes_one_object_per_line() {
+    let out = citadel(
+        &[
+            "--log",
+            "info",
+            "--log-format",
+            "json",
+            "status",
+            "--local",
+            "--json",
+            "--status-addr",
+            "127.0.0.1:1",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<String> = text(&out.stderr).lines().map(String::from).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let record: Value = serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}"));
+        assert!(record["level"].is_string() && record["fields"].is_object(), "{line}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains(r#""target":"citadel_collector::gpu""#)),
+        "the collector's line about the GPUs: {lines:?}"
+    );
+}

@@ -269,6 +269,7 @@ async fn engines_are_services_in_status_and_a_dead_one_is_published_at_once() {
     let engine = |name: &str, url: String| citadel_runtime::config::EngineSettings {
         name: name.into(),
         kind: EngineKind::OpenAi,
+        backend: None,
         base_url: url,
         models: vec!["smollm2".into()],
         max_concurrency: 2,

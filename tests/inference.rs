@@ -51,6 +51,7 @@ fn settings(name: &str, url: &str, models: &[&str]) -> EngineSettings {
     EngineSettings {
         name: name.into(),
         kind: EngineKind::OpenAi,
+        backend: None,
         base_url: url.into(),
         models: models.iter().map(|model| model.to_string()).collect(),
         max_concurrency: 2,
@@ -184,19 +185,45 @@ async fn ungranted_models_engines_and_unknown_engines_are_denied() {
         "handler returned denied: tenant `narrow` may not use engine `llama` (inference.engines)"
     );
     // An engine this node does not have: the guest cannot reach anything else.
+    let serves = "engine `llama` (vllm|sglang|llamacpp: smollm2, llama3)";
     let (report, _) = run(
         &executor,
         &component,
-        job("acme", &say_hi(json!({"backend": "10.0.0.7:8000"})), None),
+        job("acme", &say_hi(json!({"engine": "10.0.0.7:8000"})), None),
     )
     .await;
     assert_eq!(
         failure(&report),
         (
             "denied".into(),
-            "handler returned denied: no engine named `10.0.0.7:8000` is configured on this node".into()
+            format!(
+                "handler returned denied: no engine named `10.0.0.7:8000` is configured on this node; it has {serves}"
+            )
         )
     );
+    // A backend (Citadel's engine kind) this node does not serve, and one
+    // that is no backend at all.
+    let (report, _) = run(
+        &executor,
+        &component,
+        job("acme", &say_hi(json!({"backend": "ollama"})), None),
+    )
+    .await;
+    assert_eq!(
+        failure(&report),
+        (
+            "denied".into(),
+            format!("handler returned denied: this node serves no `ollama` engine; it has {serves}")
+        )
+    );
+    let (report, _) = run(
+        &executor,
+        &component,
+        job("acme", &say_hi(json!({"backend": "tgi"})), None),
+    )
+    .await;
+    assert_eq!(failure(&report).0, "invalid_input");
+    assert!(failure(&report).1.contains("unknown backend `tgi`"), "{report:?}");
     // A tenant without the capability never runs the component.
     let (report, _) = run(&executor, &component, job("default", &say_hi(json!({})), None)).await;
     assert_eq!(failure(&report).0, "capability_refused");

@@ -236,14 +236,11 @@ async fn ungranted_capability_is_refused_before_the_component_runs() {
         "{message}"
     );
 
-    // Granted: it runs, and the call answers that no engine here serves the model.
-    let policy = "[tenants.acme]\ncapabilities = [\"log\", \"stream\", \"inference\"]\n";
+    // Granted: it runs, and the call answers that this node has no engine.
+    let policy = "[tenants.acme]\ncapabilities = [\"log\", \"stream\", \"inference\"]\ninference.models = [\"*\"]\n";
     let (report, _) = run(&executor(policy), &load("bad-sneaky"), job("acme", "{}", None)).await;
     let message = report.outcome.unwrap_err().to_string();
-    assert!(
-        message.contains("no engine on this node serves model `any`"),
-        "{message}"
-    );
+    assert!(message.contains("this node has no inference engines"), "{message}");
 }
 
 #[tokio::test]

@@ -1,8 +1,9 @@
 //! Node telemetry end to end: the collector on this machine's real /proc
 //! and cgroups, status on a real Redis, the HTTP publisher against a real
 //! HTTP endpoint that fails and recovers, and the status server's routes
-//! read with a real HTTP client. The one fake is the fault injected on
-//! purpose: an `nvidia-smi` that hangs.
+//! read with a real HTTP client. The fakes stand where CI has no GPU: an
+//! `nvidia-smi` that hangs (fault injection), and a **fake `nvidia-smi`**
+//! reporting two GPUs with a real managed service's processes on both.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -101,6 +102,7 @@ async fn a_live_snapshot_matches_the_machine() {
         agent_version: "0.1.0".into(),
         started_at: snapshot.at,
         tags: vec!["eu".into()],
+        device_code: None,
         device_config: None,
     };
     let message = status_message(&identity, &snapshot, &Reported::default());
@@ -127,8 +129,10 @@ fn assert_citadel_status_shape(message: &Value, node_id: &str) {
         "memory_used_gb",
         "memory_total_gb",
         "memory_percent",
+        "memory_available_gb",
         "disk_used_gb",
         "disk_total_gb",
+        "disk_available_gb",
         "disk_percent",
     ] {
         assert!(
@@ -137,6 +141,17 @@ fn assert_citadel_status_shape(message: &Value, node_id: &str) {
             status["system"]
         );
     }
+    let system = &status["system"];
+    let (available, total) = (
+        system["memory_available_gb"].as_f64().unwrap(),
+        system["memory_total_gb"].as_f64().unwrap(),
+    );
+    assert!(available > 0.0 && available <= total, "{system}");
+    let disk_available = system["disk_available_gb"].as_f64().unwrap();
+    assert!(
+        disk_available > 0.0 && disk_available <= system["disk_total_gb"].as_f64().unwrap(),
+        "{system}"
+    );
     for key in ["gpu", "services", "processes", "collector_errors"] {
         assert!(status[key].is_array(), "status.{key}: {status}");
     }
@@ -312,15 +327,16 @@ async fn status_goes_to_the_redis_stream_and_channel_at_start_and_on_change() {
     assert_eq!(after["status"]["worker"]["consuming"], true);
     assert!(after["status"]["worker"]["last_job_consumed_at"].is_string());
 
-    // The stream holds the same messages: nodeId, timestamp, payload.
+    // The stream holds the same messages: nodeId, timestamp, status, payload.
     let entries: redis::streams::StreamRangeReply = conn.xrange_all("node:status:stream").unwrap();
     assert!(entries.ids.len() >= 2, "{} entries", entries.ids.len());
     let mut payloads = Vec::new();
     for entry in &entries.ids {
         let fields: BTreeSet<&str> = entry.map.keys().map(String::as_str).collect();
-        assert_eq!(fields, BTreeSet::from(["nodeId", "timestamp", "payload"]));
+        assert_eq!(fields, BTreeSet::from(["nodeId", "timestamp", "status", "payload"]));
         let field = |name: &str| -> String { redis::from_redis_value(entry.map[name].clone()).unwrap() };
         assert_eq!(field("nodeId"), NODE);
+        assert_eq!(field("status"), "online");
         let timestamp = field("timestamp");
         assert!(humantime_like(&timestamp), "{timestamp}");
         payloads.push(serde_json::from_str::<Value>(&field("payload")).unwrap());
@@ -457,7 +473,8 @@ async fn a_node_pushes_status_over_http_and_jobs_do_not_wait_on_it() {
     let receiver = StatusReceiver::start(Answer::Unavailable).await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = node_config(&redis);
-    config.telemetry.http_endpoint = Some(receiver.url());
+    // Citadel's endpoint is a template on the node id.
+    config.telemetry.http_endpoint = Some(format!("{}/api/fabric/nodes/{{id}}/status", receiver.base()));
     config.telemetry.spool_dir = Some(dir.path().to_path_buf());
     let node = TestWorker::start_node(&config).await;
     let mut conn = redis.conn();
@@ -476,6 +493,12 @@ async fn a_node_pushes_status_over_http_and_jobs_do_not_wait_on_it() {
             .any(|message| serde_json::from_str::<Value>(message).unwrap()["status"]["worker"]["processed"] == 5)
     })
     .await;
+    let expected = format!("/api/fabric/nodes/{NODE}/status");
+    assert!(
+        receiver.paths().iter().all(|path| *path == expected),
+        "{:?}",
+        receiver.paths()
+    );
     node.stop().await;
 }
 
@@ -500,10 +523,11 @@ async fn every_status_route_answers_and_health_follows_redis() {
     let node = TestWorker::start_node(&node_config(&redis)).await;
     let base = node.status_url();
 
-    let (code, body) = get(&format!("{base}/ping")).await;
-    let ping: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!((code, ping["status"].as_str()), (200, Some("pong")));
-    assert!(humantime_like(ping["timestamp"].as_str().unwrap()));
+    let client = citadel_transports::http::client(Duration::from_secs(5)).unwrap();
+    let ping = client.get(format!("{base}/ping")).send().await.unwrap();
+    assert_eq!(ping.status().as_u16(), 200);
+    assert_eq!(ping.headers()["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(ping.text().await.unwrap(), "pong", "as Citadel documents it");
 
     let health = eventually_some(SETTLE, "healthy once the first snapshot is in", || async {
         let (code, body) = get(&format!("{base}/health")).await;
@@ -757,4 +781,79 @@ async fn read_numbered_events(mut response: reqwest::Response, acks: mpsc::Unbou
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_spanning_two_gpus_reports_its_use_summed_with_the_breakdown() {
+    // A tensor-parallel engine, as a fake nvidia-smi (CI has no GPU) sees it:
+    // the service's main process on GPU 0 and a little on GPU 1, its worker
+    // (a child in the same cgroup) on GPU 1. The processes are real.
+    let dir = tempfile::tempdir().unwrap();
+    let (main_pid, child_pid) = (dir.path().join("main.pid"), dir.path().join("child.pid"));
+    let smi = dir.path().join("nvidia-smi");
+    std::fs::write(
+        &smi,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in\n\
+             --query-gpu=*) echo '0, NVIDIA H100 80GB HBM3, GPU-fake-0, 41000, 81559, 90, 40, 60, 500.5, 1980, 1980, 2619, 580.159.04'\n\
+               echo '1, NVIDIA H100 80GB HBM3, GPU-fake-1, 40500, 81559, 88, 38, 59, 490.0, 1980, 1980, 2619, 580.159.04' ;;\n\
+             --query-compute-apps=*) main=$(cat {main}); child=$(cat {child})\n\
+               echo \"GPU-fake-0, $main, 40960\"; echo \"GPU-fake-1, $child, 39936\"; echo \"GPU-fake-1, $main, 512\" ;;\n\
+             esac\n",
+            main = main_pid.display(),
+            child = child_pid.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&smi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let redis = RedisServer::start();
+    let slice = TestSlice::new();
+    let mut config = worker_config(&redis);
+    config.node.cgroup_slice = Some(slice.name().into());
+    config.telemetry.nvidia_smi = smi.display().to_string();
+    config.telemetry.status_interval_s = 1;
+    let script = format!(
+        "echo $$ > {}; sleep 600 & echo $! > {}; wait",
+        main_pid.display(),
+        child_pid.display()
+    );
+    config.services = vec![shell_service("engine", &script)];
+    let node = WorkerProcess::start(&config);
+    let base = node.status_url();
+    let source =
+        eventually_some(SETTLE, "a first status", || async { node_status(&base).await }).await["gpu_source"].clone();
+    if source == "nvml" {
+        println!("NVML loads on this machine: the nvidia-smi fallback is not used");
+        return;
+    }
+    let gpu = eventually_some(SETTLE, "the engine's GPU use in processes[]", || async {
+        let status = node_status(&base).await?;
+        let engine = status["processes"]
+            .as_array()?
+            .iter()
+            .find(|process| process["name"] == "engine")?
+            .clone();
+        (engine["gpu"]["gpus"].as_array()?.len() == 2).then_some(engine["gpu"].clone())
+    })
+    .await;
+    let (main, child): (u64, u64) = (
+        std::fs::read_to_string(&main_pid).unwrap().trim().parse().unwrap(),
+        std::fs::read_to_string(&child_pid).unwrap().trim().parse().unwrap(),
+    );
+    assert_eq!(gpu["memory_mb"], 40960 + 39936 + 512, "summed over both GPUs: {gpu}");
+    assert_eq!(gpu["gpus"][0]["index"], 0);
+    assert_eq!(gpu["gpus"][0]["memory_mb"], 40960);
+    assert_eq!(gpu["gpus"][0]["pids"], serde_json::json!([main]));
+    assert_eq!(gpu["gpus"][1]["uuid"], "GPU-fake-1");
+    assert_eq!(gpu["gpus"][1]["memory_mb"], 39936 + 512);
+    let mut on_one: Vec<u64> = gpu["gpus"][1]["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pid| pid.as_u64().unwrap())
+        .collect();
+    on_one.sort_unstable();
+    let mut expected = vec![main, child];
+    expected.sort_unstable();
+    assert_eq!(on_one, expected, "the worker counts: it is in the service's cgroup");
 }

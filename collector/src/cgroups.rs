@@ -173,6 +173,21 @@ impl Hierarchy {
     }
 }
 
+impl Hierarchy {
+    /// The processes in `group` (a path relative to the root).
+    pub fn procs(&self, group: &str) -> Result<Vec<u32>, String> {
+        let group = group.trim_start_matches('/');
+        let dir = match self {
+            Hierarchy::V1 { cpuacct, .. } => cpuacct.join(group),
+            Hierarchy::V2 { root } => root.join(group),
+        };
+        Ok(read(&dir.join("cgroup.procs"))?
+            .lines()
+            .filter_map(|line| line.trim().parse().ok())
+            .collect())
+    }
+}
+
 fn read(path: &Path) -> Result<String, String> {
     fs::read_to_string(path).map_err(|err| format!("{}: {err}", path.display()))
 }

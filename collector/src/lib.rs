@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 pub use cgroups::{CgroupStats, Hierarchy};
-pub use gpu::{GpuInfo, GpuProbe, GpuProcess, GpuReport};
+pub use gpu::{GpuInfo, GpuProbe, GpuProcess, GpuReport, GpuShare, GpuUsage};
 pub use probe::CollectorError;
 pub use processes::{ProcReader, ProcessInfo};
 pub use system::{SystemInfo, SystemProbe};
@@ -46,6 +46,9 @@ pub struct CollectorConfig {
     pub key_paths: Vec<PathBuf>,
     /// The cgroup hierarchy (`None`: the live system's).
     pub cgroups: Option<Hierarchy>,
+    /// The NVIDIA driver's files (`/proc/driver/nvidia`): GPU identities
+    /// when no live source answers.
+    pub driver_dir: PathBuf,
 }
 
 impl Default for CollectorConfig {
@@ -55,6 +58,7 @@ impl Default for CollectorConfig {
             smi: "nvidia-smi".into(),
             key_paths: Vec::new(),
             cgroups: None,
+            driver_dir: PathBuf::from(gpu::DRIVER_DIR),
         }
     }
 }
@@ -80,8 +84,9 @@ pub struct Watched {
     pub process: Option<ProcessInfo>,
     /// Its cgroup.
     pub cgroup: Option<CgroupStats>,
-    /// Its use of a GPU.
-    pub gpu: Option<GpuProcess>,
+    /// Its use of the GPUs: its process and everything in its cgroup,
+    /// summed over every GPU, with the per-GPU breakdown.
+    pub gpu: Option<GpuUsage>,
 }
 
 /// Everything collected at one moment.
@@ -117,8 +122,9 @@ impl Collector {
     /// Set up every probe (finding the GPU source may load NVML).
     pub async fn new(config: CollectorConfig) -> Collector {
         let smi = config.smi.clone();
+        let driver = config.driver_dir.clone();
         let timeout = config.probe_timeout;
-        let gpu = tokio::task::spawn_blocking(move || GpuProbe::new(&smi, timeout))
+        let gpu = tokio::task::spawn_blocking(move || GpuProbe::new(&smi, &driver, timeout))
             .await
             .expect("GPU probe set-up");
         let key_paths = config.key_paths.clone();
@@ -150,23 +156,15 @@ impl Collector {
         let system = system.map_err(|err| errors.push(err)).ok();
         let gpu = gpu.unwrap_or_else(|err| {
             errors.push(err);
-            GpuReport {
-                gpus: Vec::new(),
-                source: "none",
-                unavailable: None,
-            }
+            self.driver_identities()
         });
         let (mut watched, watch_errors) = watched.unwrap_or_else(|err| (Vec::new(), vec![err]));
         errors.extend(watch_errors);
-        for entry in &mut watched {
-            let pid = entry.process.as_ref().map(|process| process.pid);
-            entry.gpu = pid.and_then(|pid| {
-                gpu.gpus
-                    .iter()
-                    .flat_map(|gpu| &gpu.processes)
-                    .find(|process| process.pid == pid)
-                    .copied()
-            });
+        if gpu.gpus.iter().any(|gpu| !gpu.processes.is_empty()) {
+            for entry in &mut watched {
+                let pids = self.pids_of(entry);
+                entry.gpu = GpuUsage::of(&pids, &gpu.gpus);
+            }
         }
         Snapshot {
             at: SystemTime::now(),
@@ -176,6 +174,38 @@ impl Collector {
             errors,
             took: started.elapsed(),
         }
+    }
+
+    /// GPU identities from the driver's files, when the GPU probe failed
+    /// (its error is reported besides).
+    fn driver_identities(&self) -> GpuReport {
+        let files = gpu::DriverFiles::new(&self.config.driver_dir);
+        match files.present().then(|| files.read()) {
+            Some(Ok(gpus)) => GpuReport {
+                gpus,
+                source: "driver",
+                unavailable: Some(
+                    "the GPU probe failed (see collector_errors): identities from the driver's files only".into(),
+                ),
+            },
+            _ => GpuReport {
+                gpus: Vec::new(),
+                source: "none",
+                unavailable: None,
+            },
+        }
+    }
+
+    /// A watched thing's processes: its main one and, when it has a cgroup,
+    /// everything in it (an engine's workers on other GPUs).
+    fn pids_of(&self, watched: &Watched) -> Vec<u32> {
+        let mut pids: Vec<u32> = watched.process.iter().map(|process| process.pid).collect();
+        if let (Some(cgroup), Ok(hierarchy)) = (&watched.cgroup, &self.hierarchy) {
+            pids.extend(hierarchy.procs(&cgroup.path).unwrap_or_default());
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        pids
     }
 
     async fn system(&self) -> Result<SystemInfo, CollectorError> {
@@ -361,6 +391,62 @@ impl ErrorList {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_service_uses_the_gpus_of_every_process_in_its_cgroup() {
+        let root = tempfile::tempdir().unwrap();
+        let group = root.path().join("citadel.slice/services/vllm");
+        std::fs::create_dir_all(&group).unwrap();
+        std::fs::write(group.join("cgroup.procs"), "100\n101\n102\n").unwrap();
+        let collector = Collector::new(CollectorConfig {
+            cgroups: Some(Hierarchy::v2(root.path())),
+            smi: "/nonexistent/nvidia-smi".into(),
+            driver_dir: root.path().join("no-driver"),
+            ..CollectorConfig::default()
+        })
+        .await;
+        let watched = Watched {
+            name: "vllm".into(),
+            process: None,
+            cgroup: Some(CgroupStats {
+                path: "citadel.slice/services/vllm".into(),
+                version: 2,
+                cpu_percent: None,
+                memory_bytes: 0,
+                memory_limit_bytes: None,
+                io_read_bytes_per_s: None,
+                io_write_bytes_per_s: None,
+            }),
+            gpu: None,
+        };
+        assert_eq!(collector.pids_of(&watched), [100, 101, 102]);
+    }
+
+    #[tokio::test]
+    async fn a_failing_gpu_probe_still_names_the_gpus_the_driver_lists() {
+        let root = tempfile::tempdir().unwrap();
+        let gpu = root.path().join("gpus/0000:01:00.0");
+        std::fs::create_dir_all(&gpu).unwrap();
+        std::fs::write(
+            gpu.join("information"),
+            "Model: \t\t NVIDIA H100 80GB HBM3\nGPU UUID: \t GPU-aaaa\nDevice Minor: \t 0\n",
+        )
+        .unwrap();
+        let collector = Collector::new(CollectorConfig {
+            smi: "/nonexistent/nvidia-smi".into(),
+            driver_dir: root.path().to_path_buf(),
+            ..CollectorConfig::default()
+        })
+        .await;
+        let report = collector.driver_identities();
+        assert_eq!((report.source, report.gpus.len()), ("driver", 1));
+        assert_eq!(report.gpus[0].uuid, "GPU-aaaa");
+        assert_eq!(
+            collector.gpu_source(),
+            "driver",
+            "no NVML, no nvidia-smi: the driver's files"
+        );
+    }
 
     #[test]
     fn many_watches_are_read_in_parallel_and_reported_in_order() {

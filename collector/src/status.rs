@@ -25,6 +25,8 @@ pub struct NodeIdentity {
     pub started_at: SystemTime,
     /// Tags (`node.tags`).
     pub tags: Vec<String>,
+    /// The device code of its device authorization (`deviceCode`), when known.
+    pub device_code: Option<String>,
     /// The device configuration applied by the control plane (`node.device_config`).
     pub device_config: Option<serde_json::Value>,
 }
@@ -139,7 +141,7 @@ pub fn status_message(node: &NodeIdentity, snapshot: &Snapshot, reported: &Repor
         .duration_since(node.started_at)
         .unwrap_or_default()
         .as_secs();
-    serde_json::json!({
+    let mut message = serde_json::json!({
         "version": "1.0",
         "timestamp": timestamp,
         "nodeId": node.id,
@@ -165,14 +167,17 @@ pub fn status_message(node: &NodeIdentity, snapshot: &Snapshot, reported: &Repor
                 "memory_used_gb": gb(system.memory_used_bytes),
                 "memory_total_gb": gb(system.memory_total_bytes),
                 "memory_percent": percent(system.memory_used_bytes, system.memory_total_bytes),
+                "memory_available_gb": gb(system.memory_available_bytes),
                 "disk_used_gb": root_disk.map_or(0.0, |disk| gb(disk.used_bytes)),
                 "disk_total_gb": root_disk.map_or(0.0, |disk| gb(disk.total_bytes)),
+                "disk_available_gb": root_disk.map_or(0.0, |disk| gb(disk.available_bytes)),
                 "disk_percent": root_disk.map_or(0.0, |disk| percent(disk.used_bytes, disk.total_bytes)),
                 "disks": system.disks.iter().map(|disk| serde_json::json!({
                     "path": disk.path,
                     "mount": disk.mount,
                     "used_gb": gb(disk.used_bytes),
                     "total_gb": gb(disk.total_bytes),
+                    "available_gb": gb(disk.available_bytes),
                     "percent": percent(disk.used_bytes, disk.total_bytes),
                 })).collect::<Vec<_>>(),
             })),
@@ -185,7 +190,11 @@ pub fn status_message(node: &NodeIdentity, snapshot: &Snapshot, reported: &Repor
             "processes": snapshot.watched.iter().map(process_entry).collect::<Vec<_>>(),
             "collector_errors": snapshot.errors.iter().chain(&reported.errors).collect::<Vec<_>>(),
         }
-    })
+    });
+    if let Some(code) = &node.device_code {
+        message["deviceCode"] = code.as_str().into();
+    }
+    message
 }
 
 fn gpu_entry(gpu: &GpuInfo) -> serde_json::Value {

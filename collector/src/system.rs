@@ -18,6 +18,8 @@ pub struct DiskUsage {
     pub total_bytes: u64,
     /// Bytes in use.
     pub used_bytes: u64,
+    /// Bytes an unprivileged user may still write.
+    pub available_bytes: u64,
 }
 
 /// One sample of the machine.
@@ -41,6 +43,9 @@ pub struct SystemInfo {
     pub memory_total_bytes: u64,
     /// Memory in use (total − available), bytes.
     pub memory_used_bytes: u64,
+    /// Memory available to start new work without swapping (the kernel's
+    /// `MemAvailable`), bytes.
+    pub memory_available_bytes: u64,
     /// The filesystems of the key paths, first the root's.
     pub disks: Vec<DiskUsage>,
 }
@@ -92,6 +97,7 @@ impl SystemProbe {
             cpu_percent: f64::from(self.system.global_cpu_usage()),
             memory_total_bytes: self.system.total_memory(),
             memory_used_bytes: self.system.used_memory(),
+            memory_available_bytes: self.system.available_memory(),
             disks,
         })
     }
@@ -108,6 +114,7 @@ impl SystemProbe {
                 mount: disk.mount_point().display().to_string(),
                 total_bytes: disk.total_space(),
                 used_bytes: disk.total_space().saturating_sub(disk.available_space()),
+                available_bytes: disk.available_space(),
             })
     }
 }

@@ -25,7 +25,7 @@ use citadel_transports::backoff::{Backoff, RetryError, retry, worth_logging};
 use citadel_transports::nexus::{NexusClient, NexusJob, Outcome};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -35,7 +35,7 @@ use crate::job::{JobError, JobSpec};
 use crate::node::Telemetry;
 use crate::node::telemetry::JobCounts;
 use crate::policy::DEFAULT_TENANT;
-use crate::worker::{Handler, HandlerTable, JobInfo, JobObserver, Worker};
+use crate::worker::{Handler, HandlerTable, JobInfo, JobObserver, NativeJob, Worker};
 
 /// Where the node takes jobs from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,9 +64,6 @@ const REPORT_BACKOFF: Backoff = Backoff {
     min: Duration::from_millis(200),
     max: Duration::from_secs(30),
 };
-
-/// Chunks buffered per job (the agent counts them; Nexus has no stream).
-const CHUNK_BUFFER: usize = 64;
 
 /// An agent that cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -375,15 +372,18 @@ impl Agent {
             Handler::Component(component) => match self.handlers.pinned(&spec, self.executor.policy()).await {
                 Ok(pinned) => {
                     let component = pinned.as_ref().unwrap_or(&component);
-                    let (sink, mut chunks) = mpsc::channel(CHUNK_BUFFER);
-                    let drain = tokio::spawn(async move { while chunks.recv().await.is_some() {} });
-                    let report = self.executor.run(component, spec, Some(sink), abort).await;
-                    let _ = drain.await;
-                    report.outcome
+                    self.executor.run(component, spec, None, abort).await.outcome
                 }
                 Err(refusal) => Err(refusal.into()),
             },
-            Handler::Native(native) => native.run(spec).await,
+            Handler::Native(native) => {
+                let job = NativeJob {
+                    spec,
+                    chunks: None,
+                    cancel: abort,
+                };
+                native.run(job).await
+            }
         };
         let interrupted = abort.is_cancelled() && matches!(outcome, Err(JobError::Cancelled { .. }));
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);

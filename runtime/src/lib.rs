@@ -17,6 +17,8 @@
 //! - [`worker`]: the Redis Streams worker (`citadel work`);
 //! - [`agent`]: the Nexus polling agent (`citadel agent`, on-prem);
 //! - [`services`]: native services in cgroups (`[[services]]`);
+//! - [`shell`]: `shell_command`, commands an operator allows a tenant, each
+//!   as an unprivileged user in a cgroup of its own;
 //! - [`node`]: telemetry beside the worker: status publishing, metrics,
 //!   the status server;
 //! - [`bindings`]: the one `bindgen!`;
@@ -45,6 +47,7 @@ pub mod node;
 pub mod output;
 pub mod policy;
 pub mod services;
+pub mod shell;
 pub mod state;
 pub mod worker;
 

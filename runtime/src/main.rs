@@ -5,7 +5,7 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use citadel_runtime::cli::{Cli, Command, Failure, exit_code};
+use citadel_runtime::cli::{Cli, Command, Failure, LogFormat, exit_code};
 use citadel_runtime::services::launch;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -21,11 +21,13 @@ fn main() -> ExitCode {
         Ok(filter) => filter,
         Err(err) => return exit_code(Err(Failure::input(format!("--log {log:?} is not a log filter: {err}")))),
     };
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => log.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => log.json().init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => return exit_code(Err(Failure::input(format!("cannot start the async runtime: {err}")))),

@@ -17,9 +17,11 @@ use crate::capability::{Capabilities, Capability};
 
 mod docker;
 mod http;
+mod shell;
 
 pub use docker::{DockerAction, DockerPolicy};
 pub use http::HttpPolicy;
+pub use shell::{ANY_FURTHER_ARGS, ShellDenied, ShellPolicy, ShellRule};
 
 /// The tenant whose policy applies to tenants a policy does not name.
 pub const DEFAULT_TENANT: &str = "default";
@@ -108,6 +110,9 @@ pub struct TenantPolicy {
     /// Where capability `http` may connect, and how much it may fetch.
     #[serde(default)]
     pub http: HttpPolicy,
+    /// What `shell_command` jobs may run (nothing by default).
+    #[serde(default)]
+    pub shell: ShellPolicy,
 }
 
 /// `[tenants.<name>.inference]`: glob allowlists (`*`, `?`, `[…]`).
@@ -192,6 +197,7 @@ impl Default for TenantPolicy {
             inference: InferencePolicy::default(),
             docker: DockerPolicy::default(),
             http: HttpPolicy::default(),
+            shell: ShellPolicy::default(),
         }
     }
 }
@@ -248,6 +254,9 @@ impl TenantPolicy {
         }
         if let Err((key, problem)) = crate::egress::Egress::parse(&self.http.allowed_hosts, &self.http.allow_addresses)
         {
+            return Err(invalid(key, problem));
+        }
+        if let Err((key, problem)) = self.shell.validate() {
             return Err(invalid(key, problem));
         }
         if self.http.max_response_bytes == 0 || !(1..=3_600_000).contains(&self.http.timeout_ms) {

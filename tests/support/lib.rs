@@ -5,6 +5,8 @@
 //! with its producer side (`worker.rs`), and an HTTP endpoint receiving
 //! status messages (`receiver.rs`), and real cgroups with processes in them
 //! (`cgroup.rs`), a fake of the Nexus API (`nexus.rs`), native services in a private cgroup slice (`services.rs`),
+//! a fake of the control plane's device authorization (`control_plane.rs`),
+//! a Citadel-style Python producer (`producer.rs`),
 //! and inference engines: the real llama.cpp test engine, an
 //! Ollama emulator and a misbehaving engine (`engine.rs`), and a private
 //! podman serving the Docker Engine API (`podman.rs`).
@@ -13,22 +15,26 @@
 //! `cargo build`; `scripts/test` does both before running the tests.
 
 mod cgroup;
+mod control_plane;
 mod engine;
 mod files;
 mod http_server;
 mod nexus;
 mod podman;
+mod producer;
 mod receiver;
 mod redis;
 mod services;
 mod worker;
 
 pub use cgroup::TestCgroups;
+pub use control_plane::{ACCESS_TOKEN, DEVICE_CODE, FakeControlPlane, TokenAnswer, TokenPoll, USER_CODE};
 pub use engine::{LlmEngine, Misbehaviour, misbehaving_engine, ollama_emulator};
 pub use files::{FileServer, Seen};
 pub use http_server::serve_loopback;
 pub use nexus::FakeNexus;
 pub use podman::Podman;
+pub use producer::CitadelProducer;
 pub use receiver::{Answer, StatusReceiver};
 pub use redis::RedisServer;
 pub use services::{TestSlice, shell_service};

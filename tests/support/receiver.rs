@@ -30,6 +30,7 @@ struct State {
     accepted: Vec<String>,
     attempts: u64,
     authorization: Vec<Option<String>>,
+    paths: Vec<String>,
 }
 
 /// The endpoint; stops when dropped.
@@ -56,7 +57,17 @@ impl StatusReceiver {
 
     /// The URL to POST to.
     pub fn url(&self) -> String {
-        format!("http://{}/api/v1/nodes/status", self.addr)
+        format!("{}/api/v1/nodes/status", self.base())
+    }
+
+    /// Its base URL (any path is answered the same).
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The path of each request.
+    pub fn paths(&self) -> Vec<String> {
+        self.state.lock().unwrap().paths.clone()
     }
 
     /// Answer `answer` from now on.
@@ -95,6 +106,7 @@ async fn answer_request(
         .get("authorization")
         .and_then(|value| value.to_str().ok())
         .map(str::to_string);
+    let path = request.uri().path().to_string();
     let body = request
         .into_body()
         .collect()
@@ -105,6 +117,7 @@ async fn answer_request(
         let mut state = state.lock().unwrap();
         state.attempts += 1;
         state.authorization.push(authorization);
+        state.paths.push(path);
         match state.answer.expect("an answer") {
             Answer::Accept => {
                 state.accepted.push(String::from_utf8_lossy(&body).into_owned());

@@ -4,7 +4,7 @@
 //! jobs and read back their status, events, pending entries and dead letters.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -151,15 +151,21 @@ impl WorkerProcess {
     /// [`WorkerProcess::start`] under a wrapper command (`setpriv --reuid
     /// …` to run it as another user: the temp dir is then open to all).
     pub fn start_as(config: &Config, wrapper: &[&str]) -> WorkerProcess {
-        Self::launch(config, wrapper, "work")
+        Self::launch(config, wrapper, "work", &[])
     }
 
     /// `citadel --config <file> agent` (the Nexus polling agent), ready.
     pub fn start_agent(config: &Config) -> WorkerProcess {
-        Self::launch(config, &[], "agent")
+        Self::launch(config, &[], "agent", &[])
     }
 
-    fn launch(config: &Config, wrapper: &[&str], subcommand: &str) -> WorkerProcess {
+    /// `citadel --config <file> <subcommand>` (`work`, `agent`, `up`) with
+    /// `env` added to its environment, ready.
+    pub fn start_with_env(config: &Config, subcommand: &str, env: &[(&str, &str)]) -> WorkerProcess {
+        Self::launch(config, &[], subcommand, env)
+    }
+
+    fn launch(config: &Config, wrapper: &[&str], subcommand: &str, env: &[(&str, &str)]) -> WorkerProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = config.clone();
         config.sandbox = sandbox_config(Some(&dir.path().join("cache")));
@@ -167,6 +173,7 @@ impl WorkerProcess {
         let file = dir.path().join("citadel.toml");
         std::fs::write(&file, toml::to_string(&config).expect("config serializes")).expect("write config");
         let log = std::fs::File::create(dir.path().join("worker.log")).expect("worker log");
+        let stdout = std::fs::File::create(dir.path().join("worker.stdout")).expect("worker stdout");
         if !wrapper.is_empty() {
             use std::os::unix::fs::PermissionsExt;
             for path in [dir.path().to_path_buf(), dir.path().join("worker.log")] {
@@ -186,7 +193,8 @@ impl WorkerProcess {
             .arg(&file)
             .args(["--log", "info", subcommand])
             .env_remove("CITADEL_CONFIG")
-            .stdout(Stdio::null())
+            .envs(env.iter().copied())
+            .stdout(stdout)
             .stderr(log)
             .spawn()
             .expect("spawn citadel work");
@@ -197,7 +205,9 @@ impl WorkerProcess {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         // Ready: reading jobs, and (its group created) device configuration.
         let ready = |log: &str| match subcommand {
-            "agent" => log.contains("agent ready") && (config.redis_url.is_none() || log.contains("worker ready")),
+            "agent" | "up" => {
+                log.contains("agent ready") && (config.redis_url.is_none() || log.contains("worker ready"))
+            }
             _ => {
                 log.contains("worker ready")
                     && (config.worker.config_queue.is_empty() || log.contains("reading device configuration"))
@@ -227,6 +237,11 @@ impl WorkerProcess {
     /// Its log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("worker.log")).unwrap_or_default()
+    }
+
+    /// What it printed on stdout so far (`citadel up`'s progress lines).
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("worker.stdout")).unwrap_or_default()
     }
 
     /// Its consumer name, from the `worker ready` line.

@@ -13,9 +13,12 @@
 //! - [`docker`]: the Docker Engine API client (Docker or podman, unix
 //!   socket) for managed service containers;
 //! - [`nexus`]: Citadel's Nexus HTTP API (jobs polled, outcomes reported);
+//! - [`device_auth`]: device authorization with the control plane (RFC
+//!   8628), for `citadel init`;
 //! - [`backoff`]: the one jittered retry policy every transport uses.
 
 pub mod backoff;
+pub mod device_auth;
 pub mod docker;
 pub mod engines;
 pub mod http;

@@ -58,7 +58,8 @@ pub fn liveness_key(group: &str, consumer: &str) -> String {
 
 /// The stream every node's status is appended to.
 pub const NODE_STATUS_STREAM: &str = "node:status:stream";
-/// Entries kept in [`NODE_STATUS_STREAM`] (approximately).
+/// Entries kept in [`NODE_STATUS_STREAM`] (approximately) by default
+/// (`telemetry.status_stream_maxlen`; Citadel's own publisher keeps ~1000).
 pub const NODE_STATUS_STREAM_MAXLEN: usize = 10_000;
 
 /// Pub/Sub channel of one node's status: `node:status:{nodeId}`.

@@ -1,15 +1,19 @@
 //! The fallback when NVML cannot load: `nvidia-smi --query-gpu=…
-//! --format=csv,noheader,nounits`, run as a child process that is killed
-//! when it overruns its timeout (a wedged driver can hang it for minutes).
+//! --format=csv,noheader,nounits`, then `--query-compute-apps=…` for the
+//! processes on each GPU, each run as a child process that is killed when
+//! it overruns its timeout (a wedged driver can hang it for minutes).
 
 use std::time::Duration;
 
 use tokio::process::Command;
 
-use super::{Clocks, GpuInfo};
+use super::{Clocks, GpuInfo, GpuProcess};
 
 /// The fields asked of `nvidia-smi`, in the order [`parse_smi_csv`] reads.
 pub const SMI_QUERY: &str = "index,name,uuid,memory.used,memory.total,utilization.gpu,utilization.memory,temperature.gpu,power.draw,clocks.gr,clocks.sm,clocks.mem,driver_version";
+
+/// The fields of `--query-compute-apps`, in the order [`attach_compute_apps`] reads.
+pub const SMI_APPS_QUERY: &str = "gpu_uuid,pid,used_memory";
 
 /// Whether `program` can be found (on `PATH` when it has no slash).
 pub fn available(program: &str) -> bool {
@@ -19,10 +23,22 @@ pub fn available(program: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
-/// Query every GPU, killing `program` if it runs longer than `timeout`.
+/// Query every GPU and the processes on each, killing `program` if it runs
+/// longer than `timeout`. The process list is best effort: when its query
+/// fails the GPUs are still reported.
 pub async fn query(program: &str, timeout: Duration) -> Result<Vec<GpuInfo>, String> {
+    let mut gpus = parse_smi_csv(&run(program, &format!("--query-gpu={SMI_QUERY}"), timeout).await?)?;
+    match run(program, &format!("--query-compute-apps={SMI_APPS_QUERY}"), timeout).await {
+        Ok(apps) => attach_compute_apps(&mut gpus, &apps),
+        Err(err) => tracing::debug!(error = %err, "no GPU process list from nvidia-smi"),
+    }
+    Ok(gpus)
+}
+
+/// Run `program <query> --format=csv,noheader,nounits`: its stdout.
+async fn run(program: &str, query: &str, timeout: Duration) -> Result<String, String> {
     let child = Command::new(program)
-        .arg(format!("--query-gpu={SMI_QUERY}"))
+        .arg(query)
         .arg("--format=csv,noheader,nounits")
         .kill_on_drop(true)
         .output();
@@ -34,7 +50,34 @@ pub async fn query(program: &str, timeout: Duration) -> Result<Vec<GpuInfo>, Str
         let stderr = String::from_utf8_lossy(&output.stderr);
         return Err(format!("{program} failed ({}): {}", output.status, stderr.trim()));
     }
-    parse_smi_csv(&String::from_utf8_lossy(&output.stdout))
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Put the processes of `--query-compute-apps` CSV ([`SMI_APPS_QUERY`]) on
+/// their GPUs (matched by UUID); lines that do not parse are skipped.
+pub fn attach_compute_apps(gpus: &mut [GpuInfo], text: &str) {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .trim(csv::Trim::All)
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    for record in reader.records().flatten() {
+        let (Some(uuid), Some(Ok(pid))) = (record.get(0), record.get(1).map(str::parse::<u32>)) else {
+            continue;
+        };
+        let Some(gpu) = gpus.iter_mut().find(|gpu| gpu.uuid == uuid) else {
+            continue;
+        };
+        if gpu.processes.iter().any(|process| process.pid == pid) {
+            continue;
+        }
+        gpu.processes.push(GpuProcess {
+            pid,
+            memory_mb: record.get(2).and_then(|mib| mib.parse().ok()),
+            sm_percent: None,
+        });
+        gpu.processes.sort_by_key(|process| process.pid);
+    }
 }
 
 /// Parse `nvidia-smi`'s CSV for [`SMI_QUERY`]; `[N/A]` and the like become
@@ -107,5 +150,24 @@ mod tests {
         assert_eq!(gpus[1].power_watts, None, "[N/A]");
         assert_eq!(gpus[1].driver, "580.159.04");
         assert!(parse_smi_csv("0, only, three\n").unwrap_err().contains("fields"));
+    }
+
+    #[test]
+    fn compute_apps_land_on_their_gpus() {
+        let mut gpus = parse_smi_csv(
+            "0, NVIDIA H100 80GB HBM3, GPU-aaaa, 41000, 81559, 90, 40, 60, 500, 1980, 1980, 2619, 580.159.04\n\
+             1, NVIDIA H100 80GB HBM3, GPU-bbbb, 40000, 81559, 88, 38, 59, 490, 1980, 1980, 2619, 580.159.04\n",
+        )
+        .unwrap();
+        attach_compute_apps(
+            &mut gpus,
+            "GPU-aaaa, 4242, 40960\nGPU-bbbb, 4243, 39936\nGPU-bbbb, 4242, 512\nGPU-cccc, 1, 1\nnot a line\n\
+             GPU-aaaa, 77, [N/A]\n",
+        );
+        let pids = |gpu: &GpuInfo| gpu.processes.iter().map(|process| process.pid).collect::<Vec<_>>();
+        assert_eq!(pids(&gpus[0]), [77, 4242]);
+        assert_eq!(pids(&gpus[1]), [4242, 4243]);
+        assert_eq!(gpus[0].processes[1].memory_mb, Some(40960));
+        assert_eq!(gpus[0].processes[0].memory_mb, None, "[N/A]");
     }
 }

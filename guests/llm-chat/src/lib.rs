@@ -1,6 +1,9 @@
 //! `llm-chat`: Citadel's `llm_inference` job. Payload
 //! `{model, prompt | messages, max_tokens, temperature, top_p, stream,
-//! backend, stop}`; with `stream` (the default) every token becomes a
+//! backend, engine, stop}`: `backend` is the kind of engine (`vllm`,
+//! `sglang`, `llamacpp`, `ollama`, `auto`), `engine` one of the node's
+//! engines by name; the node routes the request. With `stream` (the
+//! default) every token becomes a
 //! `chunk` through the host's splice path (`complete-to-stream`), otherwise
 //! tokens are pulled (`complete`) and only the result carries the text.
 //! `splice: false` streams through the guest instead: each pulled token is
@@ -38,8 +41,10 @@ struct Payload {
     stream: bool,
     #[serde(default = "streams")]
     splice: bool,
-    /// Citadel's name for the engine to use.
+    /// Citadel's kind of engine: `vllm`, `sglang`, `llamacpp`, `ollama`, `auto`.
     backend: Option<String>,
+    /// One of the node's engines, by name.
+    engine: Option<String>,
     stop: Option<Stop>,
 }
 
@@ -80,9 +85,8 @@ impl Guest for LlmChat {
             }
         };
         let request = Request {
-            engine: payload
-                .backend
-                .filter(|backend| !backend.is_empty() && backend != "auto"),
+            engine: payload.engine,
+            backend: payload.backend,
             model: payload.model.clone(),
             input,
             max_tokens: payload.max_tokens,

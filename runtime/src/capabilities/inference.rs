@@ -1,24 +1,28 @@
 //! Capability `inference`: generations on the node's configured engines.
 //!
-//! Checks, in order: the grant (`denied`), the request (`invalid-request`),
-//! the engine the request names or the first serving its model (an engine
-//! this node does not have is `denied`: a guest reaches configured engines
-//! and nothing else), the tenant's engine and model allowlists (`denied`,
-//! each logged once per job), then the engine's concurrency slot (the call
-//! waits its turn). `complete` hands the guest a resource to pull tokens
+//! Checks, in order: the grant (`denied`), the request (`invalid-request`,
+//! an unknown `backend` included), the tenant's model allowlist (`denied`),
+//! then the route (`crate::inference::Route`): the engine the request names,
+//! else the first engine that is the `backend` asked for (Citadel's engine
+//! kind; `auto` or none: any), serves the model and is in the tenant's
+//! engine allowlist. An engine, backend or grant this node does not have
+//! is `denied` (a guest reaches configured engines and nothing else, and
+//! the reason says what the node does serve); a model no engine here serves
+//! is `unavailable` (another node may). Refusals are logged once per job.
+//! Then the engine's concurrency slot (the call waits its turn). `complete` hands the guest a resource to pull tokens
 //! from; `complete-to-stream` splices every token straight into the job's
 //! `chunk` events (so it also needs `stream`). Dropping the completion,
 //! the job's deadline or its cancellation drops the HTTP request, which
 //! stops the engine. Usage and time to first token are metered per tenant.
 
-use citadel_transports::engines::{EngineError, Finish, GenerationRequest, Input, Message};
+use citadel_transports::engines::{Backend, EngineError, Finish, GenerationRequest, Input, Message};
 use wasmtime::component::Resource;
 
 use crate::bindings::citadel::handler::inference::{
     self as wit, Error as InferenceError, Host, HostCompletion, Request, Summary, Usage as WitUsage,
 };
 use crate::capability::Capability;
-use crate::inference::{Generation, Metered, Unrouted};
+use crate::inference::{Generation, Metered, Route};
 use crate::output::SendError;
 use crate::state::JobState;
 
@@ -38,10 +42,21 @@ fn engine_error(err: EngineError) -> InferenceError {
     }
 }
 
-fn generation_request(request: Request) -> Result<(Option<String>, GenerationRequest), InferenceError> {
+/// The request's engine and backend, and the request for the engine.
+struct Requested {
+    engine: Option<String>,
+    backend: Option<Backend>,
+    request: GenerationRequest,
+}
+
+fn generation_request(request: Request) -> Result<Requested, InferenceError> {
     if request.model.trim().is_empty() {
         return Err(InferenceError::InvalidRequest("model is empty".into()));
     }
+    let backend = match request.backend.as_deref() {
+        Some(text) => Backend::parse_requested(text).map_err(InferenceError::InvalidRequest)?,
+        None => None,
+    };
     let input = match request.input {
         wit::Input::Messages(messages) if messages.is_empty() => {
             return Err(InferenceError::InvalidRequest("messages is empty".into()));
@@ -57,9 +72,10 @@ fn generation_request(request: Request) -> Result<(Option<String>, GenerationReq
         ),
         wit::Input::Prompt(prompt) => Input::Prompt(prompt),
     };
-    Ok((
-        request.engine,
-        GenerationRequest {
+    Ok(Requested {
+        engine: request.engine.filter(|engine| !engine.is_empty()),
+        backend,
+        request: GenerationRequest {
             model: request.model,
             input,
             max_tokens: request.max_tokens,
@@ -67,7 +83,7 @@ fn generation_request(request: Request) -> Result<(Option<String>, GenerationReq
             top_p: request.top_p,
             stop: request.stop,
         },
-    ))
+    })
 }
 
 fn summary(content: String, finish: Finish, metered: &Metered) -> Summary {
@@ -84,40 +100,44 @@ fn summary(content: String, finish: Finish, metered: &Metered) -> Summary {
 }
 
 impl JobState {
-    /// Grant, request, route, allowlists; then wait for the engine's slot.
+    /// Grant, request, model allowlist, route; then wait for the engine's slot.
     async fn start_generation(&mut self, request: Request) -> Result<(Generation, Metered), InferenceError> {
         if let Err(denied) = self.grant.check(Capability::Inference, &self.job_id) {
             return Err(InferenceError::Denied(denied.to_string()));
         }
-        let (engine, request) = generation_request(request)?;
-        let slot = match self.engines.route(engine.as_deref(), &request.model) {
+        let Requested {
+            engine,
+            backend,
+            request,
+        } = generation_request(request)?;
+        let tenant = self.grant.tenant().to_string();
+        let allowlist = &self.grant.policy().inference;
+        if !allowlist.allows_model(&request.model) {
+            let reason = format!(
+                "tenant `{tenant}` may not use model `{}` (inference.models)",
+                request.model
+            );
+            self.grant.deny_once(&reason, &self.job_id);
+            return Err(InferenceError::Denied(reason));
+        }
+        let route = Route {
+            engine: engine.as_deref(),
+            backend,
+            model: &request.model,
+        };
+        let slot = match self
+            .engines
+            .route(route, &tenant, |engine| allowlist.allows_engine(engine))
+        {
             Ok(slot) => slot,
-            Err(unrouted @ Unrouted::NoSuchEngine(_)) => {
+            Err(unrouted) if unrouted.may_pass() => return Err(InferenceError::Unavailable(unrouted.to_string())),
+            Err(unrouted) => {
                 let reason = unrouted.to_string();
                 self.grant.deny_once(&reason, &self.job_id);
                 return Err(InferenceError::Denied(reason));
             }
-            Err(unrouted) => return Err(InferenceError::Unavailable(unrouted.to_string())),
         };
         let engine = slot.settings().name.clone();
-        let tenant = self.grant.tenant().to_string();
-        let allowlist = &self.grant.policy().inference;
-        let refusal = if !allowlist.allows_engine(&engine) {
-            Some(format!(
-                "tenant `{tenant}` may not use engine `{engine}` (inference.engines)"
-            ))
-        } else if !allowlist.allows_model(&request.model) {
-            Some(format!(
-                "tenant `{tenant}` may not use model `{}` (inference.models)",
-                request.model
-            ))
-        } else {
-            None
-        };
-        if let Some(reason) = refusal {
-            self.grant.deny_once(&reason, &self.job_id);
-            return Err(InferenceError::Denied(reason));
-        }
         let mut metered = Metered::start(&self.engines, &tenant, &engine, &request.model);
         match slot.generate(&request).await {
             Ok(generation) => Ok((generation, metered)),

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use citadel_transports::redis::listen_for_wake;
 use clap::Args;
@@ -15,9 +16,10 @@ use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::up::wait_for_services;
 use super::work::{
-    NodeOverrides, TelemetryOverrides, device_config_reader, drain_on_signal, executor_and_handlers, follow_fleet,
-    run_workers,
+    NodeOverrides, TelemetryOverrides, device_config_reader, device_configurator, drain_on_signal,
+    executor_and_handlers, follow_fleet, run_workers,
 };
 use super::{Failure, redis_client};
 use crate::agent::{Agent, Source, follow_redis};
@@ -107,6 +109,12 @@ impl AgentArgs {
 }
 
 pub(super) async fn agent(config: &Config) -> Result<(), Failure> {
+    run_agent(config, None).await
+}
+
+/// Run the agent; with `wait_services`, first wait that long at most for
+/// the node's services to be healthy (`citadel up`).
+pub(super) async fn run_agent(config: &Config, wait_services: Option<Duration>) -> Result<(), Failure> {
     let (executor, handlers) = executor_and_handlers(config)?;
     if handlers.is_empty() && !config.handlers_can_arrive() {
         return Err(Failure::input(WorkerError::NoHandlers));
@@ -129,10 +137,22 @@ pub(super) async fn agent(config: &Config) -> Result<(), Failure> {
     let node = NodeServices::start(config, initial.name(), worker.as_ref(), engines)
         .await
         .map_err(Failure::input)?;
+    let _ = services.set(Arc::clone(&node.supervisor));
+    if let Some(within) = wait_services {
+        let state_dir = config.state_dir();
+        let waited = tokio::select! {
+            waited = wait_for_services(&node.supervisor, within, &state_dir) => waited,
+            _ = stop.cancelled() => Err(Failure::job("stopped before the services were up")),
+        };
+        if let Err(failure) = waited {
+            node.stop().await;
+            return Err(failure);
+        }
+    }
     let agent = Arc::new(agent.observed_by(node.telemetry.job_feed()));
     node.telemetry.count_jobs_of(agent.stats());
+    let configurator = device_configurator(config, &node, &handlers);
     follow_fleet(config, &executor, &handlers, &node, &stop).await?;
-    let _ = services.set(Arc::clone(&node.supervisor));
     let Some(worker) = worker else {
         agent.run(stop).await;
         node.stop().await;
@@ -147,7 +167,7 @@ pub(super) async fn agent(config: &Config) -> Result<(), Failure> {
         Arc::clone(&node.telemetry),
         stop.clone(),
     ));
-    let reader = device_config_reader(config, &worker, &node)?;
+    let reader = device_config_reader(config, &worker, &configurator)?;
     let (outcome, ()) = tokio::join!(run_workers(&worker, reader.as_ref(), &stop), agent.run(stop.clone()));
     node.stop().await;
     outcome.map_err(|err| Failure::job(format!("worker failed: {err}")))

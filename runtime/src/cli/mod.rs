@@ -4,12 +4,14 @@
 //! configuration, payload, component) before anything ran.
 
 mod agent;
+mod init;
 mod inspect;
 mod output;
 mod registry;
 mod run;
 mod status;
 mod submit;
+mod up;
 mod work;
 
 use std::path::PathBuf;
@@ -22,15 +24,37 @@ use crate::config::{Config, NoOverrides};
 use crate::services::launch::ServiceExecArgs;
 
 pub use agent::AgentArgs;
+pub use init::InitArgs;
 pub use inspect::InspectArgs;
 pub use run::RunArgs;
 pub use status::StatusArgs;
 pub use submit::SubmitArgs;
+pub use up::UpArgs;
 pub use work::WorkArgs;
 
-/// citadel: a WebAssembly-sandboxed job runtime for GPU compute nodes.
+/// What citadel is, for its users: the opening of `citadel --help`.
+macro_rules! about {
+    () => {
+        "citadel turns a Linux GPU machine into a safe, multi-tenant job worker: jobs arrive from \
+Redis Streams (`citadel work`) or Citadel's Nexus API (`citadel agent`, `citadel up`), each runs in a \
+WebAssembly sandbox under hard limits and may use only what its tenant's policy grants (the node's \
+inference engines, containers, outbound HTTP), and the node pushes its status (CPU, memory, GPUs, \
+services) to Redis and HTTP."
+    };
+}
+
+/// `citadel --help`, in full.
+const LONG_ABOUT: &str = concat!(
+    about!(),
+    "\n\nComing from Citadel: `citadel init` onboards the node (device authorization), `citadel up` \
+starts its services and takes jobs, `citadel work` joins the Redis workers; Citadel's producers, job \
+types (llm_inference, extraction, model_download, APPLY_DEVICE_CONFIG, shell_command) and CITADEL_* \
+variables work as they are."
+);
+
+/// The `citadel` command line.
 #[derive(Debug, Parser)]
-#[command(name = "citadel", version, about, propagate_version = true)]
+#[command(name = "citadel", version, about = about!(), long_about = LONG_ABOUT, propagate_version = true)]
 pub struct Cli {
     /// Node configuration file (TOML); `CITADEL_<SECTION>__<KEY>` variables
     /// override its keys, flags override both.
@@ -41,9 +65,22 @@ pub struct Cli {
     /// `work`, `warn` otherwise.
     #[arg(long, global = true, env = "CITADEL_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+    /// How the node's own log is written: `text` for people, `json` (one
+    /// JSON object per line) for log aggregators.
+    #[arg(long, global = true, env = "CITADEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people (colours on a terminal).
+    Text,
+    /// One JSON object per line (tracing's JSON layer).
+    Json,
 }
 
 /// The commands.
@@ -56,6 +93,12 @@ pub enum Command {
     /// Take jobs from Citadel's Nexus HTTP API (on-prem, no Redis) until
     /// SIGTERM/SIGINT.
     Agent(AgentArgs),
+    /// Onboard this node: device authorization with the control plane,
+    /// the credential kept, the first status published with its device code.
+    Init(InitArgs),
+    /// Start the node's services, wait until they are healthy, then take
+    /// jobs as `agent` does (Citadel's on-prem start).
+    Up(UpArgs),
     /// Enqueue a job on Redis and optionally follow its events.
     Submit(SubmitArgs),
     /// Print this node's status: the running node's, else a local snapshot.
@@ -117,7 +160,7 @@ impl Failure {
 impl Cli {
     /// The log filter to use.
     pub fn log_filter(&self) -> String {
-        let default = if matches!(self.command, Command::Work(_) | Command::Agent(_)) {
+        let default = if matches!(self.command, Command::Work(_) | Command::Agent(_) | Command::Up(_)) {
             "info"
         } else {
             "warn"
@@ -139,6 +182,14 @@ impl Cli {
             Command::Agent(args) => {
                 let config = Config::load(self.config.as_deref(), args.overrides()).map_err(Failure::input)?;
                 agent::agent(&config).await
+            }
+            Command::Init(args) => {
+                let config = Config::load(self.config.as_deref(), args.overrides()).map_err(Failure::input)?;
+                init::init(args, &config).await
+            }
+            Command::Up(args) => {
+                let config = Config::load(self.config.as_deref(), args.overrides()).map_err(Failure::input)?;
+                up::up(args, &config).await
             }
             Command::Submit(args) => {
                 let config = Config::load(self.config.as_deref(), args.overrides()).map_err(Failure::input)?;

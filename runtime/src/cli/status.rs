@@ -69,11 +69,11 @@ pub(super) async fn status(args: StatusArgs, config: &Config) -> Result<(), Fail
         (false, Err(err)) => {
             tracing::info!(error = %err, "no node answered; taking the snapshot here");
             (
-                local_snapshot(config).await,
+                local_snapshot(config, "local").await,
                 format!("local snapshot (no node answered at http://{addr})"),
             )
         }
-        (true, _) => (local_snapshot(config).await, "local snapshot".into()),
+        (true, _) => (local_snapshot(config, "local").await, "local snapshot".into()),
     };
     if args.json {
         output::line(serde_json::to_string_pretty(&message).expect("JSON values serialize"));
@@ -86,7 +86,8 @@ pub(super) async fn status(args: StatusArgs, config: &Config) -> Result<(), Fail
     Ok(())
 }
 
-async fn local_snapshot(config: &Config) -> Value {
+/// A StatusMessage of this node taken here, reported in `mode`.
+pub(super) async fn local_snapshot(config: &Config, mode: &str) -> Value {
     let collector = node::collector(&config.telemetry).await;
     // The first snapshot starts the CPU and rate counters; the second reads them.
     collector.collect(&[]).await;
@@ -97,7 +98,7 @@ async fn local_snapshot(config: &Config) -> Value {
         ..node::identity(config)
     };
     let reported = Reported {
-        mode: "local".into(),
+        mode: mode.into(),
         ..Reported::default()
     };
     status_message(&identity, &snapshot, &reported)

@@ -27,7 +27,8 @@ use crate::handler_dir::HandlerDir;
 use crate::node::NodeServices;
 use crate::node::device::{APPLY_DEVICE_CONFIG, DeviceConfigurator};
 use crate::services::Supervisor;
-use crate::worker::{HandlerTable, NativeHandler, Worker, WorkerError};
+use crate::shell::{SHELL_COMMAND, ShellHandler, ShellSettings};
+use crate::worker::{Handler, HandlerTable, NativeHandler, Worker, WorkerError};
 
 /// Arguments of `citadel work` (each overrides its config key).
 #[derive(Debug, Args)]
@@ -134,19 +135,35 @@ pub(super) async fn work(config: &Config) -> Result<(), Failure> {
         .await
         .map_err(Failure::input)?;
     let _ = services.set(Arc::clone(&node.supervisor));
+    let configurator = device_configurator(config, &node, &handlers);
     follow_fleet(config, &executor, &handlers, &node, &stop).await?;
-    let reader = device_config_reader(config, &worker, &node)?;
+    let reader = device_config_reader(config, &worker, &configurator)?;
     let outcome = run_workers(&worker, reader.as_ref(), &stop).await;
     node.stop().await;
     outcome.map_err(|err| Failure::job(format!("worker failed: {err}")))
 }
 
 /// The node's executor and its handlers, every component loaded (a bad
-/// one stops the node before it takes a job).
+/// one stops the node before it takes a job), and `shell_command` where
+/// the policy grants it to a tenant.
 pub(super) fn executor_and_handlers(config: &Config) -> Result<(Executor, HandlerTable), Failure> {
     let executor = Executor::from_config(config, Allocation::Pooling).map_err(Failure::input)?;
     let handlers =
         HandlerTable::load(executor.components(), &config.handlers_with_defaults()).map_err(Failure::input)?;
+    if ShellHandler::granted_by(executor.policy()) && handlers.get(SHELL_COMMAND).is_none() {
+        let settings = ShellSettings {
+            launcher: std::env::current_exe()
+                .map_err(|err| Failure::input(format!("cannot find the citadel binary for shell_command: {err}")))?,
+            slice: config.cgroup_slice().to_string(),
+        };
+        let shell = ShellHandler::new(executor.policy().clone(), settings);
+        handlers.restore(SHELL_COMMAND, Handler::Native(Arc::new(shell)));
+        if !rustix::process::geteuid().is_root() {
+            tracing::warn!(
+                "shell_command is granted but the node does not run as root: its jobs fail until it does (each command runs as an unprivileged user in a cgroup of its own)"
+            );
+        }
+    }
     Ok((executor, handlers))
 }
 
@@ -222,18 +239,32 @@ pub(super) fn drain_on_signal(stop: &CancellationToken) -> Result<Arc<OnceLock<A
     Ok(services)
 }
 
-/// The reader of `APPLY_DEVICE_CONFIG` jobs beside `worker`, applying them
-/// to `node` (renaming both workers' events).
-pub(super) fn device_config_reader(
+/// The node's device configurator, acting on `node`; it also serves
+/// `APPLY_DEVICE_CONFIG` jobs that arrive among the other jobs (a Nexus
+/// job, a job queue) through `handlers`.
+pub(super) fn device_configurator(
     config: &Config,
-    worker: &Worker,
     node: &NodeServices,
-) -> Result<Option<Worker>, Failure> {
+    handlers: &HandlerTable,
+) -> Arc<DeviceConfigurator> {
     let configurator = Arc::new(DeviceConfigurator::new(
         config,
         Arc::clone(&node.supervisor),
         Arc::clone(&node.telemetry),
     ));
+    if handlers.get(APPLY_DEVICE_CONFIG).is_none() {
+        handlers.restore(APPLY_DEVICE_CONFIG, Handler::Native(configurator.clone()));
+    }
+    configurator
+}
+
+/// The reader of `APPLY_DEVICE_CONFIG` jobs beside `worker`, applying them
+/// with `configurator` (renaming both workers' events).
+pub(super) fn device_config_reader(
+    config: &Config,
+    worker: &Worker,
+    configurator: &Arc<DeviceConfigurator>,
+) -> Result<Option<Worker>, Failure> {
     configurator.renames(worker);
     let handler: Arc<dyn NativeHandler> = configurator.clone();
     let device_handlers = HandlerTable::native([(APPLY_DEVICE_CONFIG.to_string(), handler)]);

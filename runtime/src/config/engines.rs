@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use citadel_transports::engines::{EngineConfig, EngineKind};
+use citadel_transports::engines::{Backend, EngineConfig, EngineKind};
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
@@ -15,8 +15,13 @@ use super::ConfigError;
 pub struct EngineSettings {
     /// What jobs and status call it (`^[a-zA-Z0-9._-]{1,64}$`).
     pub name: String,
-    /// `openai` (vLLM, llama.cpp's server) or `ollama`.
+    /// `openai` (vLLM, SGLang, llama.cpp's server) or `ollama`.
     pub kind: EngineKind,
+    /// Which of Citadel's backends it is (`vllm`, `sglang` or `llamacpp`
+    /// for `openai`; `ollama`): jobs naming a `backend` go to engines that
+    /// are it. Unset: every backend its kind can be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<Backend>,
     /// Where it listens (`http://127.0.0.1:8000`).
     pub base_url: String,
     /// The models it serves (a request naming only a model goes to the
@@ -42,6 +47,14 @@ fn default_timeout_ms() -> u64 {
 const MAX_BYTES_WITHOUT_TOKEN: usize = 1 << 20;
 
 impl EngineSettings {
+    /// The backends it answers for: its `backend`, else every one its kind can be.
+    pub fn backends(&self) -> &[Backend] {
+        match &self.backend {
+            Some(backend) => std::slice::from_ref(backend),
+            None => self.kind.backends(),
+        }
+    }
+
     /// The client configuration.
     pub fn client_config(&self) -> EngineConfig {
         EngineConfig {
@@ -71,6 +84,19 @@ pub(super) fn validate(engines: &[EngineSettings]) -> Result<(), ConfigError> {
             return invalid(
                 "engines.base_url",
                 format!("{which}: {url:?} must be an http:// or https:// URL"),
+            );
+        }
+        if let Some(backend) = engine.backend
+            && !engine.kind.backends().contains(&backend)
+        {
+            let can: Vec<&str> = engine.kind.backends().iter().map(|backend| backend.name()).collect();
+            return invalid(
+                "engines.backend",
+                format!(
+                    "{which}: an engine of kind {} cannot be {backend}: it is one of {}",
+                    engine.kind.name(),
+                    can.join(", ")
+                ),
             );
         }
         if engine.models.is_empty() || engine.models.iter().any(|model| model.trim().is_empty()) {

@@ -3,8 +3,14 @@
 //! before anything starts, with errors that name the key.
 //!
 //! Environment variables address keys by path: `CITADEL_SANDBOX__EPOCH_TICK_MS`
-//! is `sandbox.epoch_tick_ms`, `CITADEL_POLICY` is `policy`. Later subsystems
-//! add their own sections (`[[engines]]`, `[[services]]`, ...) here.
+//! is `sandbox.epoch_tick_ms`, `CITADEL_POLICY` is `policy`,
+//! `CITADEL_DEVICE_CODE` (Citadel's own) is `device_code`. A `CITADEL_*`
+//! variable that names no key is a warning naming it, not a refusal (a
+//! machine's environment holds more than this node's settings); unknown
+//! keys in the file stay errors. Later subsystems add their own sections
+//! (`[[engines]]`, `[[services]]`, ...) here. What the node keeps in its
+//! state directory — the applied device configuration, the credential of
+//! `citadel init` — is laid over (or under) the result.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +22,10 @@ use serde::{Deserialize, Serialize};
 use crate::policy::{Policy, PolicyError};
 
 mod agent;
+mod auth;
+mod builtin;
 mod components;
+mod credential;
 mod device;
 mod docker;
 mod engines;
@@ -27,19 +36,22 @@ mod telemetry;
 mod worker;
 
 pub use agent::AgentConfig;
+pub use auth::AuthConfig;
+pub use builtin::{BUILT_IN, EXTRACT, EXTRACTION, LLM_INFERENCE, MODEL_DOWNLOAD};
 pub use components::ComponentsConfig;
+pub use credential::{CREDENTIAL_FILE, Credential, CredentialStore};
 pub use device::{DeviceConfig, DeviceStore};
 pub use docker::DockerConfig;
 pub use engines::EngineSettings;
 pub use models::ModelsConfig;
 pub use sandbox::SandboxConfig;
-pub use services::{Limits, RestartPolicy, ServiceSettings};
+pub use services::{Limits, RestartPolicy, ServiceSettings, parse_bytes, parse_cpu_percent};
 pub use telemetry::TelemetryConfig;
 pub use worker::{GroupMode, WorkerConfig};
 
 /// Environment variables that configure the command line itself, not a
 /// config key.
-const NON_KEY_ENV: &[&str] = &["config", "log"];
+const NON_KEY_ENV: &[&str] = &["config", "log", "log_format"];
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +84,11 @@ pub struct Config {
     pub policy: Option<PathBuf>,
     /// Redis (`redis://host:port/db`, `rediss://…`, `redis+unix:///path`).
     pub redis_url: Option<String>,
+    /// The device code of the node's device authorization (Citadel's
+    /// `CITADEL_DEVICE_CODE`; else the one `citadel init` stored), carried
+    /// as `deviceCode` in status so the control plane can match the node to
+    /// the user's onboarding session.
+    pub device_code: Option<String>,
     /// The node's identity.
     pub node: NodeConfig,
     /// The wasmtime sandbox.
@@ -90,6 +107,8 @@ pub struct Config {
     pub docker: DockerConfig,
     /// The Nexus polling agent (`citadel agent`).
     pub agent: AgentConfig,
+    /// The control plane `citadel init` authorizes the node with (`[auth]`).
+    pub auth: AuthConfig,
     /// The models directory capability `models` writes (`[models]`).
     pub models: ModelsConfig,
     /// Handlers published to the fleet, and trusted signers (`[components]`).
@@ -103,12 +122,6 @@ pub struct Config {
     /// beside the binary's directory (`target/guests` in a checkout).
     pub guests_dir: Option<PathBuf>,
 }
-
-/// The job type Citadel sends to inference handlers.
-pub const LLM_INFERENCE: &str = "llm_inference";
-
-/// The job type that stores a model file in the node's models directory.
-pub const MODEL_DOWNLOAD: &str = "model_download";
 
 /// Who this node is.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -127,6 +140,45 @@ pub struct NodeConfig {
     pub cgroup_slice: Option<String>,
     /// Tags reported in status (`node.tags`).
     pub tags: Vec<String>,
+}
+
+/// The `CITADEL_*` variables that name a config key; the others are
+/// warned about, by name, and left out.
+fn known_env() -> Env {
+    let env = Env::prefixed("CITADEL_").split("__").ignore(NON_KEY_ENV);
+    let shape = serde_json::to_value(Config::default()).unwrap_or_default();
+    let unknown: Vec<String> = env
+        .iter()
+        .map(|(key, _)| key.to_string())
+        .filter(|key| !names_a_key(&shape, key))
+        .collect();
+    for key in &unknown {
+        let variable = format!("CITADEL_{}", key.to_ascii_uppercase().replace('.', "__"));
+        tracing::warn!(
+            %variable,
+            "ignoring a CITADEL_ environment variable that names no configuration key (keys are CITADEL_<KEY> or CITADEL_<SECTION>__<KEY>)"
+        );
+    }
+    let unknown: Vec<&str> = unknown.iter().map(String::as_str).collect();
+    env.ignore(&unknown)
+}
+
+/// Whether the dotted `key` names a key of a configuration shaped like
+/// `shape` (the default configuration as JSON). Maps (`handlers`, empty by
+/// default) take any key; an unset option (`null`) has none below it.
+fn names_a_key(shape: &serde_json::Value, key: &str) -> bool {
+    let mut at = shape;
+    for part in key.split('.') {
+        match at {
+            serde_json::Value::Object(fields) if fields.is_empty() => return true,
+            serde_json::Value::Object(fields) => match fields.get(part) {
+                Some(value) => at = value,
+                None => return false,
+            },
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// Node ids are `^[a-zA-Z0-9._-]{1,64}$` (DESIGN §3).
@@ -149,7 +201,7 @@ impl Config {
             figment = figment.merge(Toml::file_exact(file));
         }
         let mut config: Config = figment
-            .merge(Env::prefixed("CITADEL_").split("__").ignore(NON_KEY_ENV))
+            .merge(known_env())
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(|err| ConfigError::Load(err.to_string()))?;
@@ -158,6 +210,13 @@ impl Config {
             .map_err(|err| ConfigError::Load(format!("applied device configuration: {err}")))?
         {
             config.apply_device(&device);
+        }
+        // A damaged credential must not keep `citadel init --force` from
+        // replacing it: the node says so and runs without it.
+        match CredentialStore::new(&config.state_dir()).load() {
+            Ok(Some(credential)) => config.apply_credential(&credential),
+            Ok(None) => {}
+            Err(err) => tracing::warn!(error = %err, "ignoring the node's credential"),
         }
         config.validate()?;
         Ok(config)
@@ -204,6 +263,7 @@ impl Config {
         services::validate(&self.services)?;
         self.docker.validate()?;
         self.agent.validate()?;
+        self.auth.validate()?;
         self.models.validate()?;
         self.components.validate()?;
         if let Some(slice) = &self.node.cgroup_slice
@@ -236,36 +296,6 @@ impl Config {
             .take(64)
             .collect();
         if id.is_empty() { "citadel-node".into() } else { id }
-    }
-
-    /// The handlers to load: `[handlers]`, plus the built-in ones found in
-    /// `guests_dir` for job types `[handlers]` does not name:
-    /// `model-download` for `model_download`, and `llm-chat` for
-    /// `llm_inference` when engines are configured.
-    pub fn handlers_with_defaults(&self) -> BTreeMap<String, PathBuf> {
-        let mut handlers = self.handlers.clone();
-        let dir = self.guests_dir.clone().or_else(|| {
-            let exe = std::env::current_exe().ok()?;
-            Some(exe.parent()?.parent()?.join("guests"))
-        });
-        let built_in = |file: &str| dir.as_ref().map(|dir| dir.join(file));
-        if !handlers.contains_key(MODEL_DOWNLOAD)
-            && let Some(component) = built_in("model-download.wasm").filter(|path| path.is_file())
-        {
-            handlers.insert(MODEL_DOWNLOAD.into(), component);
-        }
-        if !self.engines.is_empty() && !handlers.contains_key(LLM_INFERENCE) {
-            match built_in("llm-chat.wasm") {
-                Some(component) if component.is_file() => {
-                    handlers.insert(LLM_INFERENCE.into(), component);
-                }
-                component => tracing::warn!(
-                    looked_at = ?component,
-                    "engines are configured but no llm_inference handler: set [handlers] llm_inference or guests_dir"
-                ),
-            }
-        }
-        handlers
     }
 
     /// Whether handlers can arrive while the node runs: published to the
@@ -409,39 +439,28 @@ mod tests {
     }
 
     #[test]
-    fn llm_inference_defaults_to_the_built_in_handler_when_engines_exist() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("llm-chat.wasm"), b"").unwrap();
-        let mut config = Config {
-            guests_dir: Some(dir.path().to_path_buf()),
-            ..Config::default()
-        };
-        assert!(config.handlers_with_defaults().is_empty(), "no engines, no default");
-        config.engines = vec![EngineSettings {
-            name: "llama".into(),
-            kind: citadel_transports::engines::EngineKind::OpenAi,
-            base_url: "http://127.0.0.1:8081".into(),
-            models: vec!["smollm2".into()],
-            max_concurrency: 1,
-            timeout_ms: 1000,
-        }];
-        assert_eq!(
-            config.handlers_with_defaults()[LLM_INFERENCE],
-            dir.path().join("llm-chat.wasm")
-        );
-        config.handlers.insert(LLM_INFERENCE.into(), "mine.wasm".into());
-        assert_eq!(
-            config.handlers_with_defaults()[LLM_INFERENCE],
-            PathBuf::from("mine.wasm"),
-            "a named handler wins"
-        );
-        assert!(!config.handlers_with_defaults().contains_key(MODEL_DOWNLOAD));
-        std::fs::write(dir.path().join("model-download.wasm"), b"").unwrap();
-        assert_eq!(
-            config.handlers_with_defaults()[MODEL_DOWNLOAD],
-            dir.path().join("model-download.wasm"),
-            "model_download is built in whenever its component is there"
-        );
+    fn environment_variables_name_keys_or_are_left_out() {
+        let shape = serde_json::to_value(Config::default()).unwrap();
+        for key in [
+            "redis_url",
+            "device_code",
+            "sandbox.epoch_tick_ms",
+            "telemetry.http_endpoint",
+            "handlers.echo",
+            "agent.token",
+            "engines",
+        ] {
+            assert!(names_a_key(&shape, key), "{key}");
+        }
+        for key in [
+            "device",
+            "sandbox.epoch_tick",
+            "redis_url.host",
+            "nonsense",
+            "worker.queues.x",
+        ] {
+            assert!(!names_a_key(&shape, key), "{key}");
+        }
     }
 
     #[test]

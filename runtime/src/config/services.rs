@@ -96,6 +96,8 @@ pub struct Limits {
     pub cpu_percent: Option<u32>,
     /// Memory, bytes.
     pub memory_bytes: Option<u64>,
+    /// Processes and threads at most.
+    pub pids_max: Option<u64>,
 }
 
 impl ServiceSettings {
@@ -104,6 +106,7 @@ impl ServiceSettings {
         Limits {
             cpu_percent: self.cpu_limit.as_deref().and_then(|text| parse_cpu_percent(text).ok()),
             memory_bytes: self.memory_limit.as_deref().and_then(|text| parse_bytes(text).ok()),
+            pids_max: None,
         }
     }
 }

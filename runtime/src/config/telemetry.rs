@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
 
+/// Stands for the node id in `telemetry.http_endpoint`.
+const NODE_ID_PLACEHOLDER: &str = "{id}";
+
 /// Node telemetry.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -32,7 +35,11 @@ pub struct TelemetryConfig {
     pub key_paths: Vec<PathBuf>,
     /// The `nvidia-smi` program, used only when NVML cannot be loaded.
     pub nvidia_smi: String,
-    /// POST every status message to this URL (optional).
+    /// Entries `node:status:stream` keeps (about: `MAXLEN ~`); Citadel's
+    /// own publisher keeps ~1000.
+    pub status_stream_maxlen: usize,
+    /// POST every status message to this URL (optional); `{id}` in it is
+    /// the node id (`https://api.example/api/fabric/nodes/{id}/status`).
     pub http_endpoint: Option<String>,
     /// Bearer token for `http_endpoint`.
     pub http_token: Option<String>,
@@ -63,6 +70,7 @@ impl Default for TelemetryConfig {
             high_temp_celsius: 85,
             key_paths: Vec::new(),
             nvidia_smi: "nvidia-smi".into(),
+            status_stream_maxlen: citadel_transports::wire::NODE_STATUS_STREAM_MAXLEN,
             http_endpoint: None,
             http_token: None,
             http_queue: 256,
@@ -83,6 +91,13 @@ fn default_state_dir() -> Option<PathBuf> {
 }
 
 impl TelemetryConfig {
+    /// The HTTP endpoint for node `node_id` (its template filled in).
+    pub fn http_endpoint_for(&self, node_id: &str) -> Option<String> {
+        self.http_endpoint
+            .as_ref()
+            .map(|endpoint| endpoint.replace(NODE_ID_PLACEHOLDER, node_id))
+    }
+
     /// The spool file.
     pub fn spool_file(&self) -> Option<PathBuf> {
         self.spool_dir.as_ref().map(|dir| dir.join("status-spool.jsonl"))
@@ -133,12 +148,25 @@ impl TelemetryConfig {
                     format!("{endpoint:?} must be an http:// or https:// URL"),
                 );
             }
+            let without_id = endpoint.replace(NODE_ID_PLACEHOLDER, "");
+            if without_id.contains('{') || without_id.contains('}') {
+                return invalid(
+                    "telemetry.http_endpoint",
+                    format!("{endpoint:?}: the only placeholder is {NODE_ID_PLACEHOLDER} (the node id)"),
+                );
+            }
             if self.spool_dir.is_none() {
                 return invalid(
                     "telemetry.spool_dir",
                     "must be set when telemetry.http_endpoint is (no $HOME to default to)".into(),
                 );
             }
+        }
+        if !(1..=100_000_000).contains(&self.status_stream_maxlen) {
+            return invalid(
+                "telemetry.status_stream_maxlen",
+                format!("must be between 1 and 100000000, got {}", self.status_stream_maxlen),
+            );
         }
         if self.http_queue == 0 {
             return invalid("telemetry.http_queue", "must be at least 1".into());

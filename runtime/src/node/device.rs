@@ -16,7 +16,7 @@ use super::Telemetry;
 use crate::config::{Config, DeviceConfig, DeviceStore};
 use crate::job::{HandlerErrorKind, JobError, JobSpec};
 use crate::services::Supervisor;
-use crate::worker::{NativeHandler, Worker};
+use crate::worker::{NativeHandler, NativeJob, Worker};
 
 /// The job type.
 pub const APPLY_DEVICE_CONFIG: &str = "APPLY_DEVICE_CONFIG";
@@ -102,7 +102,7 @@ impl DeviceConfigurator {
 }
 
 impl NativeHandler for DeviceConfigurator {
-    fn run(&self, job: JobSpec) -> BoxFuture<'_, Result<Value, JobError>> {
-        Box::pin(self.apply(job))
+    fn run<'a>(&'a self, job: NativeJob<'a>) -> BoxFuture<'a, Result<Value, JobError>> {
+        Box::pin(self.apply(job.spec))
     }
 }

@@ -79,7 +79,7 @@ pub async fn collector(telemetry: &TelemetryConfig) -> Collector {
         probe_timeout: Duration::from_millis(telemetry.probe_timeout_ms),
         smi: telemetry.nvidia_smi.clone(),
         key_paths: telemetry.key_paths.clone(),
-        cgroups: None,
+        ..CollectorConfig::default()
     })
     .await
 }
@@ -162,14 +162,19 @@ impl NodeServices {
                 };
                 let client = transport::client(url).map_err(invalid)?;
                 let conn = transport::command_connection(&client).map_err(invalid)?;
-                Some(RedisStatusPublisher::new(conn, &node_id))
+                Some(RedisStatusPublisher::new(
+                    conn,
+                    &node_id,
+                    config.device_code.clone(),
+                    settings.status_stream_maxlen,
+                ))
             }
             None => None,
         };
-        let http = match (&settings.http_endpoint, settings.spool_file()) {
+        let http = match (settings.http_endpoint_for(&node_id), settings.spool_file()) {
             (Some(endpoint), Some(spool)) => {
                 let publisher = HttpPublisher::start(HttpPublisherConfig {
-                    endpoint: endpoint.clone(),
+                    endpoint,
                     token: settings.http_token.clone(),
                     queue: settings.http_queue,
                     spool: spool.clone(),
@@ -275,9 +280,11 @@ impl NodeServices {
         })
     }
 
-    /// Stop the services (gracefully), then publishing and serving; the
-    /// HTTP backlog goes to the spool.
+    /// Say the node is stopping (its last status entry), stop the services
+    /// (gracefully), then publishing and serving; the HTTP backlog goes to
+    /// the spool.
     pub async fn stop(self) {
+        self.telemetry.publish_stopping().await;
         self.supervisor.stop().await;
         self.stop.cancel();
         self.tasks.wait().await;

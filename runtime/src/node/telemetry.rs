@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use citadel_collector::status::{HandlerStatus, NodeIdentity, Reported, ServiceStatus, WorkerStatus, status_message};
 use citadel_collector::{Collector, CollectorError, Snapshot, Watch};
 use citadel_transports::backoff::{Backoff, worth_logging};
-use citadel_transports::status::{Health, HttpPublisher, RedisStatusPublisher, ServerEvent, StatusSource};
+use citadel_transports::status::{Health, HttpPublisher, NodeState, RedisStatusPublisher, ServerEvent, StatusSource};
 use citadel_transports::wire;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -271,17 +271,22 @@ impl Telemetry {
 
     /// Take a snapshot and publish it everywhere.
     pub async fn publish_once(&self) -> Arc<str> {
-        self.publish(&[]).await
+        self.publish(NodeState::Online, &[]).await
     }
 
     /// Collect and publish now, confirming that device configuration job
     /// `job_id` has been applied: the status stream entry carries `status
     /// configured` and `jobId`.
     pub async fn publish_configured(&self, job_id: &str) -> Arc<str> {
-        self.publish(&[("status", "configured"), ("jobId", job_id)]).await
+        self.publish(NodeState::Configured, &[("jobId", job_id)]).await
     }
 
-    async fn publish(&self, extra: &[(&str, &str)]) -> Arc<str> {
+    /// Publish the last status of a clean shutdown (`status stopping`).
+    pub async fn publish_stopping(&self) -> Arc<str> {
+        self.publish(NodeState::Stopping, &[]).await
+    }
+
+    async fn publish(&self, state: NodeState, extra: &[(&str, &str)]) -> Arc<str> {
         let watches = self.watches.lock().expect("watches poisoned").clone();
         let snapshot = self.collector.collect(&watches).await;
         self.feed.metrics.observe(&snapshot);
@@ -324,14 +329,15 @@ impl Telemetry {
             http.submit(&status);
         }
         if let Some(redis) = &self.redis {
-            let outcome = match tokio::time::timeout(self.timings.probe_timeout, redis.publish(&status, extra)).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(err)) => Err(err.to_string()),
-                Err(_) => Err(format!(
-                    "no answer within {} ms",
-                    self.timings.probe_timeout.as_millis()
-                )),
-            };
+            let outcome =
+                match tokio::time::timeout(self.timings.probe_timeout, redis.publish(&status, state, extra)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(err)) => Err(err.to_string()),
+                    Err(_) => Err(format!(
+                        "no answer within {} ms",
+                        self.timings.probe_timeout.as_millis()
+                    )),
+                };
             self.redis_outcome(outcome);
         }
         status
@@ -488,6 +494,7 @@ pub fn identity(config: &Config) -> NodeIdentity {
         agent_version: env!("CARGO_PKG_VERSION").into(),
         started_at: SystemTime::now(),
         tags: config.node.tags.clone(),
+        device_code: config.device_code.clone(),
         device_config: config
             .device
             .as_ref()

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use cgroups_rs::fs::cpu::CpuController;
 use cgroups_rs::fs::memory::MemController;
-use cgroups_rs::fs::{Cgroup, hierarchies};
+use cgroups_rs::fs::pid::PidController;
+use cgroups_rs::fs::{Cgroup, MaxValue, hierarchies};
 use rustix::process::{Pid, Signal, kill_process};
 
 use crate::config::Limits;
@@ -31,6 +32,7 @@ pub struct ServiceCgroup {
     procs_files: Vec<PathBuf>,
     memory_dir: Option<PathBuf>,
     cpu_dir: Option<PathBuf>,
+    pids_dir: Option<PathBuf>,
     warnings: Vec<String>,
 }
 
@@ -60,6 +62,7 @@ impl ServiceCgroup {
             for (controller, key, asked) in [
                 ("cpu", "cpu_limit", limits.cpu_percent.is_some()),
                 ("memory", "memory_limit", limits.memory_bytes.is_some()),
+                ("pids", "pids_limit", limits.pids_max.is_some()),
             ] {
                 if asked && !has(controller) {
                     warnings.push(format!(
@@ -100,6 +103,7 @@ impl ServiceCgroup {
             },
             memory_dir: dir_with("memory.limit_in_bytes"),
             cpu_dir: dir_with("cpu.cfs_quota_us"),
+            pids_dir: dir_with("pids.max"),
             warnings: Vec::new(),
             cgroup,
         };
@@ -137,6 +141,10 @@ impl ServiceCgroup {
                 .map_or(-1, |percent| (CPU_PERIOD_US * u64::from(percent) / 100) as i64);
             cpu.set_cfs_quota_and_period(Some(quota), Some(CPU_PERIOD_US))
                 .map_err(|err| failed("cpu_limit", err))?;
+        }
+        if let Some(pids) = self.cgroup.controller_of::<PidController>() {
+            let max = limits.pids_max.map_or(MaxValue::Max, |max| MaxValue::Value(max as i64));
+            pids.set_pid_max(max).map_err(|err| failed("pids_limit", err))?;
         }
         Ok(())
     }
@@ -188,6 +196,15 @@ impl ServiceCgroup {
                      the service can swap beyond memory_limit"
                         .into(),
                 );
+            }
+        }
+        if let Some(max) = limits.pids_max {
+            let held = read(&self.pids_dir, "pids.max");
+            if held.as_deref() != Some(max.to_string().as_str()) {
+                problems.push(format!(
+                    "pids_limit is not enforced: pids.max holds {} instead of {max}",
+                    held.as_deref().unwrap_or("nothing")
+                ));
             }
         }
         if let Some(percent) = limits.cpu_percent {

@@ -5,7 +5,9 @@
 //! -- <program> <args>…`), which writes its pid into the service's cgroup
 //! and only then execs the program. The program's first instruction runs in
 //! the cgroup, so nothing it forks can escape the limits, and no `unsafe`
-//! `pre_exec` hook is needed.
+//! `pre_exec` hook is needed. With `--user UID:GID` (shell commands) it
+//! also sets `no_new_privs` and drops to that user and group, with no
+//! supplementary groups, as it execs.
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -29,6 +31,10 @@ pub struct ServiceExecArgs {
     /// A `cgroup.procs` file to write this process's pid to (repeatable).
     #[arg(long = "join", value_name = "FILE")]
     pub join: Vec<PathBuf>,
+    /// Run the program as this user and group (`no_new_privs` set, no
+    /// supplementary groups).
+    #[arg(long, value_name = "UID:GID", value_parser = parse_user)]
+    pub user: Option<(u32, u32)>,
     /// The program and its arguments.
     #[arg(last = true, required = true, value_name = "PROGRAM")]
     pub program: Vec<OsString>,
@@ -44,12 +50,29 @@ pub fn join_and_exec(args: &ServiceExecArgs) -> ExitCode {
         }
     }
     let (program, rest) = args.program.split_first().expect("clap requires a program");
-    let err = std::process::Command::new(program).args(rest).exec();
+    let mut command = std::process::Command::new(program);
+    command.args(rest);
+    if let Some((uid, gid)) = args.user {
+        // Setuid programs and file capabilities gain nothing from here on.
+        if let Err(err) = rustix::thread::set_no_new_privs(true) {
+            eprintln!("citadel service-exec: cannot set no_new_privs: {err}");
+            return ExitCode::from(LAUNCH_FAILED);
+        }
+        // std drops the supplementary groups, then sets the group and the user.
+        command.uid(uid).gid(gid);
+    }
+    let err = command.exec();
     eprintln!(
         "citadel service-exec: cannot run {}: {err}",
         Path::new(program).display()
     );
     ExitCode::from(LAUNCH_FAILED)
+}
+
+fn parse_user(text: &str) -> Result<(u32, u32), String> {
+    let (uid, gid) = text.split_once(':').ok_or("expected UID:GID")?;
+    let number = |part: &str| part.parse::<u32>().map_err(|_| format!("{part:?} is not a number"));
+    Ok((number(uid)?, number(gid)?))
 }
 
 /// The command that starts `service`: through `launcher` (the citadel

@@ -174,6 +174,15 @@ impl Supervisor {
             .collect()
     }
 
+    /// The services that should be running now.
+    pub fn wanted(&self) -> Vec<String> {
+        self.services
+            .iter()
+            .filter(|service| *service.wanted.borrow())
+            .map(|service| service.settings.name.clone())
+            .collect()
+    }
+
     /// Every service as status reports it.
     pub fn statuses(&self) -> Vec<ServiceStatus> {
         self.services.iter().map(|service| service.status()).collect()

@@ -30,7 +30,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::handlers::Handler;
+use super::handlers::{Handler, NativeJob};
 use super::{AGENT_VERSION, Held, JobInfo, Lifecycle, Shared};
 use crate::job::{Chunk, JobError, JobReport, JobSpec};
 use crate::policy::DEFAULT_TENANT;
@@ -201,8 +201,12 @@ impl Shared {
                     },
                 },
                 Handler::Native(native) => {
-                    drop(sink);
-                    let outcome = native.run(spec).await;
+                    let job = NativeJob {
+                        spec,
+                        chunks: Some(sink),
+                        cancel,
+                    };
+                    let outcome = native.run(job).await;
                     JobReport {
                         outcome,
                         chunks: 0,

@@ -15,15 +15,27 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use citadel_collector::status::{HandlerStatus, RefusedHandler};
 use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::components::{ComponentError, ComponentStore, LoadedComponent};
-use crate::job::{JobError, JobSpec, Refusal};
+use crate::job::{Chunk, JobError, JobSpec, Refusal};
 use crate::policy::Policy;
+
+/// A job as a native handler gets it.
+pub struct NativeJob<'a> {
+    /// The job.
+    pub spec: JobSpec,
+    /// Where its chunks go, in order (`None`: nobody listens).
+    pub chunks: Option<mpsc::Sender<Chunk>>,
+    /// Fires when the job is cancelled or the node stops it.
+    pub cancel: &'a CancellationToken,
+}
 
 /// A job handler built into the node.
 pub trait NativeHandler: Send + Sync {
     /// Run `job`; `Ok` is its result.
-    fn run(&self, job: JobSpec) -> BoxFuture<'_, Result<serde_json::Value, JobError>>;
+    fn run<'a>(&'a self, job: NativeJob<'a>) -> BoxFuture<'a, Result<serde_json::Value, JobError>>;
 }
 
 /// What runs a job type.

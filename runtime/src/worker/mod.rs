@@ -43,7 +43,7 @@ use citadel_transports::wire::{self, NodeMeta};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use handlers::{Handler, HandlerLoadError, HandlerSource, HandlerTable, NativeHandler, PinResolver};
+pub use handlers::{Handler, HandlerLoadError, HandlerSource, HandlerTable, NativeHandler, NativeJob, PinResolver};
 use slots::Slots;
 
 use crate::config::{Config, GroupMode, WorkerConfig};

@@ -3,7 +3,7 @@
 //! | route | answer |
 //! | --- | --- |
 //! | `GET /health` | `200 {"status":"ok"}`, or `503 {"status":"unhealthy","reasons":[…]}` (Redis down, collector failing, worker stalled…) |
-//! | `GET /ping` | `200 {"status":"pong","timestamp":"…"}` |
+//! | `GET /ping` | `200 pong` (text/plain, as Citadel documents it) |
 //! | `GET /status` | `200` the latest StatusMessage (`503` before the first) |
 //! | `GET /metrics` | `200` Prometheus text exposition |
 //! | `GET /events` | Server-Sent Events: `status` snapshots and `job` lifecycle events as they happen |
@@ -16,7 +16,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -31,8 +31,6 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
-
-use crate::wire;
 
 /// Frames buffered per `/events` client before it counts as slow.
 const SSE_BUFFER: usize = 32;
@@ -140,10 +138,7 @@ async fn respond(
                 )
             }
         }
-        "/ping" => json_response(
-            StatusCode::OK,
-            json!({"status": "pong", "timestamp": wire::timestamp(SystemTime::now())}),
-        ),
+        "/ping" => response(StatusCode::OK, "text/plain; charset=utf-8", "pong".into()),
         "/status" => match source.status() {
             Some(status) => response(StatusCode::OK, "application/json", status),
             None => json_response(

@@ -1,7 +1,9 @@
 //! The node's inference engines (`[[engines]]`): one client each, its
 //! concurrency limit (requests beyond `max_concurrency` wait their turn),
-//! which engine serves a request, and their health, reported in status as
-//! services.
+//! which engine serves a request ([`route`]), and their health, reported
+//! in status as services.
+
+mod route;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -12,26 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::EngineSettings;
 
-/// Why no engine can take a request.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Unrouted {
-    /// The request names an engine this node does not have.
-    #[error("no engine named `{0}` is configured on this node")]
-    NoSuchEngine(String),
-    /// The named engine does not list the model.
-    #[error("engine `{engine}` does not serve model `{model}` (it serves {serves})")]
-    NotServed {
-        /// The engine.
-        engine: String,
-        /// The model.
-        model: String,
-        /// What it serves.
-        serves: String,
-    },
-    /// No engine lists the model.
-    #[error("no engine on this node serves model `{0}`")]
-    NoEngineFor(String),
-}
+pub use route::{Route, Unrouted};
 
 /// One configured engine.
 pub struct EngineSlot {
@@ -211,34 +194,6 @@ impl Engines {
         self.slots.is_empty()
     }
 
-    /// The engine for a request: the one named, which must serve `model`,
-    /// or the first that serves it.
-    pub fn route(&self, engine: Option<&str>, model: &str) -> Result<&EngineSlot, Unrouted> {
-        match engine {
-            Some(name) => {
-                let slot = self
-                    .slots
-                    .iter()
-                    .find(|slot| slot.settings.name == name)
-                    .ok_or_else(|| Unrouted::NoSuchEngine(name.to_string()))?;
-                if slot.settings.models.iter().any(|served| served == model) {
-                    Ok(slot)
-                } else {
-                    Err(Unrouted::NotServed {
-                        engine: name.to_string(),
-                        model: model.to_string(),
-                        serves: slot.settings.models.join(", "),
-                    })
-                }
-            }
-            None => self
-                .slots
-                .iter()
-                .find(|slot| slot.settings.models.iter().any(|served| served == model))
-                .ok_or_else(|| Unrouted::NoEngineFor(model.to_string())),
-        }
-    }
-
     /// Probe every engine's health at once; each as a status service.
     pub async fn health(&self) -> Vec<ServiceStatus> {
         let probes = self.slots.iter().map(|slot| async move {
@@ -282,34 +237,12 @@ mod tests {
         EngineSettings {
             name: name.into(),
             kind: EngineKind::OpenAi,
+            backend: None,
             base_url: "http://127.0.0.1:8081/".into(),
             models: models.iter().map(|model| model.to_string()).collect(),
             max_concurrency: 2,
             timeout_ms: 1000,
         }
-    }
-
-    #[test]
-    fn requests_are_routed_to_an_engine_serving_the_model() {
-        let engines =
-            Engines::from_config(&[settings("vllm", &["llama-3.2-1b"]), settings("llama", &["smollm2"])]).unwrap();
-        assert_eq!(engines.route(None, "smollm2").unwrap().settings().name, "llama");
-        assert_eq!(
-            engines.route(Some("vllm"), "llama-3.2-1b").unwrap().settings().name,
-            "vllm"
-        );
-        assert_eq!(
-            engines.route(Some("tgi"), "x").err(),
-            Some(Unrouted::NoSuchEngine("tgi".into()))
-        );
-        assert_eq!(
-            engines.route(Some("vllm"), "smollm2").err().unwrap().to_string(),
-            "engine `vllm` does not serve model `smollm2` (it serves llama-3.2-1b)"
-        );
-        assert_eq!(
-            engines.route(None, "gpt-4").err(),
-            Some(Unrouted::NoEngineFor("gpt-4".into()))
-        );
     }
 
     #[test]
