@@ -35,6 +35,11 @@ CRITERION = {
         ("shell_join", "`sh -c 'echo $$ > cgroup.procs…; exec true'`"),
         ("citadel_launcher", "`citadel service-exec --join … -- true` (what the node runs)"),
     ]),
+    "shell_command": ("setpriv", [
+        ("direct", "spawn `/bin/true` as root, no cgroup (floor)"),
+        ("setpriv", "`setpriv --reuid … --regid … --clear-groups -- true` (as another user, no limits)"),
+        ("citadel", "a whole `shell_command`: own cgroup with cpu/memory/pids limits, user switch, cleanup"),
+    ]),
     "model_download_16mib": ("native", [
         ("native", "native: reqwest GET + SHA-256 + write + fsync + rename"),
         ("citadel", "citadel: a `model_download` job (wasi:http, capability `models`, progress chunks)"),

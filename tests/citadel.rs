@@ -19,10 +19,9 @@ use citadel_runtime::config::{EngineSettings, RestartPolicy};
 use citadel_tests::{
     ACCESS_TOKEN, CitadelProducer, DEVICE_CODE, FakeControlPlane, FakeNexus, LlmEngine, NODE, RedisServer, TestSlice,
     TokenAnswer, USER_CODE, WorkerProcess, citadel_bin, eventually_some, free_port, node_status, shell_service,
-    worker_config,
+    stream_entries, worker_config,
 };
 use citadel_transports::engines::{Backend, EngineKind};
-use redis::Commands;
 use serde_json::{Value, json};
 
 const SETTLE: Duration = Duration::from_secs(60);
@@ -51,18 +50,7 @@ fn streamed(events: &[Value]) -> String {
 
 /// The status stream's entries, as field maps, oldest first.
 fn status_entries(conn: &mut redis::Connection) -> Vec<HashMap<String, String>> {
-    let entries: redis::streams::StreamRangeReply = conn.xrange_all("node:status:stream").expect("XRANGE");
-    entries
-        .ids
-        .iter()
-        .map(|entry| {
-            entry
-                .map
-                .keys()
-                .map(|key| (key.clone(), entry.get::<String>(key).unwrap()))
-                .collect()
-        })
-        .collect()
+    stream_entries(conn, "node:status:stream")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

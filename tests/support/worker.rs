@@ -378,7 +378,12 @@ pub fn reclaim_diagnostics(conn: &mut redis::Connection) -> String {
 
 /// The dead-letter entries, in order.
 pub fn dead_letters(conn: &mut redis::Connection) -> Vec<HashMap<String, String>> {
-    let entries: redis::streams::StreamRangeReply = conn.xrange_all(DLQ).expect("XRANGE dlq");
+    stream_entries(conn, DLQ)
+}
+
+/// Every entry of the stream `key`, oldest first, as field maps.
+pub fn stream_entries(conn: &mut redis::Connection, key: &str) -> Vec<HashMap<String, String>> {
+    let entries: redis::streams::StreamRangeReply = conn.xrange_all(key).expect("XRANGE");
     entries
         .ids
         .iter()

@@ -230,20 +230,7 @@ fn service_status(settings: &EngineSettings, healthy: bool) -> ServiceStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    use citadel_transports::engines::EngineKind;
-
-    fn settings(name: &str, models: &[&str]) -> EngineSettings {
-        EngineSettings {
-            name: name.into(),
-            kind: EngineKind::OpenAi,
-            backend: None,
-            base_url: "http://127.0.0.1:8081/".into(),
-            models: models.iter().map(|model| model.to_string()).collect(),
-            max_concurrency: 2,
-            timeout_ms: 1000,
-        }
-    }
+    use crate::inference::route::tests::settings;
 
     #[test]
     fn engines_show_as_services() {

@@ -177,13 +177,14 @@ impl Engines {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use citadel_transports::engines::EngineKind;
 
     use super::*;
     use crate::config::EngineSettings;
 
-    fn settings(name: &str, models: &[&str]) -> EngineSettings {
+    /// An OpenAI-compatible engine `name` serving `models`.
+    pub(in crate::inference) fn settings(name: &str, models: &[&str]) -> EngineSettings {
         EngineSettings {
             name: name.into(),
             kind: EngineKind::OpenAi,
