@@ -13,6 +13,7 @@
 //! drops the HTTP request, which stops generation on servers that notice
 //! (llama.cpp, vLLM, Ollama all do).
 
+mod backend;
 mod ollama;
 mod openai;
 
@@ -24,6 +25,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
+
+pub use backend::Backend;
 
 /// The wire dialect of an engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,57 +54,6 @@ impl EngineKind {
             EngineKind::OpenAi => &[Backend::Vllm, Backend::Sglang, Backend::Llamacpp],
             EngineKind::Ollama => &[Backend::Ollama],
         }
-    }
-}
-
-/// What Citadel's `llm_inference` jobs call an engine's kind (`backend`):
-/// the server software behind it. Several speak one dialect (vLLM, SGLang
-/// and llama.cpp's server are all OpenAI-compatible).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    /// vLLM (OpenAI-compatible).
-    Vllm,
-    /// SGLang (OpenAI-compatible).
-    Sglang,
-    /// llama.cpp's server (OpenAI-compatible).
-    Llamacpp,
-    /// Ollama (its own API).
-    Ollama,
-}
-
-impl Backend {
-    /// Every backend.
-    pub const ALL: [Backend; 4] = [Backend::Vllm, Backend::Sglang, Backend::Llamacpp, Backend::Ollama];
-
-    /// Its name in jobs and configuration.
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Vllm => "vllm",
-            Backend::Sglang => "sglang",
-            Backend::Llamacpp => "llamacpp",
-            Backend::Ollama => "ollama",
-        }
-    }
-
-    /// A job's `backend`: `None` for `auto` (or empty: any engine), the
-    /// backend, or an error naming the ones there are.
-    pub fn parse_requested(text: &str) -> Result<Option<Backend>, String> {
-        let text = text.trim();
-        if text.is_empty() || text.eq_ignore_ascii_case("auto") {
-            return Ok(None);
-        }
-        Backend::ALL
-            .into_iter()
-            .find(|backend| backend.name().eq_ignore_ascii_case(text))
-            .map(Some)
-            .ok_or_else(|| format!("unknown backend `{text}`: it is one of vllm, sglang, ollama, llamacpp or auto"))
-    }
-}
-
-impl std::fmt::Display for Backend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
     }
 }
 
