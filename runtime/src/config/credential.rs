@@ -6,13 +6,12 @@
 //! with the node's status (`deviceCode`), unless the configuration sets
 //! them itself.
 
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::Config;
+use super::{Config, state_file};
 
 /// The file, under the state directory.
 pub const CREDENTIAL_FILE: &str = "credential.json";
@@ -65,10 +64,8 @@ impl CredentialStore {
     /// The credential, if `citadel init` stored one.
     pub fn load(&self) -> Result<Option<Credential>, String> {
         let path = self.path();
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(err) => return Err(format!("cannot read {}: {err}", path.display())),
+        let Some(text) = state_file::read_if_present(&path)? else {
+            return Ok(None);
         };
         if let Ok(metadata) = std::fs::metadata(&path)
             && metadata.permissions().mode() & 0o077 != 0
@@ -86,23 +83,7 @@ impl CredentialStore {
 
     /// Write `credential` atomically, readable by the owner only.
     pub fn save(&self, credential: &Credential) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
-        let temporary = self.dir.join(format!("{CREDENTIAL_FILE}.tmp"));
-        let _ = std::fs::remove_file(&temporary);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temporary)?;
-        file.write_all(&serde_json::to_vec_pretty(credential).map_err(std::io::Error::other)?)?;
-        file.write_all(b"\n")?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&temporary, self.path())?;
-        if let Ok(dir) = std::fs::File::open(&self.dir) {
-            let _ = dir.sync_all();
-        }
-        Ok(())
+        state_file::write_json(&self.dir, CREDENTIAL_FILE, credential, 0o600)
     }
 }
 

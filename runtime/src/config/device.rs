@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::Config;
+use super::{Config, state_file};
 
 /// The file the applied device configuration lives in, under the state dir.
 pub const DEVICE_CONFIG_FILE: &str = "device-config.json";
@@ -144,10 +144,8 @@ impl DeviceStore {
     /// The applied configuration, if one has been applied.
     pub fn load(&self) -> Result<Option<DeviceConfig>, String> {
         let path = self.path();
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(err) => return Err(format!("cannot read {}: {err}", path.display())),
+        let Some(text) = state_file::read_if_present(&path)? else {
+            return Ok(None);
         };
         serde_json::from_str(&text).map(Some).map_err(|err| {
             format!(
@@ -158,28 +156,16 @@ impl DeviceStore {
         })
     }
 
-    /// Write `config` atomically: a temporary file, synced, renamed over the
-    /// current one, whose content is first kept as the previous version.
+    /// Write `config` atomically, the content it replaces first kept as the
+    /// previous version.
     pub fn save(&self, config: &DeviceConfig) -> std::io::Result<()> {
-        use std::io::Write as _;
-        std::fs::create_dir_all(&self.dir)?;
         let current = self.path();
-        let temporary = self.dir.join(format!("{DEVICE_CONFIG_FILE}.tmp"));
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(&serde_json::to_vec_pretty(config).map_err(std::io::Error::other)?)?;
-        file.write_all(b"\n")?;
-        file.sync_all()?;
-        drop(file);
         if current.exists() {
             let previous = self.dir.join(format!("{PREVIOUS_DEVICE_CONFIG_FILE}.tmp"));
             std::fs::copy(&current, &previous)?;
             std::fs::rename(&previous, self.previous_path())?;
         }
-        std::fs::rename(&temporary, &current)?;
-        if let Ok(dir) = std::fs::File::open(&self.dir) {
-            let _ = dir.sync_all();
-        }
-        Ok(())
+        state_file::write_json(&self.dir, DEVICE_CONFIG_FILE, config, 0o644)
     }
 }
 

@@ -32,6 +32,7 @@ mod engines;
 mod models;
 mod sandbox;
 mod services;
+mod state_file;
 mod telemetry;
 mod worker;
 
