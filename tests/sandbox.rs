@@ -174,6 +174,8 @@ async fn misbehaving_guests_fail_their_own_job_with_the_right_class() {
         ("bad-flood", r#"{"mode":"output"}"#, "output_limit"),
         ("bad-trap", "{}", "trap"),
         ("bad-sneaky", "{}", "capability_refused"),
+        ("bad-greedy", r#"{"want":"random"}"#, "resource_limit"),
+        ("bad-greedy", r#"{"want":"handles"}"#, "resource_limit"),
     ];
     for (name, payload, expected) in cases {
         let (report, _) = run(&executor(""), &load(name), job("default", payload, short)).await;
@@ -193,6 +195,27 @@ async fn failures_say_what_happened() {
 
     let (report, _) = run(&executor(""), &load("bad-hog"), job("default", "{}", None)).await;
     assert_eq!(report.outcome.unwrap_err(), JobError::MemoryLimit { limit_mib: 64 });
+
+    let (report, _) = run(
+        &executor(""),
+        &load("bad-greedy"),
+        job("default", r#"{"want":"random"}"#, None),
+    )
+    .await;
+    assert_eq!(
+        report.outcome.unwrap_err().to_string(),
+        "resource limit exceeded: the guest asked wasi:random for 1099511627776 bytes in one call; a job may ask for 16777216 at most"
+    );
+    let (report, _) = run(
+        &executor(""),
+        &load("bad-greedy"),
+        job("default", r#"{"want":"handles"}"#, None),
+    )
+    .await;
+    assert_eq!(
+        report.outcome.unwrap_err().to_string(),
+        "resource limit exceeded: the guest held more than 10000 host resource handles at once (streams, responses, completions it never dropped)"
+    );
 
     let (report, chunks) = run(&executor(""), &load("bad-flood"), job("default", "{}", None)).await;
     match report.outcome.unwrap_err() {

@@ -362,6 +362,38 @@ async fn recoverable_failures_are_retried_and_poison_jobs_end_in_the_dlq() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_over_a_host_call_limit_fails_once_as_resource_limit_not_a_node_fault() {
+    let redis = RedisServer::start();
+    let mut config = worker_config(&redis);
+    config.handlers.insert("greedy".into(), guest("bad-greedy"));
+    let worker = TestWorker::start(&config);
+    let mut conn = redis.conn();
+    for (job, payload) in [
+        ("job-random", r#"{"want":"random"}"#),
+        ("job-handles", r#"{"want":"handles"}"#),
+    ] {
+        enqueue(&mut conn, job, "greedy", payload);
+        let state = wait_status(&redis, job, "failed", SETTLE).await;
+        assert_eq!(state["error_class"], "resource_limit", "{job}: {state:?}");
+        assert_eq!(
+            event_types(&mut conn, job),
+            ["claimed", "start", "error"],
+            "{job} ran once: a deterministic guest fault is not retried"
+        );
+        let last = events(&mut conn, job).pop().unwrap();
+        assert_eq!(last["data"]["recoverable"], false, "{last}");
+        let error = last["data"]["error"].as_str().unwrap();
+        assert!(
+            error.starts_with("resource limit exceeded: the guest") && !error.contains('\n'),
+            "one line naming the limit, no backtrace: {error}"
+        );
+    }
+    assert!(dead_letters(&mut conn).is_empty());
+    assert_eq!(pending(&mut conn), 0);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_that_kills_its_worker_every_time_ends_in_the_dlq() {
     let redis = RedisServer::start();
     let mut config = worker_config(&redis);

@@ -13,11 +13,12 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use wasmtime::component::ResourceTableError;
 use wasmtime::{PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 
@@ -285,8 +286,9 @@ impl Executor {
             .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
+            .max_random_size(limits.max_random_bytes)
             .build();
-        let state = JobState::new(
+        let mut state = JobState::new(
             Arc::from(job.id.as_str()),
             grant,
             StoreLimiter::new(limits.memory_bytes),
@@ -299,6 +301,7 @@ impl Executor {
             wasi,
             Arc::clone(&self.http),
         );
+        state.table.set_max_capacity(limits.max_resource_handles);
         let mut store = Store::new(self.components.engine().engine(), state);
         store.limiter(|state| &mut state.limiter);
         let interrupt = cancel.clone();
@@ -350,6 +353,32 @@ impl Executor {
     }
 }
 
+/// A host call refused because the guest asked for more than a job may
+/// have: the job's fault, with one line naming the limit.
+fn resource_limit(error: &wasmtime::Error, limits: &JobLimits) -> Option<JobError> {
+    if let Some(ResourceTableError::Full) = error.downcast_ref::<ResourceTableError>() {
+        return Some(JobError::ResourceLimit {
+            reason: format!(
+                "the guest held more than {} host resource handles at once (streams, responses, completions it never dropped)",
+                limits.max_resource_handles
+            ),
+        });
+    }
+    // wasmtime-wasi refuses an oversized `wasi:random` call with an untyped
+    // error, the one host-call refusal without a type to downcast to; its
+    // wording is matched here, next to the limit we configure for it.
+    let refused = error.chain().map(ToString::to_string).find(|message| {
+        message.starts_with("requested len") && message.ends_with(&format!("exceeds limit {}", limits.max_random_bytes))
+    })?;
+    let asked = refused.split_whitespace().nth(2).unwrap_or("?");
+    Some(JobError::ResourceLimit {
+        reason: format!(
+            "the guest asked wasi:random for {asked} bytes in one call; a job may ask for {} at most",
+            limits.max_random_bytes
+        ),
+    })
+}
+
 /// Turn how the call ended into the job's result or error class.
 fn classify(ended: Ended, state: &mut JobState, limits: &JobLimits) -> Result<serde_json::Value, JobError> {
     match ended {
@@ -366,7 +395,7 @@ fn classify(ended: Ended, state: &mut JobState, limits: &JobLimits) -> Result<se
             })
         }
         Ended::Returned(Ok(Err(error))) => Err(handler_error(error)),
-        Ended::Returned(Err(error)) => Err(classify_trap(&error, state, limits.timeout)),
+        Ended::Returned(Err(error)) => Err(classify_trap(&error, state, limits)),
     }
 }
 
@@ -389,7 +418,8 @@ fn handler_error(error: HandlerError) -> JobError {
 
 /// Classify an error raised while instantiating or running the guest: our
 /// own interrupts and limits first, then what wasmtime reports.
-fn classify_trap(error: &wasmtime::Error, state: &JobState, timeout: Duration) -> JobError {
+fn classify_trap(error: &wasmtime::Error, state: &JobState, limits: &JobLimits) -> JobError {
+    let timeout = limits.timeout;
     if let Some(interrupted) = error.downcast_ref::<Interrupted>() {
         return match interrupted {
             Interrupted::Deadline => JobError::Deadline { timeout },
@@ -408,6 +438,9 @@ fn classify_trap(error: &wasmtime::Error, state: &JobState, timeout: Duration) -
         return JobError::MemoryLimit {
             limit_mib: (state.limiter.memory_bytes() >> 20) as u64,
         };
+    }
+    if let Some(exceeded) = resource_limit(error, limits) {
+        return exceeded;
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::StackOverflow) => JobError::StackOverflow,

@@ -141,6 +141,14 @@ pub enum JobError {
         /// Bytes the job tried to output in all.
         attempted: u64,
     },
+    /// The guest asked a host call for more than a job may have (resource
+    /// handles held at once, bytes in one call): a limit the tenant hit,
+    /// deterministic, so never retried and never blamed on the node.
+    #[error("resource limit exceeded: {reason}")]
+    ResourceLimit {
+        /// One line naming the limit and what the guest asked for.
+        reason: String,
+    },
     /// The guest trapped (a panic, `unreachable`, a bad memory access...).
     #[error("guest trapped: {message}")]
     Trap {
@@ -201,6 +209,7 @@ impl JobError {
             JobError::MemoryLimit { .. } => "memory_limit",
             JobError::StackOverflow => "stack_overflow",
             JobError::OutputLimit { .. } => "output_limit",
+            JobError::ResourceLimit { .. } => "resource_limit",
             JobError::Trap { .. } => "trap",
             JobError::BadOutput { .. } => "bad_output",
             JobError::Cancelled { .. } => "cancelled",
@@ -243,5 +252,10 @@ mod tests {
             "deadline exceeded: the job ran for its whole budget of 250 ms"
         );
         assert!(JobError::Capacity("pool full".into()).recoverable());
+        let err = JobError::ResourceLimit {
+            reason: "held more than 10 handles".into(),
+        };
+        assert_eq!(err.class(), "resource_limit");
+        assert!(!err.recoverable(), "a limit the guest hit is not the node's fault");
     }
 }

@@ -14,6 +14,13 @@ use crate::policy::TenantPolicy;
 
 /// Table elements a job may grow its tables to.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// Host resource handles (streams, responses, completions…) one job may
+/// hold at once: far above what a real handler keeps open, far below what
+/// would cost the node memory.
+pub const MAX_RESOURCE_HANDLES: usize = 10_000;
+/// Bytes one `wasi:random` call may ask for (the call allocates them on the
+/// host before the guest's memory limit can apply).
+pub const MAX_RANDOM_BYTES: u64 = 16 << 20;
 
 /// The limits one job runs under, from its tenant's policy and the job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +37,10 @@ pub struct JobLimits {
     pub max_chunks_per_second: u32,
     /// Log kept, bytes.
     pub max_log_bytes: u32,
+    /// Host resource handles held at once.
+    pub max_resource_handles: usize,
+    /// Bytes of one `wasi:random` call.
+    pub max_random_bytes: u64,
 }
 
 impl JobLimits {
@@ -44,6 +55,8 @@ impl JobLimits {
             max_chunk_bytes: policy.max_chunk_bytes,
             max_chunks_per_second: policy.max_chunks_per_second,
             max_log_bytes: policy.max_log_bytes,
+            max_resource_handles: MAX_RESOURCE_HANDLES,
+            max_random_bytes: MAX_RANDOM_BYTES,
         }
     }
 }
