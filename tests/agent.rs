@@ -209,3 +209,72 @@ async fn with_redis_the_node_takes_nexus_jobs_while_redis_is_down_and_each_job_o
             .contains("Redis answers again: taking jobs from Redis Streams")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_max_in_flight_holds_on_the_nexus_path_too() {
+    let nexus = FakeNexus::start(Some(TOKEN)).await;
+    let state = tempfile::tempdir().unwrap();
+    let policy = state.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[tenants.solo]\ncapabilities = [\"stream\"]\nmax_in_flight = 1\n",
+    )
+    .unwrap();
+    let mut config = agent_config(&nexus, state.path());
+    config.worker.concurrency = 3;
+    config.policy = Some(policy);
+    config.handlers.insert("slow".into(), guest("slow"));
+    let node = WorkerProcess::start_agent(&config);
+
+    // Every job's start and finish, in order, from the node's live events.
+    let client = citadel_transports::http::client(SETTLE).expect("HTTP client");
+    let mut events = client
+        .get(format!("{}/events", node.status_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    let jobs: Vec<(String, &str)> = (0..6)
+        .map(|n| (format!("n-cap-{n}"), if n % 2 == 0 { "solo" } else { "crowd" }))
+        .collect();
+    for (id, tenant) in &jobs {
+        nexus.push(json!({"id": id, "type": "slow", "tenant": tenant, "payload": {"ms": 300, "chunks": 1}}));
+    }
+    let (mut running, mut peak, mut solo, mut solo_peak, mut finished) = (0i32, 0, 0i32, 0, 0);
+    let mut text = String::new();
+    tokio::time::timeout(SETTLE, async {
+        while finished < jobs.len() {
+            let chunk = events.chunk().await.unwrap().expect("the event stream ended");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = text.find("\n\n") {
+                let block: String = text.drain(..end + 2).collect();
+                let Some(data) = block.lines().find_map(|line| line.strip_prefix("data: ")) else {
+                    continue;
+                };
+                let event: Value = serde_json::from_str(data).unwrap();
+                let is_solo = event["tenant"] == "solo";
+                match event["event"].as_str() {
+                    Some("started") => {
+                        running += 1;
+                        solo += i32::from(is_solo);
+                    }
+                    Some("finished") => {
+                        assert_eq!(event["outcome"], "ok", "{event}");
+                        running -= 1;
+                        solo -= i32::from(is_solo);
+                        finished += 1;
+                    }
+                    _ => {}
+                }
+                peak = peak.max(running);
+                solo_peak = solo_peak.max(solo);
+            }
+        }
+    })
+    .await
+    .expect("every job finished");
+    assert!(peak <= 3, "at most worker.concurrency jobs at once, saw {peak}");
+    assert!(peak >= 2, "jobs did run concurrently (peak {peak})");
+    assert_eq!(solo_peak, 1, "tenant `solo` (max_in_flight = 1) never ran two at once");
+    assert_eq!(reports(&nexus, jobs.len()).await.len(), jobs.len());
+}

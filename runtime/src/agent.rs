@@ -1,8 +1,9 @@
 //! `citadel agent`: the on-prem node. It asks Citadel's Nexus HTTP API for
 //! jobs (`GET /api/v1/jobs/next`; after a job at once, after `204` every
-//! `agent.poll_interval_ms`), runs each through the same executor and
-//! handlers as `citadel work` (up to `worker.concurrency` at once), and
-//! reports each outcome (`POST /api/v1/jobs/{id}/status`).
+//! `agent.poll_interval_ms`), runs each through the node's dispatcher
+//! (`crate::dispatch`: the same handlers, tenant slots and observers as
+//! `citadel work`; up to `worker.concurrency` at once), and reports each
+//! outcome (`POST /api/v1/jobs/{id}/status`).
 //!
 //! A job runs once. Its outcome is written to the state directory before it
 //! is reported and removed once the API has taken it, and a report that
@@ -18,7 +19,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use citadel_collector::status::WorkerStatus;
 use citadel_transports::backoff::{Backoff, RetryError, retry, worth_logging};
@@ -30,12 +31,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::executor::Executor;
-use crate::job::{JobError, JobSpec};
+use crate::dispatch::{Admission, Dispatcher, JobControl, JobOutcome, Recovery};
+use crate::job::JobSpec;
 use crate::node::Telemetry;
 use crate::node::telemetry::JobCounts;
 use crate::policy::DEFAULT_TENANT;
-use crate::worker::{Handler, HandlerTable, JobInfo, JobObserver, NativeJob, Worker};
+use crate::worker::Worker;
 
 /// Where the node takes jobs from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,8 +179,7 @@ impl PendingReports {
 /// The Nexus polling agent.
 pub struct Agent {
     client: NexusClient,
-    executor: Arc<Executor>,
-    handlers: HandlerTable,
+    dispatch: Arc<Dispatcher>,
     pending: PendingReports,
     poll_interval: Duration,
     concurrency: usize,
@@ -187,12 +187,11 @@ pub struct Agent {
     stats: Arc<AgentStats>,
     source: watch::Receiver<Source>,
     wake: Arc<Notify>,
-    observer: Option<Arc<dyn JobObserver>>,
 }
 
 impl Agent {
-    /// An agent for `config` running `handlers` on `executor`.
-    pub fn new(executor: Arc<Executor>, handlers: HandlerTable, config: &Config) -> Result<Agent, AgentError> {
+    /// An agent for `config` running its jobs through `dispatch`.
+    pub fn new(dispatch: Arc<Dispatcher>, config: &Config) -> Result<Agent, AgentError> {
         let agent = &config.agent;
         let url = agent.nexus_url.as_deref().ok_or(AgentError::NoNexusUrl)?;
         let client = NexusClient::new(
@@ -205,8 +204,7 @@ impl Agent {
         let pending = PendingReports::open(dir.clone()).map_err(|source| AgentError::Pending { path: dir, source })?;
         Ok(Agent {
             client,
-            executor,
-            handlers,
+            dispatch,
             pending,
             poll_interval: Duration::from_millis(agent.poll_interval_ms),
             concurrency: config.worker.concurrency as usize,
@@ -214,22 +212,12 @@ impl Agent {
             stats: Arc::default(),
             source: watch::channel(Source::Nexus).1,
             wake: Arc::default(),
-            observer: None,
         })
     }
 
     /// Poll only while `source` says `Nexus`, and when `wake` is notified.
     pub fn switched_by(self, source: watch::Receiver<Source>, wake: Arc<Notify>) -> Agent {
         Agent { source, wake, ..self }
-    }
-
-    /// Tell `observer` about every job's start and end (metrics, `/events`,
-    /// status triggers), as the Redis worker does.
-    pub fn observed_by(self, observer: Arc<dyn JobObserver>) -> Agent {
-        Agent {
-            observer: Some(observer),
-            ..self
-        }
     }
 
     /// Its counters.
@@ -249,7 +237,7 @@ impl Agent {
         }
         tracing::info!(
             nexus = %self.client.base(),
-            handlers = ?self.handlers.types(),
+            handlers = ?self.dispatch.handlers().types(),
             concurrency = self.concurrency,
             "agent ready"
         );
@@ -340,78 +328,50 @@ impl Agent {
 
     /// Run one job and report its outcome.
     async fn handle(&self, job: NexusJob, stop: &CancellationToken, abort: &CancellationToken) {
-        let Some(handler) = self.handlers.get(&job.job_type) else {
-            let error = format!(
-                "unsupported job type `{}`; this node handles {}",
-                job.job_type,
-                self.handlers.types().join(", ")
-            );
-            return self.report(&job.id, Outcome::Failure { error }, stop).await;
-        };
         let spec = JobSpec {
-            id: job.id.clone(),
-            job_type: job.job_type.clone(),
-            tenant: job.tenant.clone().unwrap_or_else(|| DEFAULT_TENANT.to_string()),
+            id: job.id,
+            job_type: job.job_type,
+            tenant: job.tenant.unwrap_or_else(|| DEFAULT_TENANT.to_string()),
             payload: job.payload,
             ray_id: job.ray_id,
             attempt: 1,
             timeout: job.timeout_ms.map(Duration::from_millis),
         };
-        let tenant = spec.tenant.clone();
-        let info = JobInfo {
-            job_id: &job.id,
-            job_type: &job.job_type,
-            tenant: &tenant,
+        let id = spec.id.clone();
+        let admitted = match self.dispatch.admit(&spec, abort).await {
+            Admission::Admitted(admitted) => admitted,
+            Admission::Unsupported(unsupported) => {
+                let error = unsupported.to_string();
+                return self.report(&id, Outcome::Failure { error }, stop).await;
+            }
+            Admission::Stopped => {
+                tracing::warn!(job_id = %id, "stopped while waiting for its tenant's slot: not reported (the Nexus API decides when to hand it out again)");
+                return;
+            }
         };
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        if let Some(observer) = &self.observer {
-            observer.started(&info);
-        }
-        let started = Instant::now();
-        let outcome = match handler {
-            Handler::Component(component) => match self.handlers.pinned(&spec, self.executor.policy()).await {
-                Ok(pinned) => {
-                    let component = pinned.as_ref().unwrap_or(&component);
-                    self.executor.run(component, spec, None, abort).await.outcome
-                }
-                Err(refusal) => Err(refusal.into()),
-            },
-            Handler::Native(native) => {
-                let job = NativeJob {
-                    spec,
-                    chunks: None,
-                    cancel: abort,
-                };
-                native.run(job).await
-            }
+        let control = JobControl {
+            cancel: abort,
+            interrupt: abort,
+            recovery: Recovery::Report,
         };
-        let interrupted = abort.is_cancelled() && matches!(outcome, Err(JobError::Cancelled { .. }));
+        let ran = self.dispatch.run(admitted, spec, None, control).await;
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let class = match (&outcome, interrupted) {
-            (_, true) => "interrupted",
-            (Ok(_), false) => "ok",
-            (Err(err), false) => err.class(),
-        };
-        if !interrupted {
-            self.stats.processed.fetch_add(1, Ordering::Relaxed);
-            if outcome.is_err() {
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        let outcome = match (ran.outcome, ran.report.outcome) {
+            (JobOutcome::Interrupted, _) => {
+                tracing::warn!(job_id = %id, "interrupted by shutdown: not reported (the Nexus API decides when to hand it out again)");
+                return;
             }
-        }
-        if let Some(observer) = &self.observer {
-            observer.finished(&info, class, started.elapsed());
-        }
-        if interrupted {
-            tracing::warn!(job_id = %job.id, "interrupted by shutdown: not reported (the Nexus API decides when to hand it out again)");
-            return;
-        }
-        let outcome = match outcome {
-            Ok(output) => Outcome::Success { output },
-            Err(err) => Outcome::Failure {
+            (_, Ok(output)) => Outcome::Success { output },
+            (_, Err(err)) => Outcome::Failure {
                 error: format!("{} ({})", err, err.class()),
             },
         };
-        self.report(&job.id, outcome, stop).await;
+        self.stats.processed.fetch_add(1, Ordering::Relaxed);
+        if matches!(outcome, Outcome::Failure { .. }) {
+            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        self.report(&id, outcome, stop).await;
     }
 
     /// Keep `outcome` on disk, then report it until the API takes it (or

@@ -52,6 +52,20 @@ pub struct JobReport {
     pub log: Vec<LogRecord>,
 }
 
+impl JobReport {
+    /// The report of a job that ended outside the sandbox (a native
+    /// handler, or refused before it ran): no chunks counted, no log.
+    pub fn outside_sandbox(outcome: Result<serde_json::Value, JobError>, elapsed: Duration) -> JobReport {
+        JobReport {
+            outcome,
+            chunks: 0,
+            streamed_bytes: 0,
+            elapsed,
+            log: Vec::new(),
+        }
+    }
+}
+
 /// What a handler returned as its error (`handler-error` in WIT).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandlerErrorKind {

@@ -32,6 +32,7 @@ pub mod capture;
 pub mod cli;
 pub mod components;
 pub mod config;
+pub mod dispatch;
 pub mod egress;
 pub mod engine;
 pub mod executor;

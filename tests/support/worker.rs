@@ -8,6 +8,7 @@ use std::process::{Child, Command, ExitStatus};
 use std::sync::Arc;
 use std::time::Duration;
 
+use citadel_runtime::dispatch::Dispatcher;
 use citadel_runtime::inference::Engines;
 use citadel_runtime::node::NodeServices;
 use citadel_runtime::worker::{HandlerTable, Worker, WorkerError};
@@ -79,8 +80,8 @@ impl TestWorker {
 
     /// A worker with the node's telemetry beside it, as `citadel work` runs.
     pub async fn start_node(config: &Config) -> TestWorker {
-        let (worker, engines) = Self::worker(config);
-        let node = NodeServices::start(config, "redis", Some(&worker), engines)
+        let (worker, dispatch) = Self::worker(config);
+        let node = NodeServices::start(config, "redis", &dispatch, Some(&worker))
             .await
             .expect("node telemetry");
         Self::spawn(config, Some((worker, node)))
@@ -96,12 +97,13 @@ impl TestWorker {
         format!("http://{addr}")
     }
 
-    fn worker(config: &Config) -> (Worker, Arc<Engines>) {
+    fn worker(config: &Config) -> (Worker, Arc<Dispatcher>) {
         let policy = config.load_policy().expect("policy");
         let engines = Arc::new(Engines::from_config(&config.engines).expect("engines"));
         let executor = Arc::new(Executor::new(shared_store(), policy).with_engines(Arc::clone(&engines)));
         let handlers = HandlerTable::load(&shared_store(), &config.handlers).expect("handlers");
-        (Worker::new(executor, handlers, config).expect("worker"), engines)
+        let dispatch = Arc::new(Dispatcher::new(executor, handlers));
+        (Worker::new(Arc::clone(&dispatch), config).expect("worker"), dispatch)
     }
 
     fn spawn(config: &Config, prepared: Option<(Worker, NodeServices)>) -> TestWorker {

@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::up::wait_for_services;
 use super::work::{
-    NodeOverrides, TelemetryOverrides, device_config_reader, device_configurator, drain_on_signal,
-    executor_and_handlers, follow_fleet, run_workers,
+    NodeOverrides, TelemetryOverrides, device_config_reader, device_configurator, drain_on_signal, follow_fleet,
+    node_dispatcher, run_workers,
 };
 use super::{Failure, redis_client};
 use crate::agent::{Agent, Source, follow_redis};
@@ -115,26 +115,24 @@ pub(super) async fn agent(config: &Config) -> Result<(), Failure> {
 /// Run the agent; with `wait_services`, first wait that long at most for
 /// the node's services to be healthy (`citadel up`).
 pub(super) async fn run_agent(config: &Config, wait_services: Option<Duration>) -> Result<(), Failure> {
-    let (executor, handlers) = executor_and_handlers(config)?;
-    if handlers.is_empty() && !config.handlers_can_arrive() {
+    let dispatch = node_dispatcher(config)?;
+    if dispatch.handlers().is_empty() && !config.handlers_can_arrive() {
         return Err(Failure::input(WorkerError::NoHandlers));
     }
-    let engines = Arc::clone(executor.engines());
-    let executor = Arc::new(executor);
     // With Redis too, the node works from Redis while it answers.
     let worker = match &config.redis_url {
-        Some(_) => Some(Worker::new(Arc::clone(&executor), handlers.clone(), config).map_err(Failure::input)?),
+        Some(_) => Some(Worker::new(Arc::clone(&dispatch), config).map_err(Failure::input)?),
         None => None,
     };
     let initial = if worker.is_some() { Source::Redis } else { Source::Nexus };
     let (source, following) = watch::channel(initial);
     let wake = Arc::new(Notify::new());
-    let agent = Agent::new(Arc::clone(&executor), handlers.clone(), config)
+    let agent = Agent::new(Arc::clone(&dispatch), config)
         .map_err(Failure::input)?
         .switched_by(following, Arc::clone(&wake));
     let stop = CancellationToken::new();
     let services = drain_on_signal(&stop)?;
-    let node = NodeServices::start(config, initial.name(), worker.as_ref(), engines)
+    let node = NodeServices::start(config, initial.name(), &dispatch, worker.as_ref())
         .await
         .map_err(Failure::input)?;
     let _ = services.set(Arc::clone(&node.supervisor));
@@ -149,10 +147,10 @@ pub(super) async fn run_agent(config: &Config, wait_services: Option<Duration>) 
             return Err(failure);
         }
     }
-    let agent = Arc::new(agent.observed_by(node.telemetry.job_feed()));
+    let agent = Arc::new(agent);
     node.telemetry.count_jobs_of(agent.stats());
-    let configurator = device_configurator(config, &node, &handlers);
-    follow_fleet(config, &executor, &handlers, &node, &stop).await?;
+    let configurator = device_configurator(config, &node, dispatch.handlers());
+    follow_fleet(config, &dispatch, &node, &stop).await?;
     let Some(worker) = worker else {
         agent.run(stop).await;
         node.stop().await;

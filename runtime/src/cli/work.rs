@@ -20,6 +20,7 @@ use citadel_transports::redis::registry::Registry;
 
 use super::{Failure, redis_client};
 use crate::config::Config;
+use crate::dispatch::Dispatcher;
 use crate::engine::Allocation;
 use crate::executor::Executor;
 use crate::fleet::FleetHandlers;
@@ -125,28 +126,26 @@ impl WorkArgs {
 }
 
 pub(super) async fn work(config: &Config) -> Result<(), Failure> {
-    let (executor, handlers) = executor_and_handlers(config)?;
-    let engines = Arc::clone(executor.engines());
-    let executor = Arc::new(executor);
-    let worker = Worker::new(Arc::clone(&executor), handlers.clone(), config).map_err(Failure::input)?;
+    let dispatch = node_dispatcher(config)?;
+    let worker = Worker::new(Arc::clone(&dispatch), config).map_err(Failure::input)?;
     let stop = CancellationToken::new();
     let services = drain_on_signal(&stop)?;
-    let node = NodeServices::start(config, "redis", Some(&worker), engines)
+    let node = NodeServices::start(config, "redis", &dispatch, Some(&worker))
         .await
         .map_err(Failure::input)?;
     let _ = services.set(Arc::clone(&node.supervisor));
-    let configurator = device_configurator(config, &node, &handlers);
-    follow_fleet(config, &executor, &handlers, &node, &stop).await?;
+    let configurator = device_configurator(config, &node, dispatch.handlers());
+    follow_fleet(config, &dispatch, &node, &stop).await?;
     let reader = device_config_reader(config, &worker, &configurator)?;
     let outcome = run_workers(&worker, reader.as_ref(), &stop).await;
     node.stop().await;
     outcome.map_err(|err| Failure::job(format!("worker failed: {err}")))
 }
 
-/// The node's executor and its handlers, every component loaded (a bad
-/// one stops the node before it takes a job), and `shell_command` where
-/// the policy grants it to a tenant.
-pub(super) fn executor_and_handlers(config: &Config) -> Result<(Executor, HandlerTable), Failure> {
+/// The node's dispatcher: its executor and its handlers, every component
+/// loaded (a bad one stops the node before it takes a job), and
+/// `shell_command` where the policy grants it to a tenant.
+pub(super) fn node_dispatcher(config: &Config) -> Result<Arc<Dispatcher>, Failure> {
     let executor = Executor::from_config(config, Allocation::Pooling).map_err(Failure::input)?;
     let handlers =
         HandlerTable::load(executor.components(), &config.handlers_with_defaults()).map_err(Failure::input)?;
@@ -164,7 +163,7 @@ pub(super) fn executor_and_handlers(config: &Config) -> Result<(Executor, Handle
             );
         }
     }
-    Ok((executor, handlers))
+    Ok(Arc::new(Dispatcher::new(Arc::new(executor), handlers)))
 }
 
 /// Watch `components.dir` (scanned once before the first job) and follow
@@ -174,11 +173,11 @@ pub(super) fn executor_and_handlers(config: &Config) -> Result<(Executor, Handle
 /// `stop`. Status lists the handlers either way.
 pub(super) async fn follow_fleet(
     config: &Config,
-    executor: &Executor,
-    handlers: &HandlerTable,
+    dispatch: &Dispatcher,
     node: &NodeServices,
     stop: &CancellationToken,
 ) -> Result<(), Failure> {
+    let (executor, handlers) = (dispatch.executor(), dispatch.handlers());
     if let Some(dir) = &config.components.dir {
         let watcher = Arc::new(HandlerDir::new(
             dir.clone(),

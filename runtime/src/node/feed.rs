@@ -1,4 +1,4 @@
-//! The worker's [`JobObserver`] (and the engines' [`InferenceObserver`])
+//! The dispatcher's [`JobObserver`] (and the engines' [`InferenceObserver`])
 //! for telemetry: counts and times jobs and generations into the metrics, sends each start and finish to `/events` listeners, and
 //! nudges the status loop (a job starting or finishing is a change). All of
 //! it is a few atomic updates and a non-blocking broadcast: it never holds
@@ -13,8 +13,8 @@ use serde_json::json;
 use tokio::sync::{Notify, broadcast};
 
 use super::metrics::Metrics;
+use crate::dispatch::{JobInfo, JobObserver, JobOutcome};
 use crate::inference::{GenerationRecord, InferenceObserver};
-use crate::worker::{JobInfo, JobObserver};
 
 /// Events buffered for `/events` listeners; a listener further behind gets
 /// a `lagged` event and skips ahead.
@@ -90,14 +90,14 @@ impl JobObserver for JobFeed {
         self.metrics.first_chunk(job.job_type, after);
     }
 
-    fn finished(&self, job: &JobInfo<'_>, outcome: &str, took: Duration) {
-        self.metrics.job_finished(job.job_type, outcome, took);
+    fn finished(&self, job: &JobInfo<'_>, outcome: JobOutcome, took: Duration) {
+        self.metrics.job_finished(job.job_type, outcome.as_str(), took);
         let running = self.running.fetch_sub(1, Ordering::Relaxed) - 1;
         self.metrics.set_in_flight(running.max(0) as usize);
         self.job_event(
             "finished",
             job,
-            json!({"outcome": outcome, "duration_ms": took.as_secs_f64() * 1000.0}),
+            json!({"outcome": outcome.as_str(), "duration_ms": took.as_secs_f64() * 1000.0}),
         );
         self.changed();
     }

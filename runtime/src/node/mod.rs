@@ -34,6 +34,7 @@ pub use metrics::Metrics;
 pub use telemetry::{Telemetry, Timings, identity};
 
 use crate::config::{Config, TelemetryConfig};
+use crate::dispatch::Dispatcher;
 use crate::inference::Engines;
 use crate::services::{Supervisor, SupervisorSettings};
 use crate::worker::Worker;
@@ -144,14 +145,16 @@ pub struct NodeServices {
 }
 
 impl NodeServices {
-    /// Start telemetry for a node in `mode` running `worker` (observed from
-    /// now on): the status loop, its publishers and the status server.
+    /// Start telemetry for a node in `mode` running jobs through `dispatch`
+    /// (observed from now on), from Redis with `worker`: the status loop,
+    /// its publishers and the status server.
     pub async fn start(
         config: &Config,
         mode: &str,
+        dispatch: &Dispatcher,
         worker: Option<&Worker>,
-        engines: Arc<Engines>,
     ) -> Result<NodeServices, NodeError> {
+        let engines = Arc::clone(dispatch.executor().engines());
         let settings = &config.telemetry;
         let node_id = config.node_id();
         let redis = match &config.redis_url {
@@ -213,9 +216,7 @@ impl NodeServices {
             redis,
             http,
         ));
-        if let Some(worker) = worker {
-            worker.observe(telemetry.job_feed());
-        }
+        dispatch.observe(telemetry.job_feed());
         let high_temp_alert = config.device.as_ref().is_some_and(|device| device.alert_on_high_temp);
         telemetry.alert_on_high_temp(high_temp_alert.then_some(settings.high_temp_celsius));
         engines.observe(telemetry.job_feed());

@@ -6,13 +6,16 @@
 //! 3. a redelivery: already settled (status final for this very entry) →
 //!    acknowledged; delivered more than `max_attempts` times → dead-lettered
 //!    with the last error, `error` event;
-//! 4. unknown job type → `claimed`, `error` with `unsupported_job_type`;
-//! 5. wait for a tenant slot; then in one round trip (a server-side script):
-//!    cancel flag set → nothing (we answer `claimed`, `cancelled`), else
-//!    `claimed`, status `running`, `start`;
-//! 6. run with chunks streamed as `chunk` events in order; then the final
-//!    event (`end` | `error` | `cancelled`), the final status and the `XACK`
-//!    in one transaction, retried until Redis takes it.
+//! 4. admitted by the dispatcher (`crate::dispatch`): unknown job type →
+//!    `claimed`, `error` with `unsupported_job_type`; else it waits for a
+//!    tenant slot;
+//! 5. in one round trip (a server-side script): cancel flag set → nothing
+//!    (we answer `claimed`, `cancelled`), else `claimed`, status `running`,
+//!    `start`;
+//! 6. run by the dispatcher with chunks streamed as `chunk` events in
+//!    order; then, by its outcome, the final event (`end` | `error` |
+//!    `cancelled`), the final status and the `XACK` in one transaction,
+//!    retried until Redis takes it.
 //!
 //! So a first delivery costs two round trips besides its chunks.
 //!
@@ -30,9 +33,9 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::handlers::{Handler, NativeJob};
-use super::{AGENT_VERSION, Held, JobInfo, Lifecycle, Shared};
-use crate::job::{Chunk, JobError, JobReport, JobSpec};
+use super::{AGENT_VERSION, Held, Lifecycle, Shared};
+use crate::dispatch::{Admission, JobControl, JobInfo, JobOutcome, Recovery};
+use crate::job::{Chunk, JobSpec};
 use crate::policy::DEFAULT_TENANT;
 
 /// Chunks buffered between a running handler and the publisher.
@@ -106,31 +109,35 @@ impl Shared {
         let claimed = EventKind::Claimed {
             agent_version: AGENT_VERSION.into(),
         };
-        let Some(handler) = self.handlers.get(&entry.job_type) else {
-            let supported = self.handlers.types();
-            let reason = format!(
-                "unsupported job type `{}`; this node handles {}",
-                entry.job_type,
-                supported.join(", ")
-            );
-            let mut event = error_event(&reason, false, "unsupported_job_type");
-            if let EventKind::Error { details, .. } = &mut event {
-                details.insert("unsupported_job_type".into(), true.into());
-                details.insert("job_type".into(), entry.job_type.clone().into());
-                details.insert("supported_types".into(), json!(supported));
-            }
-            let failed = (JobStatus::Failed, &[("error", reason)][..]);
-            self.settle(&delivery, job, ray, &[claimed, event], Some(failed), lifecycle)
-                .await;
-            self.stats.failed.fetch_add(1, Ordering::Relaxed);
-            return;
+        let spec = JobSpec {
+            id: entry.job_id.clone(),
+            job_type: entry.job_type.clone(),
+            tenant: entry.tenant.clone().unwrap_or_else(|| DEFAULT_TENANT.to_string()),
+            payload: entry.payload.clone(),
+            ray_id: entry.ray_id.clone(),
+            attempt: u32::try_from(delivery.attempt).unwrap_or(u32::MAX),
+            timeout: entry.timeout_ms.map(Duration::from_millis),
         };
-
-        let tenant = entry.tenant.clone().unwrap_or_else(|| DEFAULT_TENANT.to_string());
-        let limit = self.executor.policy().tenant(&tenant).1.max_in_flight;
-        let Some(_tenant_slot) = self.slots.tenant(&tenant, limit, cancel).await else {
-            self.interrupted(&delivery, job).await;
-            return;
+        let admitted = match self.dispatch.admit(&spec, cancel).await {
+            Admission::Admitted(admitted) => admitted,
+            Admission::Unsupported(unsupported) => {
+                let reason = unsupported.to_string();
+                let mut event = error_event(&reason, false, "unsupported_job_type");
+                if let EventKind::Error { details, .. } = &mut event {
+                    details.insert("unsupported_job_type".into(), true.into());
+                    details.insert("job_type".into(), unsupported.job_type.into());
+                    details.insert("supported_types".into(), json!(unsupported.supported));
+                }
+                let failed = (JobStatus::Failed, &[("error", reason)][..]);
+                self.settle(&delivery, job, ray, &[claimed, event], Some(failed), lifecycle)
+                    .await;
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Admission::Stopped => {
+                self.interrupted(&delivery, job).await;
+                return;
+            }
         };
         let start = EventKind::Start {
             message: format!("running {} on {}", entry.job_type, self.events.meta().node_name),
@@ -164,14 +171,15 @@ impl Shared {
             }
         }
 
-        let spec = JobSpec {
-            id: entry.job_id.clone(),
-            job_type: entry.job_type.clone(),
-            tenant,
-            payload: entry.payload.clone(),
-            ray_id: entry.ray_id.clone(),
-            attempt: u32::try_from(delivery.attempt).unwrap_or(u32::MAX),
-            timeout: entry.timeout_ms.map(Duration::from_millis),
+        let (sink, chunks) = mpsc::channel(CHUNK_BUFFER);
+        let control = JobControl {
+            cancel,
+            interrupt: &lifecycle.abort,
+            recovery: if delivery.attempt < self.settings.max_attempts {
+                Recovery::Retry
+            } else {
+                Recovery::DeadLetter
+            },
         };
         let tenant = spec.tenant.clone();
         let info = JobInfo {
@@ -179,66 +187,20 @@ impl Shared {
             job_type: &entry.job_type,
             tenant: &tenant,
         };
-        let (sink, chunks) = mpsc::channel(CHUNK_BUFFER);
-        let started = Instant::now();
-        if let Some(observer) = self.observer.get() {
-            observer.started(&info);
-        }
-        let forwarder = self.forward_chunks(&info, ray, chunks, started);
-        let run = async {
-            match handler {
-                Handler::Component(component) => match self.handlers.pinned(&spec, self.executor.policy()).await {
-                    Ok(pinned) => {
-                        let component = pinned.as_ref().unwrap_or(&component);
-                        self.executor.run(component, spec, Some(sink), cancel).await
-                    }
-                    Err(refusal) => JobReport {
-                        outcome: Err(refusal.into()),
-                        chunks: 0,
-                        streamed_bytes: 0,
-                        elapsed: started.elapsed(),
-                        log: Vec::new(),
-                    },
-                },
-                Handler::Native(native) => {
-                    let job = NativeJob {
-                        spec,
-                        chunks: Some(sink),
-                        cancel,
-                    };
-                    let outcome = native.run(job).await;
-                    JobReport {
-                        outcome,
-                        chunks: 0,
-                        streamed_bytes: 0,
-                        elapsed: started.elapsed(),
-                        log: Vec::new(),
-                    }
-                }
-            }
-        };
-        let (report, ()) = tokio::join!(run, forwarder);
-        let outcome = match &report.outcome {
-            Ok(_) => "ok",
-            Err(JobError::Cancelled { .. }) if lifecycle.abort.is_cancelled() => "interrupted",
-            Err(err) if err.recoverable() && delivery.attempt < self.settings.max_attempts => "retrying",
-            Err(err) if err.recoverable() => "dead_lettered",
-            Err(err) => err.class(),
-        };
-        if let Some(observer) = self.observer.get() {
-            observer.finished(&info, outcome, started.elapsed());
-        }
+        let forwarder = self.forward_chunks(info, ray, chunks, Instant::now());
+        let run = self.dispatch.run(admitted, spec, Some(sink), control);
+        let (ran, ()) = tokio::join!(run, forwarder);
 
-        match report.outcome {
-            Ok(result) => {
+        match (ran.outcome, ran.report.outcome) {
+            (_, Ok(result)) => {
                 let completed = (JobStatus::Completed, &[("result", result.to_string())][..]);
                 let end = EventKind::End { result };
                 self.settle(&delivery, job, ray, &[end], Some(completed), lifecycle)
                     .await;
                 self.stats.completed.fetch_add(1, Ordering::Relaxed);
             }
-            Err(JobError::Cancelled { .. }) if lifecycle.abort.is_cancelled() => self.interrupted(&delivery, job).await,
-            Err(JobError::Cancelled { .. }) => {
+            (JobOutcome::Interrupted, _) => self.interrupted(&delivery, job).await,
+            (JobOutcome::Cancelled, _) => {
                 let reason = format!("cancelled by request (job:cancelled:{job})");
                 let cancelled = EventKind::Cancelled { reason };
                 self.settle(
@@ -251,7 +213,7 @@ impl Shared {
                 )
                 .await;
             }
-            Err(err) if err.recoverable() && delivery.attempt < self.settings.max_attempts => {
+            (JobOutcome::Retrying, Err(err)) => {
                 tracing::info!(job_id = job, attempt = delivery.attempt, error = %err, "recoverable failure: the job will be retried");
                 let extra = [("error", err.to_string()), ("error_class", err.class().to_string())];
                 if let Err(status_err) = self
@@ -265,14 +227,14 @@ impl Shared {
                     tracing::debug!(job_id = job, error = %touch_err, "could not restart the retry delay");
                 }
             }
-            Err(err) if err.recoverable() => {
+            (JobOutcome::DeadLettered, Err(err)) => {
                 let reason = format!("gave up after {} attempts: {err}", delivery.attempt);
                 tracing::warn!(job_id = job, %reason, "dead-lettering job");
                 let event = dead_letter_event(&reason, err.class(), delivery.attempt);
                 self.dead_letter(&delivery, Some((job, ray)), &reason, event, lifecycle)
                     .await;
             }
-            Err(err) => {
+            (_, Err(err)) => {
                 tracing::debug!(job_id = job, class = err.class(), error = %err, "job failed");
                 let message = err.to_string();
                 let event = error_event(&message, err.recoverable(), err.class());
@@ -336,7 +298,7 @@ impl Shared {
     /// published (Redis down) is dropped, never holding up the handler.
     async fn forward_chunks(
         &self,
-        info: &JobInfo<'_>,
+        info: JobInfo<'_>,
         ray: Option<&str>,
         mut chunks: mpsc::Receiver<Chunk>,
         started: Instant,
@@ -348,9 +310,9 @@ impl Shared {
         // the previous write was in flight go out together, in one write.
         while chunks.recv_many(&mut ready, CHUNKS_PER_WRITE).await > 0 {
             if ready[0].index == 0
-                && let Some(observer) = self.observer.get()
+                && let Some(observer) = self.dispatch.observer()
             {
-                observer.first_chunk(info, started.elapsed());
+                observer.first_chunk(&info, started.elapsed());
             }
             let count = ready.len();
             let events = ready.drain(..).map(|chunk| EventKind::Chunk {

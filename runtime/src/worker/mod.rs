@@ -32,7 +32,7 @@ mod sweep;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use citadel_transports::backoff::{Backoff, RetryError, retry, worth_logging};
@@ -47,7 +47,7 @@ pub use handlers::{Handler, HandlerLoadError, HandlerSource, HandlerTable, Nativ
 use slots::Slots;
 
 use crate::config::{Config, GroupMode, WorkerConfig};
-use crate::executor::Executor;
+use crate::dispatch::Dispatcher;
 
 /// The worker's version, in `claimed` events.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -88,31 +88,6 @@ pub enum WorkerError {
     /// Redis refused to create the consumer groups (not a connection problem).
     #[error("cannot create consumer groups: {0}")]
     Groups(transport::RedisError),
-}
-
-/// A job, as observers see it.
-#[derive(Debug, Clone, Copy)]
-pub struct JobInfo<'a> {
-    /// The job id.
-    pub job_id: &'a str,
-    /// The job type.
-    pub job_type: &'a str,
-    /// The tenant.
-    pub tenant: &'a str,
-}
-
-/// Told about each job's life on this worker (metrics, live events, status
-/// triggers). Called on the job's task: keep it quick and non-blocking.
-pub trait JobObserver: Send + Sync {
-    /// The job's handler is starting.
-    fn started(&self, job: &JobInfo<'_>);
-    /// The job streamed its first chunk, `after` its start.
-    fn first_chunk(&self, job: &JobInfo<'_>, after: Duration);
-    /// The job ended on this worker: `outcome` is `ok`, a failure class, or
-    /// `retrying` / `interrupted` when it stays pending.
-    fn finished(&self, job: &JobInfo<'_>, outcome: &str, took: Duration);
-    /// The worker started or stopped taking jobs.
-    fn consuming(&self, consuming: bool);
 }
 
 /// The worker's state, for status and health.
@@ -204,8 +179,7 @@ struct Lifecycle {
 
 /// State shared by the worker's tasks.
 struct Shared {
-    executor: Arc<Executor>,
-    handlers: HandlerTable,
+    dispatch: Arc<Dispatcher>,
     queues: JobQueues,
     events: EventPublisher,
     liveness: Liveness,
@@ -217,7 +191,6 @@ struct Shared {
     held: Mutex<HashMap<String, Held>>,
     stats: Stats,
     progress: Mutex<Progress>,
-    observer: OnceLock<Arc<dyn JobObserver>>,
 }
 
 /// A Redis Streams worker.
@@ -227,29 +200,28 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// A worker for `config`, running jobs on `executor` with `handlers`.
+    /// A worker for `config`, running its jobs through `dispatch`.
     /// Nothing connects yet: Redis may come up after the worker. Must be
     /// called within a tokio runtime (it starts the group-commit task).
-    pub fn new(executor: Arc<Executor>, handlers: HandlerTable, config: &Config) -> Result<Worker, WorkerError> {
+    pub fn new(dispatch: Arc<Dispatcher>, config: &Config) -> Result<Worker, WorkerError> {
         let consumer = format!(
             "{}-{}-{:04x}",
             config.node_id(),
             std::process::id(),
             rand::random::<u16>()
         );
-        Self::build(executor, handlers, config, consumer, false)
+        Self::build(dispatch, config, consumer, false)
     }
 
     fn build(
-        executor: Arc<Executor>,
-        handlers: HandlerTable,
+        dispatch: Arc<Dispatcher>,
         config: &Config,
         consumer: String,
         device_config: bool,
     ) -> Result<Worker, WorkerError> {
         // Handlers may also arrive while the node runs (published to the
         // fleet, or dropped in the watched directory).
-        if handlers.is_empty() && !config.handlers_can_arrive() {
+        if dispatch.handlers().is_empty() && !config.handlers_can_arrive() {
             return Err(WorkerError::NoHandlers);
         }
         let url = config.redis_url.as_deref().ok_or(WorkerError::NoRedisUrl)?;
@@ -297,8 +269,7 @@ impl Worker {
                 liveness: Liveness::new(conn.clone(), &group, &consumer, settings.liveness_ttl),
                 cancel_flags: CancelFlags::new(conn),
                 slots: Slots::new(settings.concurrency),
-                executor,
-                handlers,
+                dispatch,
                 queues,
                 settings,
                 node_id: node_id.clone(),
@@ -311,7 +282,6 @@ impl Worker {
                     redis_down_since: None,
                     last_consumed: None,
                 }),
-                observer: OnceLock::new(),
             }),
         })
     }
@@ -331,8 +301,8 @@ impl Worker {
         worker.group = worker.config_group.clone();
         worker.group_mode = GroupMode::PerNode;
         worker.concurrency = 1;
-        let executor = Arc::clone(&self.shared.executor);
-        Worker::build(executor, handlers, &config, self.shared.consumer.clone(), true).map(Some)
+        let dispatch = Arc::new(Dispatcher::new(Arc::clone(self.shared.dispatch.executor()), handlers));
+        Worker::build(dispatch, &config, self.shared.consumer.clone(), true).map(Some)
     }
 
     /// Name the node `node_name` in job events from now on.
@@ -353,11 +323,6 @@ impl Worker {
     /// Jobs held right now (running or waiting for a slot).
     pub fn in_flight(&self) -> usize {
         self.shared.held.lock().expect("held jobs poisoned").len()
-    }
-
-    /// Report each job's life to `observer` (once, before [`Worker::run`]).
-    pub fn observe(&self, observer: Arc<dyn JobObserver>) {
-        let _ = self.shared.observer.set(observer);
     }
 
     /// The worker's state. The read loop counts as stalled when it has made
@@ -413,7 +378,7 @@ impl Worker {
                 consumer = %shared.consumer,
                 group = %config.group,
                 queues = ?config.keys,
-                handlers = ?shared.handlers.types(),
+                handlers = ?shared.dispatch.handlers().types(),
                 concurrency = shared.settings.concurrency,
                 "worker ready"
             );
@@ -469,7 +434,7 @@ impl Shared {
         let queues = self.queues.config().keys.len();
         let mut waits = Backoff::DEFAULT.start();
         self.beat(|progress| progress.consuming = true);
-        if let Some(observer) = self.observer.get() {
+        if let Some(observer) = self.dispatch.observer() {
             observer.consuming(true);
         }
         while let Some(free) = self.slots.wait_free(stop).await {
@@ -512,7 +477,7 @@ impl Shared {
             }
         }
         self.beat(|progress| progress.consuming = false);
-        if let Some(observer) = self.observer.get() {
+        if let Some(observer) = self.dispatch.observer() {
             observer.consuming(false);
         }
     }

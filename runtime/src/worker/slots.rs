@@ -1,19 +1,17 @@
 //! Backpressure: a job holds one of the node's `worker.concurrency` slots
-//! from the moment it is read until it is settled, and one of its tenant's
-//! `max_in_flight` slots while it runs. The reader asks Redis only for as
+//! from the moment it is read until it is settled (and, while it runs, one
+//! of its tenant's slots: `crate::dispatch`). The reader asks Redis only for as
 //! many entries as there are free node slots; when none is free it does not
 //! read at all and the backlog stays in Redis, where other workers can take it.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-/// The node's and its tenants' job slots.
+/// The node's job slots.
 pub struct Slots {
     node: Arc<Semaphore>,
-    tenants: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl Slots {
@@ -21,7 +19,6 @@ impl Slots {
     pub fn new(capacity: usize) -> Slots {
         Slots {
             node: Arc::new(Semaphore::new(capacity)),
-            tenants: Mutex::default(),
         }
     }
 
@@ -50,28 +47,6 @@ impl Slots {
     pub fn try_reserve(&self) -> Option<OwnedSemaphorePermit> {
         Arc::clone(&self.node).try_acquire_owned().ok()
     }
-
-    /// Wait for a slot of `tenant`, whose policy allows `limit` jobs at once;
-    /// `None` when `stop` fires first.
-    pub async fn tenant(&self, tenant: &str, limit: u32, stop: &CancellationToken) -> Option<OwnedSemaphorePermit> {
-        let semaphore = {
-            let mut tenants = self.tenants.lock().expect("tenant slots poisoned");
-            // Forget tenants with nothing running, so producer-chosen tenant
-            // names cannot grow this map without bound.
-            tenants.retain(|_, semaphore| {
-                Arc::strong_count(semaphore) > 1 || semaphore.available_permits() < limit as usize
-            });
-            Arc::clone(
-                tenants
-                    .entry(tenant.to_string())
-                    .or_insert_with(|| Arc::new(Semaphore::new(limit as usize))),
-            )
-        };
-        tokio::select! {
-            _ = stop.cancelled() => None,
-            permit = semaphore.acquire_owned() => Some(permit.expect("tenant semaphore is never closed")),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -97,31 +72,5 @@ mod tests {
         assert!(slots.reserve(&stop).await.is_none());
         drop(first);
         assert_eq!(slots.wait_free(&CancellationToken::new()).await, Some(1));
-    }
-
-    #[tokio::test]
-    async fn tenants_are_capped_separately() {
-        let slots = Slots::new(8);
-        let stop = CancellationToken::new();
-        let first = slots.tenant("acme", 1, &stop).await.unwrap();
-        let other = slots.tenant("globex", 1, &stop).await;
-        assert!(other.is_some(), "another tenant is not held up");
-        let waiting = slots.tenant("acme", 1, &stop);
-        tokio::pin!(waiting);
-        assert!(
-            futures_poll_once(&mut waiting).await.is_none(),
-            "acme's second job waits"
-        );
-        drop(first);
-        assert!(waiting.await.is_some());
-    }
-
-    /// Poll a future once; `None` if it is not ready.
-    async fn futures_poll_once<F: Future + Unpin>(future: &mut F) -> Option<F::Output> {
-        tokio::select! {
-            biased;
-            output = future => Some(output),
-            _ = tokio::task::yield_now() => None,
-        }
     }
 }

@@ -1,0 +1,218 @@
+//! One job's run on this node, the same for every source. A source (Redis
+//! Streams: `crate::worker`; the Nexus API: `crate::agent`) translates a job
+//! into a [`JobSpec`], then:
+//!
+//! 1. [`Dispatcher::admit`]: the job type's handler, or [`Unsupported`]
+//!    naming what this node handles; then a slot of the job's tenant
+//!    (`max_in_flight`), waited for;
+//! 2. the source does what it must before the run (Redis: `claimed` and
+//!    `start` in one round trip, honouring a cancel flag set meanwhile);
+//! 3. [`Dispatcher::run`]: the component the job pins (checked against the
+//!    tenant's `allow_pin`) or the handler's, in the sandbox — or the native
+//!    handler — with chunks to the source's sink; observers told of the
+//!    start and the end; the [`JobOutcome`] decided once, here;
+//! 4. the source settles the outcome its own way (Redis: one transaction
+//!    with the `XACK`; Nexus: a report kept on disk until taken).
+
+mod outcome;
+mod tenants;
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_util::sync::CancellationToken;
+
+pub use outcome::{JobOutcome, Recovery};
+use tenants::TenantSlots;
+
+use crate::executor::Executor;
+use crate::job::{Chunk, JobReport, JobSpec};
+use crate::worker::{Handler, HandlerTable, NativeJob};
+
+/// A job, as observers see it.
+#[derive(Debug, Clone, Copy)]
+pub struct JobInfo<'a> {
+    /// The job id.
+    pub job_id: &'a str,
+    /// The job type.
+    pub job_type: &'a str,
+    /// The tenant.
+    pub tenant: &'a str,
+}
+
+impl<'a> JobInfo<'a> {
+    /// `spec` as observers see it.
+    pub fn of(spec: &'a JobSpec) -> JobInfo<'a> {
+        JobInfo {
+            job_id: &spec.id,
+            job_type: &spec.job_type,
+            tenant: &spec.tenant,
+        }
+    }
+}
+
+/// Told about each job's life on this node (metrics, live events, status
+/// triggers). Called on the job's task: keep it quick and non-blocking.
+pub trait JobObserver: Send + Sync {
+    /// The job's handler is starting.
+    fn started(&self, job: &JobInfo<'_>);
+    /// The job streamed its first chunk, `after` its start.
+    fn first_chunk(&self, job: &JobInfo<'_>, after: Duration);
+    /// The job ended on this node.
+    fn finished(&self, job: &JobInfo<'_>, outcome: JobOutcome, took: Duration);
+    /// The node started or stopped taking jobs.
+    fn consuming(&self, consuming: bool);
+}
+
+/// No handler for the job's type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unsupported job type `{job_type}`; this node handles {}", supported.join(", "))]
+pub struct Unsupported {
+    /// The job's type.
+    pub job_type: String,
+    /// The types this node handles.
+    pub supported: Vec<String>,
+}
+
+/// A job cleared to run: its handler and its tenant's slot.
+pub struct Admitted {
+    handler: Handler,
+    _tenant_slot: OwnedSemaphorePermit,
+}
+
+/// Whether a job may run.
+pub enum Admission {
+    /// It may: run it.
+    Admitted(Admitted),
+    /// Nothing here handles its type.
+    Unsupported(Unsupported),
+    /// The node stopped while it waited for its tenant's slot.
+    Stopped,
+}
+
+/// How the source runs a job.
+#[derive(Debug, Clone, Copy)]
+pub struct JobControl<'a> {
+    /// Fires when the job must stop (cancelled by request, or interrupted).
+    pub cancel: &'a CancellationToken,
+    /// Fires when the node's shutdown interrupts running jobs: a job it
+    /// stops is [`JobOutcome::Interrupted`], not cancelled.
+    pub interrupt: &'a CancellationToken,
+    /// What the source does with a recoverable failure.
+    pub recovery: Recovery,
+}
+
+/// A job that ran.
+#[derive(Debug)]
+pub struct Ran {
+    /// What it left behind.
+    pub report: JobReport,
+    /// How it ended.
+    pub outcome: JobOutcome,
+}
+
+/// Runs the node's jobs, whatever their source: handlers, tenant slots,
+/// observers.
+pub struct Dispatcher {
+    executor: Arc<Executor>,
+    handlers: HandlerTable,
+    tenants: TenantSlots,
+    observer: OnceLock<Arc<dyn JobObserver>>,
+}
+
+impl Dispatcher {
+    /// Jobs run on `executor` by `handlers`.
+    pub fn new(executor: Arc<Executor>, handlers: HandlerTable) -> Dispatcher {
+        Dispatcher {
+            executor,
+            handlers,
+            tenants: TenantSlots::default(),
+            observer: OnceLock::new(),
+        }
+    }
+
+    /// Tell `observer` about every job's life (set once, before jobs run).
+    pub fn observe(&self, observer: Arc<dyn JobObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// The observer, if one is set.
+    pub fn observer(&self) -> Option<&Arc<dyn JobObserver>> {
+        self.observer.get()
+    }
+
+    /// The handlers.
+    pub fn handlers(&self) -> &HandlerTable {
+        &self.handlers
+    }
+
+    /// The executor.
+    pub fn executor(&self) -> &Arc<Executor> {
+        &self.executor
+    }
+
+    /// Whether `spec` may run: its handler, then a slot of its tenant
+    /// (waited for until `stop`).
+    pub async fn admit(&self, spec: &JobSpec, stop: &CancellationToken) -> Admission {
+        let Some(handler) = self.handlers.get(&spec.job_type) else {
+            return Admission::Unsupported(Unsupported {
+                job_type: spec.job_type.clone(),
+                supported: self.handlers.types(),
+            });
+        };
+        let limit = self.executor.policy().tenant(&spec.tenant).1.max_in_flight;
+        match self.tenants.take(&spec.tenant, limit, stop).await {
+            Some(slot) => Admission::Admitted(Admitted {
+                handler,
+                _tenant_slot: slot,
+            }),
+            None => Admission::Stopped,
+        }
+    }
+
+    /// Run an admitted job, its chunks to `sink`; the tenant's slot is
+    /// held until it ends.
+    pub async fn run(
+        &self,
+        admitted: Admitted,
+        spec: JobSpec,
+        sink: Option<mpsc::Sender<Chunk>>,
+        control: JobControl<'_>,
+    ) -> Ran {
+        let observer = self.observer.get();
+        let (id, job_type, tenant) = (spec.id.clone(), spec.job_type.clone(), spec.tenant.clone());
+        let info = JobInfo {
+            job_id: &id,
+            job_type: &job_type,
+            tenant: &tenant,
+        };
+        if let Some(observer) = observer {
+            observer.started(&info);
+        }
+        let started = Instant::now();
+        let report = match admitted.handler {
+            Handler::Component(component) => match self.handlers.pinned(&spec, self.executor.policy()).await {
+                Ok(pinned) => {
+                    let component = pinned.as_ref().unwrap_or(&component);
+                    self.executor.run(component, spec, sink, control.cancel).await
+                }
+                Err(refusal) => JobReport::outside_sandbox(Err(refusal.into()), started.elapsed()),
+            },
+            Handler::Native(native) => {
+                let job = NativeJob {
+                    spec,
+                    chunks: sink,
+                    cancel: control.cancel,
+                };
+                let outcome = native.run(job).await;
+                JobReport::outside_sandbox(outcome, started.elapsed())
+            }
+        };
+        let outcome = JobOutcome::of(&report.outcome, control.interrupt.is_cancelled(), control.recovery);
+        if let Some(observer) = observer {
+            observer.finished(&info, outcome, started.elapsed());
+        }
+        Ran { report, outcome }
+    }
+}
