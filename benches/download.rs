@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use citadel_benches::{guest, sandbox_config};
-use citadel_runtime::models::ModelStore;
+use citadel_runtime::capabilities::models::ModelStore;
 use citadel_runtime::{Allocation, ComponentStore, Executor, JobSpec, Policy, SandboxEngine};
 use citadel_tests::FileServer;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use citadel_runtime::models::ModelStore;
+use citadel_runtime::capabilities::models::ModelStore;
 use citadel_runtime::{Executor, JobReport};
 use citadel_tests::*;
 use serde_json::{Value, json};

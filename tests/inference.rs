@@ -7,8 +7,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use citadel_runtime::capabilities::inference::{Engines, GenerationRecord, InferenceObserver};
 use citadel_runtime::config::EngineSettings;
-use citadel_runtime::inference::{Engines, GenerationRecord, InferenceObserver};
 use citadel_runtime::{Executor, JobReport, Policy};
 use citadel_tests::*;
 use citadel_transports::engines::EngineKind;

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use citadel_runtime::components::ComponentError;
-use citadel_runtime::joblog::Source;
+use citadel_runtime::sandbox::joblog::Source;
 use citadel_runtime::{Allocation, ComponentStore, JobError, SandboxEngine};
 use citadel_tests::{class, executor, guest, job, load, run, run_cancellable, sandbox_config, shared_store};
 use serde_json::{Value, json};

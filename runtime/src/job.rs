@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use crate::capability::Capabilities;
-use crate::joblog::LogRecord;
+use crate::capabilities::Capabilities;
+use crate::sandbox::joblog::LogRecord;
 
 /// One job to run.
 #[derive(Debug, Clone, PartialEq, Eq)]

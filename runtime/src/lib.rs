@@ -1,61 +1,57 @@
-//! citadel's wasmtime host: runs untrusted, multi-tenant job handlers
-//! (WebAssembly components written against `wit/`) under hard limits, with
-//! capability-gated host calls.
+//! citadel's node: runs untrusted, multi-tenant job handlers (WebAssembly
+//! components written against `wit/`) under hard limits, with
+//! capability-gated host calls, for jobs from Redis Streams or Nexus.
+//!
+//! One job's path, by folder: a producer's `XADD` → [`sources`] (`redis`
+//! reads it, `nexus` polls it) → [`dispatch`] (handler, tenant slot,
+//! outcome) → [`handlers`] (which component or native code runs the type)
+//! → [`sandbox`] (one `Store`, limits, deadline) → [`capabilities`] (the
+//! host calls the tenant is granted) → back to the source, which settles it.
 //!
 //! Layout:
+//! - [`job`]: what a job is, what it produces, how it fails (the shared
+//!   vocabulary);
+//! - [`sources`]: where jobs come from — [`sources::redis`] (`citadel
+//!   work`), [`sources::nexus`] (`citadel agent`, on-prem);
+//! - [`dispatch`]: one job's run, the same for every source; tenant slots,
+//!   observers, the typed [`dispatch::JobOutcome`];
+//! - [`handlers`]: job type → handler, the fleet's published handlers, the
+//!   watched directory;
+//! - [`sandbox`]: the wasmtime engine, the executor, store state, limits,
+//!   output, log capture;
+//! - [`capabilities`]: the host side of each WIT interface, with its
+//!   policy and its node-side resource (inference engines, models store,
+//!   Docker access, HTTP egress), the grant and the linker;
+//! - [`components`]: components by digest, validated, compiled once,
+//!   cached, signed;
+//! - [`policy`]: tenants and what each may use;
 //! - [`config`]: the node's configuration (file, `CITADEL_*` env, flags);
-//! - [`policy`], [`capability`], [`grant`]: which tenant may use what;
-//!   [`egress`]: where its handlers may connect (capability `http`);
-//! - [`engine`]: the one wasmtime `Engine` and its epoch ticker;
-//! - [`components`]: components by digest, validated, compiled once, cached;
-//! - [`executor`]: one job = one `Store`, limits, deadline, classification;
-//! - [`capabilities`]: host sides of the WIT interfaces (`log`, `stream`);
-//! - [`job`], [`joblog`], [`output`], [`limits`], [`capture`], [`state`]:
-//!   what a job is, logs, output accounting, limits, stdio capture, store data;
-//! - [`inference`]: the node's inference engines (routing, concurrency,
-//!   health);
-//! - [`worker`]: the Redis Streams worker (`citadel work`);
-//! - [`agent`]: the Nexus polling agent (`citadel agent`, on-prem);
-//! - [`services`]: native services in cgroups (`[[services]]`);
 //! - [`shell`]: `shell_command`, commands an operator allows a tenant, each
 //!   as an unprivileged user in a cgroup of its own;
-//! - [`node`]: telemetry beside the worker: status publishing, metrics,
-//!   the status server;
+//! - [`services`]: native services in cgroups (`[[services]]`);
+//! - [`node`]: telemetry beside the sources: status publishing, metrics,
+//!   the status server, device configuration;
 //! - [`bindings`]: the one `bindgen!`;
 //! - [`cli`]: the `citadel` command line (`main.rs` is its table of contents).
 
-pub mod agent;
 pub mod bindings;
 pub mod capabilities;
-pub mod capability;
-pub mod capture;
 pub mod cli;
 pub mod components;
 pub mod config;
 pub mod dispatch;
-pub mod egress;
-pub mod engine;
-pub mod executor;
-pub mod fleet;
-pub mod grant;
-pub mod handler_dir;
-pub mod inference;
+pub mod handlers;
 pub mod job;
-pub mod joblog;
-pub mod limits;
-pub mod models;
 pub mod node;
-pub mod output;
 pub mod policy;
+pub mod sandbox;
 pub mod services;
 pub mod shell;
-pub mod state;
-pub mod worker;
+pub mod sources;
 
-pub use capability::{Capabilities, Capability};
+pub use capabilities::{Capabilities, Capability};
 pub use components::{ComponentError, ComponentStore, Digest, LoadedComponent};
 pub use config::{Config, SandboxConfig};
-pub use engine::{Allocation, SandboxEngine};
-pub use executor::Executor;
 pub use job::{Chunk, JobError, JobReport, JobSpec};
 pub use policy::Policy;
+pub use sandbox::{Allocation, Executor, SandboxEngine};

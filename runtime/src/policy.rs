@@ -13,15 +13,11 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::capability::{Capabilities, Capability};
+use crate::capabilities::{Capabilities, Capability};
 
-mod docker;
-mod http;
-mod shell;
-
-pub use docker::{DockerAction, DockerPolicy};
-pub use http::HttpPolicy;
-pub use shell::{ANY_FURTHER_ARGS, ShellDenied, ShellPolicy, ShellRule};
+pub use crate::capabilities::docker::policy::{DockerAction, DockerPolicy};
+pub use crate::capabilities::http::policy::HttpPolicy;
+pub use crate::shell::policy::{ANY_FURTHER_ARGS, ShellDenied, ShellPolicy, ShellRule};
 
 /// The tenant whose policy applies to tenants a policy does not name.
 pub const DEFAULT_TENANT: &str = "default";
@@ -153,7 +149,7 @@ impl InferencePolicy {
 }
 
 /// Whether `name` matches one of `patterns` (validated at load).
-fn matches_any(patterns: &[String], name: &str) -> bool {
+pub(crate) fn matches_any(patterns: &[String], name: &str) -> bool {
     patterns
         .iter()
         .any(|pattern| glob::Pattern::new(pattern).is_ok_and(|pattern| pattern.matches(name)))
@@ -252,7 +248,8 @@ impl TenantPolicy {
         if let Err((key, problem)) = self.docker.validate() {
             return Err(invalid(key, problem));
         }
-        if let Err((key, problem)) = crate::egress::Egress::parse(&self.http.allowed_hosts, &self.http.allow_addresses)
+        if let Err((key, problem)) =
+            crate::capabilities::http::egress::Egress::parse(&self.http.allowed_hosts, &self.http.allow_addresses)
         {
             return Err(invalid(key, problem));
         }
@@ -425,11 +422,11 @@ mod tests {
         let http = &policy.tenant("fetcher").1.http;
         assert_eq!((http.max_response_bytes, http.timeout_ms), (1024, 30_000));
         let egress = http.egress();
-        assert!(egress.allows_host(crate::egress::Scheme::Http, "127.0.0.1", 8080));
+        assert!(egress.allows_host(crate::capabilities::http::egress::Scheme::Http, "127.0.0.1", 8080));
         assert!(egress.check_address("127.0.0.1".parse().unwrap()).is_ok());
         let default = policy.tenant("nobody").1.http.egress();
         assert!(
-            !default.allows_host(crate::egress::Scheme::Https, "a.example.com", 443),
+            !default.allows_host(crate::capabilities::http::egress::Scheme::Https, "a.example.com", 443),
             "deny by default"
         );
         for (line, key) in [

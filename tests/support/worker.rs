@@ -8,10 +8,11 @@ use std::process::{Child, Command, ExitStatus};
 use std::sync::Arc;
 use std::time::Duration;
 
+use citadel_runtime::capabilities::inference::Engines;
 use citadel_runtime::dispatch::Dispatcher;
-use citadel_runtime::inference::Engines;
+use citadel_runtime::handlers::HandlerTable;
 use citadel_runtime::node::NodeServices;
-use citadel_runtime::worker::{HandlerTable, Worker, WorkerError};
+use citadel_runtime::sources::redis::{Worker, WorkerError};
 use citadel_runtime::{Config, Executor};
 use redis::Commands;
 use serde_json::Value;

@@ -9,9 +9,9 @@
 
 use super::truncate;
 use crate::bindings::citadel::handler::log::{Host, Level as WitLevel};
-use crate::capability::Capability;
-use crate::joblog::{Level, LogRecord, Source};
-use crate::state::JobState;
+use crate::capabilities::Capability;
+use crate::sandbox::joblog::{Level, LogRecord, Source};
+use crate::sandbox::state::JobState;
 
 /// Longest message kept, bytes.
 const MAX_MESSAGE_BYTES: usize = 4096;

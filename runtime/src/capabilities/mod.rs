@@ -3,24 +3,27 @@
 //!
 //! A job's linker contains only the capabilities its tenant is granted, so an
 //! ungranted capability is absent from the sandbox rather than merely
-//! checked; the per-call [`Grant::check`](crate::grant::Grant::check) then
+//! checked; the per-call [`Grant::check`](crate::capabilities::grant::Grant::check) then
 //! covers finer-grained grants. Adding a capability: its `.wit`, a module
 //! here with its `Host` impl, one line in [`PROVIDED`] and one in
 //! [`linker`].
 
 pub mod docker;
+pub mod grant;
 pub mod http;
-pub(crate) mod inference;
+pub mod inference;
 mod log;
-pub(crate) mod models;
+pub mod models;
+mod set;
 mod stream;
+
+pub use set::{Capabilities, Capability};
 
 use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker};
 
 use crate::bindings::citadel::handler;
-use crate::capability::{Capabilities, Capability};
-use crate::state::JobState;
+use crate::sandbox::state::JobState;
 
 /// Capabilities this node implements.
 pub const PROVIDED: Capabilities = Capabilities::NONE

@@ -6,9 +6,9 @@
 //! A sink nobody reads any more answers `closed`.
 
 use crate::bindings::citadel::handler::stream::{Host, StreamError};
-use crate::capability::Capability;
-use crate::output::SendError;
-use crate::state::JobState;
+use crate::capabilities::Capability;
+use crate::sandbox::output::SendError;
+use crate::sandbox::state::JobState;
 
 impl Host for JobState {
     async fn emit(&mut self, content: String) -> wasmtime::Result<Result<(), StreamError>> {

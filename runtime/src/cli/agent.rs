@@ -22,10 +22,10 @@ use super::work::{
     node_dispatcher, run_workers,
 };
 use super::{Failure, redis_client};
-use crate::agent::{Agent, Source, follow_redis};
 use crate::config::Config;
 use crate::node::NodeServices;
-use crate::worker::{Worker, WorkerError};
+use crate::sources::nexus::{Agent, Source, follow_redis};
+use crate::sources::redis::{Worker, WorkerError};
 
 /// Arguments of `citadel agent` (each overrides its config key).
 #[derive(Debug, Args)]

@@ -9,7 +9,7 @@ use serde_json::json;
 use super::{Failure, output};
 use crate::components::ComponentStore;
 use crate::config::Config;
-use crate::engine::{Allocation, SandboxEngine};
+use crate::sandbox::engine::{Allocation, SandboxEngine};
 
 /// Arguments of `citadel component inspect`.
 #[derive(Debug, Args)]

@@ -13,7 +13,7 @@ use clap::Args;
 use super::{Failure, RedisArgs, redis_client, required_redis_url};
 use crate::components::{ComponentStore, signing};
 use crate::config::Config;
-use crate::engine::{Allocation, SandboxEngine};
+use crate::sandbox::engine::{Allocation, SandboxEngine};
 
 /// Arguments of `citadel component keygen`.
 #[derive(Debug, Args)]

@@ -14,11 +14,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Failure, output};
 use crate::config::Config;
-use crate::engine::Allocation;
-use crate::executor::Executor;
 use crate::job::{Chunk, JobReport, JobSpec};
-use crate::joblog::{LogRecord, Source};
 use crate::policy::DEFAULT_TENANT;
+use crate::sandbox::engine::Allocation;
+use crate::sandbox::executor::Executor;
+use crate::sandbox::joblog::{LogRecord, Source};
 
 /// Chunks buffered between the guest and the printer.
 const CHUNK_BUFFER: usize = 256;

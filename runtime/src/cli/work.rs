@@ -21,15 +21,16 @@ use citadel_transports::redis::registry::Registry;
 use super::{Failure, redis_client};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
-use crate::engine::Allocation;
-use crate::executor::Executor;
-use crate::fleet::FleetHandlers;
-use crate::handler_dir::HandlerDir;
+use crate::handlers::dir::HandlerDir;
+use crate::handlers::fleet::FleetHandlers;
+use crate::handlers::{Handler, HandlerTable, NativeHandler};
 use crate::node::NodeServices;
 use crate::node::device::{APPLY_DEVICE_CONFIG, DeviceConfigurator};
+use crate::sandbox::engine::Allocation;
+use crate::sandbox::executor::Executor;
 use crate::services::Supervisor;
 use crate::shell::{SHELL_COMMAND, ShellHandler, ShellSettings};
-use crate::worker::{Handler, HandlerTable, NativeHandler, Worker, WorkerError};
+use crate::sources::redis::{Worker, WorkerError};
 
 /// Arguments of `citadel work` (each overrides its config key).
 #[derive(Debug, Args)]

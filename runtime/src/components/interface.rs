@@ -17,7 +17,7 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 use wasmtime::component::types::ComponentItem;
 
-use crate::capability::{Capabilities, Capability};
+use crate::capabilities::{Capabilities, Capability};
 
 /// The WIT package handlers are written against.
 pub const PACKAGE: &str = "citadel:handler";

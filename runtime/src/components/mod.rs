@@ -22,7 +22,7 @@ pub use cache::ArtifactCache;
 pub use digest::Digest;
 pub use interface::{ImportKind, Interface, InterfaceError, PACKAGE, PACKAGE_VERSION};
 
-use crate::engine::SandboxEngine;
+use crate::sandbox::engine::SandboxEngine;
 
 /// A component that cannot be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,5 @@
 //! `[models]`: the node's models directory, the one place capability
-//! `models` writes (see `crate::models`).
+//! `models` writes (see `crate::capabilities::models`).
 
 use std::path::PathBuf;
 

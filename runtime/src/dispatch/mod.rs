@@ -1,5 +1,5 @@
 //! One job's run on this node, the same for every source. A source (Redis
-//! Streams: `crate::worker`; the Nexus API: `crate::agent`) translates a job
+//! Streams: `crate::sources::redis`; the Nexus API: `crate::sources::nexus`) translates a job
 //! into a [`JobSpec`], then:
 //!
 //! 1. [`Dispatcher::admit`]: the job type's handler, or [`Unsupported`]
@@ -26,9 +26,9 @@ use tokio_util::sync::CancellationToken;
 pub use outcome::{JobOutcome, Recovery};
 use tenants::TenantSlots;
 
-use crate::executor::Executor;
+use crate::handlers::{Handler, HandlerTable, NativeJob};
 use crate::job::{Chunk, JobReport, JobSpec};
-use crate::worker::{Handler, HandlerTable, NativeJob};
+use crate::sandbox::executor::Executor;
 
 /// A job, as observers see it.
 #[derive(Debug, Clone, Copy)]

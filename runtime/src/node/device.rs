@@ -14,9 +14,10 @@ use serde_json::{Value, json};
 
 use super::Telemetry;
 use crate::config::{Config, DeviceConfig, DeviceStore};
+use crate::handlers::{NativeHandler, NativeJob};
 use crate::job::{HandlerErrorKind, JobError, JobSpec};
 use crate::services::Supervisor;
-use crate::worker::{NativeHandler, NativeJob, Worker};
+use crate::sources::redis::Worker;
 
 /// The job type.
 pub const APPLY_DEVICE_CONFIG: &str = "APPLY_DEVICE_CONFIG";

@@ -13,8 +13,8 @@ use serde_json::json;
 use tokio::sync::{Notify, broadcast};
 
 use super::metrics::Metrics;
+use crate::capabilities::inference::{GenerationRecord, InferenceObserver};
 use crate::dispatch::{JobInfo, JobObserver, JobOutcome};
-use crate::inference::{GenerationRecord, InferenceObserver};
 
 /// Events buffered for `/events` listeners; a listener further behind gets
 /// a `lagged` event and skips ahead.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use citadel_collector::Snapshot;
 use citadel_transports::status::HttpPublisherStats;
 
-use crate::inference::GenerationRecord;
+use crate::capabilities::inference::GenerationRecord;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;

@@ -33,11 +33,11 @@ pub use feed::JobFeed;
 pub use metrics::Metrics;
 pub use telemetry::{Telemetry, Timings, identity};
 
+use crate::capabilities::inference::Engines;
 use crate::config::{Config, TelemetryConfig};
 use crate::dispatch::Dispatcher;
-use crate::inference::Engines;
 use crate::services::{Supervisor, SupervisorSettings};
-use crate::worker::Worker;
+use crate::sources::redis::Worker;
 
 /// Telemetry that cannot start.
 #[derive(Debug, thiserror::Error)]

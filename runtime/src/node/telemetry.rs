@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::feed::JobFeed;
 use crate::config::Config;
-use crate::worker::Worker;
+use crate::sources::redis::Worker;
 
 /// Probes whose failure makes the node unhealthy (a process that exited,
 /// by contrast, is the business of its service's health).

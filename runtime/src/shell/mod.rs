@@ -19,6 +19,7 @@
 //! `{exit_code, signal, duration_ms, truncated, oom_killed, stdout,
 //! stderr}`.
 
+pub mod policy;
 mod run;
 
 use std::path::PathBuf;
@@ -28,10 +29,10 @@ use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::handlers::{NativeHandler, NativeJob};
 use crate::job::{HandlerErrorKind, JobError};
-use crate::limits::JobLimits;
 use crate::policy::Policy;
-use crate::worker::{NativeHandler, NativeJob};
+use crate::sandbox::limits::JobLimits;
 
 pub use run::{CommandRun, Finished};
 

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::ShellSettings;
 use crate::config::Limits;
 use crate::job::{Chunk, HandlerErrorKind, JobError};
-use crate::output::StreamState;
+use crate::sandbox::output::StreamState;
 use crate::services::cgroup::ServiceCgroup;
 use crate::services::launch;
 

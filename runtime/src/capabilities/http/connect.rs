@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use wasmtime_wasi_http::Error as HttpError;
 
 use super::JobContext;
-use crate::egress::{Egress, Scheme};
+use crate::capabilities::http::egress::{Egress, Scheme};
 
 /// A byte stream to the server: TCP or TLS over TCP.
 pub(super) trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}

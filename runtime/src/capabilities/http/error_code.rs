@@ -12,7 +12,7 @@ use wasmtime_wasi::p2::bindings::io::error::Error as IoError;
 use wasmtime_wasi_http::Error as HttpError;
 use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 
-use crate::state::JobState;
+use crate::sandbox::state::JobState;
 
 /// The `wasi:http` version wasmtime-wasi-http links (guests of any 0.2.x
 /// are matched to it).

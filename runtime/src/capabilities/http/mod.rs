@@ -1,6 +1,6 @@
 //! Capability `http`: `wasi:http/outgoing-handler` for handlers, with every
 //! connection made by the node itself under the tenant's egress rules
-//! (`[tenants.x.http]`, `crate::egress`).
+//! (`[tenants.x.http]`, `crate::capabilities::http::egress`).
 //!
 //! wasmtime-wasi-http parses the guest's request; [`EgressHooks`] decides
 //! and sends it: the destination must match `http.allowed_hosts`, the name
@@ -16,7 +16,9 @@
 
 mod body;
 mod connect;
+pub mod egress;
 mod error_code;
+pub mod policy;
 mod send;
 
 use std::sync::{Arc, OnceLock};
@@ -27,12 +29,12 @@ use tokio::sync::Semaphore;
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpHooks};
 
-use crate::capability::Capability;
-use crate::egress::Egress;
-use crate::grant::Grant;
-use crate::joblog::{JobLog, Level, LogRecord, Source};
+use crate::capabilities::Capability;
+use crate::capabilities::grant::Grant;
+use crate::capabilities::http::egress::Egress;
 use crate::policy::HttpPolicy;
-use crate::state::JobState;
+use crate::sandbox::joblog::{JobLog, Level, LogRecord, Source};
+use crate::sandbox::state::JobState;
 
 /// Largest response header section a handler may receive, bytes.
 const MAX_HEADER_BYTES: usize = 64 * 1024;

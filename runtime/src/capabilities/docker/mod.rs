@@ -17,6 +17,8 @@
 //! an API that does not answer. Mutating actions (`start`, `stop`,
 //! `restart`) are logged at INFO with tenant, job and container.
 
+pub mod policy;
+
 use std::time::Duration;
 
 use citadel_transports::docker::{ContainerDetails, ContainerSummary, DockerClient, DockerError};
@@ -24,7 +26,7 @@ use citadel_transports::docker::{ContainerDetails, ContainerSummary, DockerClien
 use crate::bindings::citadel::handler::docker::{Container, Details, Error as WitError, Host};
 use crate::config::DockerConfig;
 use crate::policy::DockerAction;
-use crate::state::JobState;
+use crate::sandbox::state::JobState;
 
 /// Most log lines one `logs` call returns.
 pub const MAX_LOG_TAIL: u32 = 10_000;

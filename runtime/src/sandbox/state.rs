@@ -9,13 +9,13 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
 use crate::capabilities::docker::DockerAccess;
+use crate::capabilities::grant::Grant;
 use crate::capabilities::http::{HttpAccess, JobHttp};
-use crate::grant::Grant;
-use crate::inference::Engines;
-use crate::joblog::JobLog;
-use crate::limits::StoreLimiter;
-use crate::models::ModelStore;
-use crate::output::{OutputBudget, StreamState};
+use crate::capabilities::inference::Engines;
+use crate::capabilities::models::ModelStore;
+use crate::sandbox::joblog::JobLog;
+use crate::sandbox::limits::StoreLimiter;
+use crate::sandbox::output::{OutputBudget, StreamState};
 
 /// One job's host-side state.
 pub struct JobState {

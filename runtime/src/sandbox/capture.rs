@@ -15,7 +15,7 @@ use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
-use crate::joblog::{JobLog, Level, LogRecord, Source};
+use crate::sandbox::joblog::{JobLog, Level, LogRecord, Source};
 
 /// Longest line kept whole; longer ones are split.
 const MAX_LINE_BYTES: usize = 4096;

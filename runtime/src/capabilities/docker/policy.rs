@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::matches_any;
+use crate::policy::matches_any;
 
 /// `[tenants.<name>.docker]`: which of the node's containers capability
 /// `docker` reaches and what it may do with them. Deny by default: no
@@ -123,7 +123,7 @@ impl DockerPolicy {
         self.allows_name(name) || self.allows_labels(labels)
     }
 
-    pub(super) fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
         for pattern in &self.containers {
             if let Err(err) = glob::Pattern::new(pattern) {
                 return Err((

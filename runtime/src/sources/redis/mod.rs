@@ -21,12 +21,11 @@
 //! - **Redis outages are ridden out**: reads, beats and settlements retry with
 //!   the shared backoff while running jobs carry on.
 //!
-//! `dispatch.rs` is one job's life, `slots.rs` the backpressure,
-//! `sweep.rs` the reclaiming of pending jobs, `handlers.rs` the job type →
-//! handler table.
+//! `delivery.rs` is one entry's life from its read to its settlement (the
+//! run itself is `crate::dispatch`'s), `slots.rs` the backpressure,
+//! `sweep.rs` the reclaiming of pending jobs.
 
-mod dispatch;
-mod handlers;
+mod delivery;
 mod slots;
 mod sweep;
 
@@ -43,11 +42,11 @@ use citadel_transports::wire::{self, NodeMeta};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use handlers::{Handler, HandlerLoadError, HandlerSource, HandlerTable, NativeHandler, NativeJob, PinResolver};
 use slots::Slots;
 
 use crate::config::{Config, GroupMode, WorkerConfig};
 use crate::dispatch::Dispatcher;
+use crate::handlers::{HandlerLoadError, HandlerTable};
 
 /// The worker's version, in `claimed` events.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -22,10 +22,10 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 use crate::components::{ComponentStore, Digest};
-use crate::fleet::load_checked;
+use crate::handlers::fleet::load_checked;
+use crate::handlers::{Handler, HandlerSource, HandlerTable};
 use crate::node::Telemetry;
 use crate::policy::Policy;
-use crate::worker::{Handler, HandlerSource, HandlerTable};
 
 /// What a scan saw of one file.
 #[derive(Debug, Clone, PartialEq)]

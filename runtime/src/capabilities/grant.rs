@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::capability::{Capabilities, Capability};
+use crate::capabilities::{Capabilities, Capability};
 use crate::policy::{DockerAction, Policy, TenantPolicy};
 
 /// A refused capability: the data a gated call returns as its `denied` case.

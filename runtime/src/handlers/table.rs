@@ -5,7 +5,7 @@
 //! itself (`APPLY_DEVICE_CONFIG`) and so cannot run in the sandbox.
 //!
 //! The table is shared by every clone and can be changed while jobs run
-//! (components published to the fleet, `crate::fleet`): a swap replaces
+//! (components published to the fleet, `crate::handlers::fleet`): a swap replaces
 //! one entry under a write lock; a job holds the `Arc` of the component it
 //! started with, so it finishes on that version.
 

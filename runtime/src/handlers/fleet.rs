@@ -32,9 +32,9 @@ use tokio_util::sync::CancellationToken;
 use crate::capabilities::PROVIDED;
 use crate::components::signing::TrustedKeys;
 use crate::components::{ComponentStore, Digest, LoadedComponent};
+use crate::handlers::{Handler, HandlerSource, HandlerTable, PinResolver};
 use crate::node::Telemetry;
 use crate::policy::Policy;
-use crate::worker::{Handler, HandlerSource, HandlerTable, PinResolver};
 
 /// How often the registry is read even without an announcement.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(60);

@@ -166,7 +166,7 @@ impl ShellPolicy {
     }
 
     /// Check the section; the key and problem of the first mistake.
-    pub(super) fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
         for (index, rule) in self.allow.iter().enumerate() {
             if !rule.program.is_absolute() {
                 return Err((

@@ -3,6 +3,7 @@
 //! which engine serves a request ([`route`]), and their health, reported
 //! in status as services.
 
+mod host;
 mod route;
 
 use std::sync::{Arc, OnceLock};
@@ -14,6 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::EngineSettings;
 
+pub use host::ActiveCompletion;
 pub use route::{Route, Unrouted};
 
 /// One configured engine.
@@ -230,7 +232,7 @@ fn service_status(settings: &EngineSettings, healthy: bool) -> ServiceStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inference::route::tests::settings;
+    use crate::capabilities::inference::route::tests::settings;
 
     #[test]
     fn engines_show_as_services() {

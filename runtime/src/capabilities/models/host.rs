@@ -1,4 +1,4 @@
-//! Capability `models`: the node's models directory (`crate::models`) for
+//! Capability `models`: the node's models directory (`crate::capabilities::models`) for
 //! the handlers of tenants granted it. File work runs on tokio's blocking
 //! threads; a write that would pass the cap is refused before it happens.
 
@@ -7,9 +7,9 @@ use std::sync::Arc;
 use wasmtime::component::Resource;
 
 use crate::bindings::citadel::handler::models::{Host, HostDownload, ModelsError, Stored as WitStored};
-use crate::capability::Capability;
-use crate::models::{ModelError, ModelStore, ModelWrite, Stored};
-use crate::state::JobState;
+use crate::capabilities::Capability;
+use crate::capabilities::models::{ModelError, ModelStore, ModelWrite, Stored};
+use crate::sandbox::state::JobState;
 
 /// The `download` resource: a write in progress. `None` while a blocking
 /// task holds it.

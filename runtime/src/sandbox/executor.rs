@@ -23,23 +23,23 @@ use wasmtime::{PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::bindings::{HandlerError, HandlerPre, JobRecord};
+use crate::capabilities::Capabilities;
 use crate::capabilities::docker::DockerAccess;
+use crate::capabilities::grant::Grant;
 use crate::capabilities::http::HttpAccess;
+use crate::capabilities::inference::Engines;
+use crate::capabilities::models::ModelStore;
 use crate::capabilities::{self, PROVIDED};
-use crate::capability::Capabilities;
-use crate::capture::Captured;
 use crate::components::{ComponentStore, Digest, LoadedComponent};
 use crate::config::{Config, ConfigError};
-use crate::engine::{Allocation, SandboxEngine};
-use crate::grant::Grant;
-use crate::inference::Engines;
 use crate::job::{Chunk, HandlerErrorKind, JobError, JobReport, JobSpec, Refusal};
-use crate::joblog::{JobLog, Source};
-use crate::limits::{JobLimits, StoreLimiter};
-use crate::models::ModelStore;
-use crate::output::{OutputBudget, OutputLimitExceeded, StreamState};
 use crate::policy::Policy;
-use crate::state::JobState;
+use crate::sandbox::capture::Captured;
+use crate::sandbox::engine::{Allocation, SandboxEngine};
+use crate::sandbox::joblog::{JobLog, Source};
+use crate::sandbox::limits::{JobLimits, StoreLimiter};
+use crate::sandbox::output::{OutputBudget, OutputLimitExceeded, StreamState};
+use crate::sandbox::state::JobState;
 
 /// Why the epoch callback stopped a guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

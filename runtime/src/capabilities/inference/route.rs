@@ -184,7 +184,7 @@ pub(super) mod tests {
     use crate::config::EngineSettings;
 
     /// An OpenAI-compatible engine `name` serving `models`.
-    pub(in crate::inference) fn settings(name: &str, models: &[&str]) -> EngineSettings {
+    pub(in crate::capabilities::inference) fn settings(name: &str, models: &[&str]) -> EngineSettings {
         EngineSettings {
             name: name.into(),
             kind: EngineKind::OpenAi,

@@ -36,7 +36,7 @@ use crate::job::JobSpec;
 use crate::node::Telemetry;
 use crate::node::telemetry::JobCounts;
 use crate::policy::DEFAULT_TENANT;
-use crate::worker::Worker;
+use crate::sources::redis::Worker;
 
 /// Where the node takes jobs from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

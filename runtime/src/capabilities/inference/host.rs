@@ -2,7 +2,7 @@
 //!
 //! Checks, in order: the grant (`denied`), the request (`invalid-request`,
 //! an unknown `backend` included), the tenant's model allowlist (`denied`),
-//! then the route (`crate::inference::Route`): the engine the request names,
+//! then the route (`crate::capabilities::inference::Route`): the engine the request names,
 //! else the first engine that is the `backend` asked for (Citadel's engine
 //! kind; `auto` or none: any), serves the model and is in the tenant's
 //! engine allowlist. An engine, backend or grant this node does not have
@@ -21,10 +21,10 @@ use wasmtime::component::Resource;
 use crate::bindings::citadel::handler::inference::{
     self as wit, Error as InferenceError, Host, HostCompletion, Request, Summary, Usage as WitUsage,
 };
-use crate::capability::Capability;
-use crate::inference::{Generation, Metered, Route};
-use crate::output::SendError;
-use crate::state::JobState;
+use crate::capabilities::Capability;
+use crate::capabilities::inference::{Generation, Metered, Route};
+use crate::sandbox::output::SendError;
+use crate::sandbox::state::JobState;
 
 /// A generation a guest is pulling from (`completion` resource).
 pub struct ActiveCompletion {

@@ -1,9 +1,9 @@
 //! `[tenants.<name>.http]`: where capability `http` may connect and how
-//! much it may fetch (the rules themselves: `crate::egress`).
+//! much it may fetch (the rules themselves: `crate::capabilities::http::egress`).
 
 use serde::Deserialize;
 
-/// `[tenants.<name>.http]`: outbound HTTP (see `egress.rs`). Deny by
+/// `[tenants.<name>.http]`: outbound HTTP (see [`super::egress`]). Deny by
 /// default: no host is allowed until `allowed_hosts` names it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,7 +45,7 @@ impl Default for HttpPolicy {
 
 impl HttpPolicy {
     /// The rules, parsed (validation has accepted them).
-    pub fn egress(&self) -> crate::egress::Egress {
-        crate::egress::Egress::parse(&self.allowed_hosts, &self.allow_addresses).unwrap_or_default()
+    pub fn egress(&self) -> crate::capabilities::http::egress::Egress {
+        crate::capabilities::http::egress::Egress::parse(&self.allowed_hosts, &self.allow_addresses).unwrap_or_default()
     }
 }

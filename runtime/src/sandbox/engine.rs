@@ -2,7 +2,7 @@
 //! model, Cranelift, pooling allocator sized from config, wasm stack limit,
 //! epoch interruption) and the epoch ticker thread that drives deadlines.
 //!
-//! Every job runs in its own `Store` on this engine; see `executor.rs`.
+//! Every job runs in its own `Store` on this engine; see [`super::executor`].
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::thread;

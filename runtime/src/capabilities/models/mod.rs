@@ -11,6 +11,10 @@
 //! of the same name with another digest is superseded and deleted. Every
 //! byte in the directory, partial files included, counts against the cap.
 
+mod host;
+
+pub use host::ActiveDownload;
+
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
