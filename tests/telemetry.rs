@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use citadel_collector::status::{NodeIdentity, Reported, status_message};
+use citadel_collector::status::{NodeIdentity, Reported, StatusMessage, status_message};
 use citadel_collector::{Collector, CollectorConfig, Hierarchy, Snapshot, Watch};
 use citadel_runtime::Config;
 use citadel_tests::*;
@@ -105,7 +105,7 @@ async fn a_live_snapshot_matches_the_machine() {
         device_code: None,
         device_config: None,
     };
-    let message = status_message(&identity, &snapshot, &Reported::default());
+    let message = serde_json::to_value(status_message(&identity, &snapshot, &Reported::default())).unwrap();
     assert_citadel_status_shape(&message, "n1");
     assert_eq!(message["status"]["node"]["cpu_cores"], nproc);
 }
@@ -541,7 +541,12 @@ async fn every_status_route_answers_and_health_follows_redis() {
 
     let (code, body) = get(&format!("{base}/status")).await;
     assert_eq!(code, 200);
-    assert_citadel_status_shape(&serde_json::from_str(&body).unwrap(), NODE);
+    let served: Value = serde_json::from_str(&body).unwrap();
+    assert_citadel_status_shape(&served, NODE);
+    // The typed message reads what a live node serves, and writes it back
+    // field for field.
+    let typed: StatusMessage = serde_json::from_str(&body).unwrap();
+    assert_eq!(serde_json::to_value(&typed).unwrap(), served);
 
     // Live events: a job's start and finish, and the status they trigger.
     let events = http().get(format!("{base}/events")).send().await.unwrap();

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use procfs::FromRead;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Where the controllers this module reads are mounted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +54,7 @@ pub struct Counters {
 }
 
 /// One group's statistics in a snapshot.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CgroupStats {
     /// The group, relative to the hierarchy root.
     pub path: String,

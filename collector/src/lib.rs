@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 pub use cgroups::{CgroupStats, Hierarchy};
-pub use gpu::{GpuInfo, GpuProbe, GpuProcess, GpuReport, GpuShare, GpuUsage};
+pub use gpu::{Clocks, GpuInfo, GpuProbe, GpuProcess, GpuReport, GpuShare, GpuUsage};
 pub use probe::CollectorError;
 pub use processes::{ProcReader, ProcessInfo};
 pub use system::{SystemInfo, SystemProbe};

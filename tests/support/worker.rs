@@ -8,6 +8,7 @@ use std::process::{Child, Command, ExitStatus};
 use std::sync::Arc;
 use std::time::Duration;
 
+use citadel_collector::status::NodeMode;
 use citadel_runtime::capabilities::inference::Engines;
 use citadel_runtime::dispatch::Dispatcher;
 use citadel_runtime::handlers::HandlerTable;
@@ -82,7 +83,7 @@ impl TestWorker {
     /// A worker with the node's telemetry beside it, as `citadel work` runs.
     pub async fn start_node(config: &Config) -> TestWorker {
         let (worker, dispatch) = Self::worker(config);
-        let node = NodeServices::start(config, "redis", &dispatch, Some(&worker))
+        let node = NodeServices::start(config, NodeMode::Redis, &dispatch, Some(&worker))
             .await
             .expect("node telemetry");
         Self::spawn(config, Some((worker, node)))

@@ -17,13 +17,13 @@ mod smi;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use procfs::{DRIVER_DIR, DriverFiles};
 pub use smi::{SMI_APPS_QUERY, SMI_QUERY, attach_compute_apps, available as smi_available, parse_smi_csv};
 
 /// Clock rates, MHz.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Clocks {
     /// Graphics clock.
     pub graphics: Option<u32>,
@@ -34,7 +34,7 @@ pub struct Clocks {
 }
 
 /// A process using a GPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuProcess {
     /// Its pid.
     pub pid: u32,
@@ -74,7 +74,7 @@ pub struct GpuInfo {
 }
 
 /// One GPU's part in a [`GpuUsage`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuShare {
     /// The GPU's index.
     pub index: u32,
@@ -90,7 +90,7 @@ pub struct GpuShare {
 
 /// What a group of processes (a service: its main process and everything
 /// in its cgroup) uses of the node's GPUs, summed over every GPU.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuUsage {
     /// GPU memory held on all GPUs together, MiB (absent when no source
     /// reports it).

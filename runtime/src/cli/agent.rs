@@ -132,7 +132,7 @@ pub(super) async fn run_agent(config: &Config, wait_services: Option<Duration>) 
         .switched_by(following, Arc::clone(&wake));
     let stop = CancellationToken::new();
     let services = drain_on_signal(&stop)?;
-    let node = NodeServices::start(config, initial.name(), &dispatch, worker.as_ref())
+    let node = NodeServices::start(config, initial.mode(), &dispatch, worker.as_ref())
         .await
         .map_err(Failure::input)?;
     let _ = services.set(Arc::clone(&node.supervisor));

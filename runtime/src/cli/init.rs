@@ -11,6 +11,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use citadel_collector::status::NodeMode;
 use citadel_transports::device_auth::{DeviceAuthClient, DeviceAuthConfig, DeviceAuthError, DeviceCode, Poll};
 use citadel_transports::status::{NodeState, RedisStatusPublisher};
 use citadel_transports::wire;
@@ -189,7 +190,8 @@ async fn publish_first_status(config: &Config) -> Result<(), Failure> {
         );
         return Ok(());
     }
-    let status = super::status::local_snapshot(config, "init").await.to_string();
+    let snapshot = super::status::local_snapshot(config, NodeMode::Init).await;
+    let status = serde_json::to_string(&snapshot).expect("a status message serializes");
     if let Some(url) = redis {
         let client = redis_client(url)?;
         let conn = citadel_transports::redis::command_connection(&client)

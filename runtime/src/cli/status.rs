@@ -4,14 +4,14 @@
 //! `--local`) the snapshot is taken here, over half a second so CPU use and
 //! rates have something to measure.
 
+use std::fmt::Display;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use citadel_collector::status::{NodeIdentity, Reported, status_message};
+use citadel_collector::status::{NodeIdentity, NodeMode, Reported, StatusMessage, SystemSection, status_message};
 use citadel_transports::status::fetch_status;
 use clap::Args;
 use serde::Serialize;
-use serde_json::Value;
 
 use super::{Failure, output};
 use crate::config::Config;
@@ -62,21 +62,24 @@ pub(super) async fn status(args: StatusArgs, config: &Config) -> Result<(), Fail
     let addr = config.telemetry.status_addr;
     let (message, source) = match (args.local, fetch_status(addr, ASK_NODE_TIMEOUT).await) {
         (false, Ok(text)) => {
-            let message: Value = serde_json::from_str(&text)
-                .map_err(|err| Failure::job(format!("the node at {addr} sent a status that is not JSON: {err}")))?;
+            let message: StatusMessage = serde_json::from_str(&text).map_err(|err| {
+                Failure::job(format!(
+                    "the node at {addr} sent a status this citadel cannot read ({err}); is it another version?"
+                ))
+            })?;
             (message, format!("from the node at http://{addr}"))
         }
         (false, Err(err)) => {
             tracing::info!(error = %err, "no node answered; taking the snapshot here");
             (
-                local_snapshot(config, "local").await,
+                local_snapshot(config, NodeMode::Local).await,
                 format!("local snapshot (no node answered at http://{addr})"),
             )
         }
-        (true, _) => (local_snapshot(config, "local").await, "local snapshot".into()),
+        (true, _) => (local_snapshot(config, NodeMode::Local).await, "local snapshot".into()),
     };
     if args.json {
-        output::line(serde_json::to_string_pretty(&message).expect("JSON values serialize"));
+        output::line(serde_json::to_string_pretty(&message).expect("a status message serializes"));
     } else {
         for line in table(&message) {
             output::line(line);
@@ -87,7 +90,7 @@ pub(super) async fn status(args: StatusArgs, config: &Config) -> Result<(), Fail
 }
 
 /// A StatusMessage of this node taken here, reported in `mode`.
-pub(super) async fn local_snapshot(config: &Config, mode: &str) -> Value {
+pub(super) async fn local_snapshot(config: &Config, mode: NodeMode) -> StatusMessage {
     let collector = node::collector(&config.telemetry).await;
     // The first snapshot starts the CPU and rate counters; the second reads them.
     collector.collect(&[]).await;
@@ -98,23 +101,19 @@ pub(super) async fn local_snapshot(config: &Config, mode: &str) -> Value {
         ..node::identity(config)
     };
     let reported = Reported {
-        mode: mode.into(),
+        mode,
         ..Reported::default()
     };
     status_message(&identity, &snapshot, &reported)
 }
 
-/// A value for the table: numbers and strings as they are, absent as `-`.
-fn text(value: &Value) -> String {
-    match value {
-        Value::Null => "-".into(),
-        Value::String(text) => text.clone(),
-        other => other.to_string(),
-    }
+/// A value for the table: as it is, absent as `-`.
+fn text(value: Option<impl Display>) -> String {
+    value.map_or_else(|| "-".into(), |value| value.to_string())
 }
 
-fn duration(seconds: &Value) -> String {
-    let Some(mut left) = seconds.as_u64() else {
+fn duration(seconds: Option<u64>) -> String {
+    let Some(mut left) = seconds else {
         return "-".into();
     };
     let mut parts = Vec::new();
@@ -131,158 +130,144 @@ fn duration(seconds: &Value) -> String {
 }
 
 /// The StatusMessage as aligned `label  value` lines.
-fn table(message: &Value) -> Vec<String> {
-    let status = &message["status"];
-    let node = &status["node"];
-    let system = &status["system"];
+fn table(message: &StatusMessage) -> Vec<String> {
+    let status = &message.status;
+    let node = &status.node;
+    let system = status.system.as_ref();
+    let figure = |read: fn(&SystemSection) -> f64| text(system.map(read));
     let mut rows: Vec<(String, String)> = vec![
         (
             "node".into(),
             format!(
                 "{} (id {}) · citadel {} · mode {} · up {}",
-                text(&node["name"]),
-                text(&node["id"]),
-                text(&status["version"]),
-                text(&node["mode"]),
-                duration(&node["uptime_seconds"])
+                node.name,
+                node.id,
+                status.version,
+                node.mode.as_str(),
+                duration(Some(node.uptime_seconds))
             ),
         ),
         (
             "host".into(),
             format!(
                 "{} · {} · {} · up {}",
-                text(&node["hostname"]),
-                text(&node["os"]),
-                text(&node["arch"]),
-                duration(&node["machine_uptime_seconds"])
+                text(node.hostname.as_ref()),
+                text(node.os.as_ref()),
+                text(node.arch.as_ref()),
+                duration(node.machine_uptime_seconds)
             ),
         ),
         (
             "cpu".into(),
             format!(
                 "{} % of {} × {}",
-                text(&system["cpu_percent"]),
-                text(&node["cpu_cores"]),
-                text(&node["cpu_model"])
+                figure(|system| system.cpu_percent),
+                text(node.cpu_cores),
+                text(node.cpu_model.as_ref())
             ),
         ),
         (
             "memory".into(),
             format!(
                 "{} / {} GiB ({} %)",
-                text(&system["memory_used_gb"]),
-                text(&system["memory_total_gb"]),
-                text(&system["memory_percent"])
+                figure(|system| system.memory_used_gb),
+                figure(|system| system.memory_total_gb),
+                figure(|system| system.memory_percent)
             ),
         ),
     ];
-    for disk in system["disks"].as_array().into_iter().flatten() {
+    for disk in system.map(|system| system.disks.as_slice()).unwrap_or_default() {
         rows.push((
-            format!("disk {}", text(&disk["mount"])),
-            format!(
-                "{} / {} GiB ({} %)",
-                text(&disk["used_gb"]),
-                text(&disk["total_gb"]),
-                text(&disk["percent"])
-            ),
+            format!("disk {}", disk.mount),
+            format!("{} / {} GiB ({} %)", disk.used_gb, disk.total_gb, disk.percent),
         ));
     }
-    let tags: Vec<String> = status["node"]["tags"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(text)
-        .collect();
-    if !tags.is_empty() {
-        rows.push(("tags".into(), tags.join(", ")));
+    if !node.tags.is_empty() {
+        rows.push(("tags".into(), node.tags.join(", ")));
     }
-    let gpus = status["gpu"].as_array().cloned().unwrap_or_default();
-    if gpus.is_empty() {
+    if status.gpu.is_empty() {
         rows.push((
             "gpus".into(),
-            format!("none: {}", text(&status["gpu_unavailable_reason"])),
+            format!("none: {}", text(status.gpu_unavailable_reason.as_ref())),
         ));
     }
-    for gpu in &gpus {
+    for gpu in &status.gpu {
         rows.push((
-            format!("gpu {}", text(&gpu["index"])),
+            format!("gpu {}", gpu.index),
             format!(
                 "{} · {} · util {} % · mem {} / {} MiB · {} °C · {} W · driver {} ({})",
-                text(&gpu["name"]),
-                text(&gpu["uuid"]),
-                text(&gpu["utilization_percent"]),
-                text(&gpu["memory_used_mb"]),
-                text(&gpu["memory_total_mb"]),
-                text(&gpu["temperature_celsius"]),
-                text(&gpu["power_watts"]),
-                text(&gpu["driver"]),
-                text(&status["gpu_source"])
+                gpu.name,
+                gpu.uuid,
+                text(gpu.utilization_percent),
+                text(gpu.memory_used_mb),
+                text(gpu.memory_total_mb),
+                text(gpu.temperature_celsius),
+                text(gpu.power_watts),
+                gpu.driver,
+                status.gpu_source
             ),
         ));
     }
-    let worker = &status["worker"];
+    let worker = &status.worker;
     rows.push((
         "worker".into(),
         format!(
             "{} · {} in flight · {} processed · {} failed · last job {}",
-            if worker["consuming"] == Value::Bool(true) {
-                "consuming"
-            } else {
-                "not consuming"
-            },
-            text(&worker["in_flight"]),
-            text(&worker["processed"]),
-            text(&worker["failed"]),
-            text(&worker["last_job_consumed_at"])
+            if worker.consuming { "consuming" } else { "not consuming" },
+            worker.in_flight,
+            worker.processed,
+            worker.failed,
+            text(worker.last_job_consumed_at.as_ref())
         ),
     ));
-    for handler in status["handlers"].as_array().into_iter().flatten() {
-        let refused = &handler["refused"];
+    for handler in &status.handlers {
         rows.push((
-            format!("handler {}", text(&handler["job_type"])),
+            format!("handler {}", handler.job_type),
             format!(
                 "{} · {}{}",
-                text(&handler["digest"]),
-                text(&handler["source"]),
-                refused["digest"]
-                    .as_str()
-                    .map(|digest| format!(" · refused {digest}: {}", text(&refused["reason"])))
+                text(handler.digest.as_ref()),
+                handler.source.as_str(),
+                handler
+                    .refused
+                    .as_ref()
+                    .map(|refused| format!(" · refused {}: {}", refused.digest, refused.reason))
                     .unwrap_or_default()
             ),
         ));
     }
-    for service in status["services"].as_array().into_iter().flatten() {
+    for service in &status.services {
         rows.push((
-            format!("service {}", text(&service["name"])),
+            format!("service {}", service.name),
             format!(
                 "{} · {} · health {} · port {}{}",
-                text(&service["type"]),
-                text(&service["status"]),
-                text(&service["health"]),
-                text(&service["port"]),
-                service["placement"]
-                    .as_str()
+                service.kind,
+                service.status.as_str(),
+                service.health.as_str(),
+                text(service.port),
+                service
+                    .placement
+                    .as_ref()
                     .map(|placement| format!(" · {placement}"))
                     .unwrap_or_default()
             ),
         ));
     }
-    for process in status["processes"].as_array().into_iter().flatten() {
-        let cgroup = &process["cgroup"];
+    for process in &status.processes {
+        let cgroup = process.cgroup.as_ref();
         rows.push((
-            format!("process {}", text(&process["name"])),
+            format!("process {}", process.name),
             format!(
                 "pid {} · model {} · rss {} MiB · cpu {} % · cgroup {}",
-                text(&process["pid"]),
-                text(&process["model"]),
-                text(&process["rss_mb"]),
-                text(&cgroup["cpu_percent"]),
-                text(&cgroup["path"])
+                text(process.pid),
+                text(process.model.as_ref()),
+                text(process.rss_mb),
+                text(cgroup.and_then(|cgroup| cgroup.cpu_percent)),
+                text(cgroup.map(|cgroup| &cgroup.path))
             ),
         ));
     }
-    for error in status["collector_errors"].as_array().into_iter().flatten() {
-        rows.push((format!("error {}", text(&error["probe"])), text(&error["error"])));
+    for error in &status.collector_errors {
+        rows.push((format!("error {}", error.probe), error.error.clone()));
     }
     let width = rows.iter().map(|(label, _)| label.chars().count()).max().unwrap_or(0);
     rows.into_iter()
@@ -296,21 +281,39 @@ mod tests {
 
     #[test]
     fn durations_read_as_the_two_largest_units() {
-        assert_eq!(duration(&Value::from(42)), "42s");
-        assert_eq!(duration(&Value::from(3_725)), "1h 2m");
-        assert_eq!(duration(&Value::from(90_061)), "1d 1h 1m");
-        assert_eq!(duration(&Value::Null), "-");
+        assert_eq!(duration(Some(42)), "42s");
+        assert_eq!(duration(Some(3_725)), "1h 2m");
+        assert_eq!(duration(Some(90_061)), "1d 1h 1m");
+        assert_eq!(duration(None), "-");
     }
 
     #[test]
     fn a_node_without_gpus_says_why() {
-        let message =
-            serde_json::json!({"status": {"gpu": [], "gpu_unavailable_reason": "no NVIDIA driver", "worker": {}}});
+        let message: StatusMessage = serde_json::from_value(serde_json::json!({
+            "version": "1.0", "timestamp": "2026-12-07T00:00:00Z", "nodeId": "n1",
+            "status": {
+                "version": "0.1.0", "timestamp": "2026-12-07T00:00:00Z",
+                "node": {"name": "n1", "id": "n1", "tags": [], "device_config": null, "uptime_seconds": 5,
+                         "mode": "local", "hostname": null, "os": null, "arch": null, "cpu_model": null,
+                         "cpu_cores": null, "machine_uptime_seconds": null},
+                "system": null, "gpu": [], "gpu_source": "none",
+                "gpu_unavailable_reason": "no NVIDIA driver", "services": [],
+                "worker": {"consuming": false, "in_flight": 0, "processed": 0, "failed": 0,
+                           "last_job_consumed_at": null}
+            }
+        }))
+        .unwrap();
         let lines = table(&message);
         assert!(
             lines
                 .iter()
                 .any(|line| line.starts_with("gpus") && line.ends_with("none: no NVIDIA driver")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|line| line.starts_with("cpu") && line.contains("- % of - × -")),
             "{lines:?}"
         );
     }

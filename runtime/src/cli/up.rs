@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use citadel_collector::status::{ServiceHealth, ServiceState};
 use clap::Args;
 use serde::Serialize;
 
@@ -81,7 +82,7 @@ pub(super) async fn wait_for_services(
             let Some(service) = statuses.iter().find(|service| &service.name == name) else {
                 continue;
             };
-            if service.status == "error" {
+            if service.status == ServiceState::Error {
                 let log = state_dir.join("services").join(format!("{name}.stderr.log"));
                 return Err(Failure::job(format!(
                     "service {name} did not come up: {} (its stderr: {}); stopping",
@@ -89,9 +90,9 @@ pub(super) async fn wait_for_services(
                     log.display()
                 )));
             }
-            let now = match (service.status.as_str(), service.health.as_str()) {
-                ("running", "ok") => Seen::Healthy,
-                ("running", "unknown") => {
+            let now = match (service.status, service.health) {
+                (ServiceState::Running, ServiceHealth::Ok) => Seen::Healthy,
+                (ServiceState::Running, ServiceHealth::Unknown) => {
                     let since = running_since
                         .entry(name.clone())
                         .and_modify(|(pid, since)| {
@@ -110,14 +111,14 @@ pub(super) async fn wait_for_services(
                         Seen::Running
                     }
                 }
-                ("running", _) => Seen::Running,
+                (ServiceState::Running, _) => Seen::Running,
                 _ => Seen::Starting,
             };
             if seen.get(name) != Some(&now) {
                 let placement = service.placement.as_deref().unwrap_or("plain");
                 match now {
                     Seen::Starting => {}
-                    Seen::Running if service.health == "unknown" => output::line(format!(
+                    Seen::Running if service.health == ServiceHealth::Unknown => output::line(format!(
                         "service {name}: running (pid {}, {placement}), no health check: up once it has run for {} s",
                         service.pid.unwrap_or_default(),
                         STEADY.as_secs()
@@ -126,7 +127,7 @@ pub(super) async fn wait_for_services(
                         "service {name}: running (pid {}, {placement}), waiting for its health check",
                         service.pid.unwrap_or_default()
                     )),
-                    Seen::Healthy if service.health == "unknown" => output::line(format!(
+                    Seen::Healthy if service.health == ServiceHealth::Unknown => output::line(format!(
                         "service {name}: up (still running after {} s)",
                         STEADY.as_secs()
                     )),

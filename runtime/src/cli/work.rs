@@ -16,6 +16,7 @@ use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
+use citadel_collector::status::NodeMode;
 use citadel_transports::redis::registry::Registry;
 
 use super::{Failure, redis_client};
@@ -131,7 +132,7 @@ pub(super) async fn work(config: &Config) -> Result<(), Failure> {
     let worker = Worker::new(Arc::clone(&dispatch), config).map_err(Failure::input)?;
     let stop = CancellationToken::new();
     let services = drain_on_signal(&stop)?;
-    let node = NodeServices::start(config, "redis", &dispatch, Some(&worker))
+    let node = NodeServices::start(config, NodeMode::Redis, &dispatch, Some(&worker))
         .await
         .map_err(Failure::input)?;
     let _ = services.set(Arc::clone(&node.supervisor));

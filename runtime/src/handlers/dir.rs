@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::components::{ComponentStore, Digest};
 use crate::handlers::fleet::load_checked;
-use crate::handlers::{Handler, HandlerSource, HandlerTable};
+use citadel_collector::status::HandlerOrigin;
+
+use crate::handlers::{Handler, HandlerTable};
 use crate::node::Telemetry;
 use crate::policy::Policy;
 
@@ -125,7 +127,7 @@ impl HandlerDir {
             }
             match load_checked(&self.store, &self.policy, &bytes) {
                 Ok(component) => {
-                    self.table.swap(&job_type, component, HandlerSource::Dir);
+                    self.table.swap(&job_type, component, HandlerOrigin::Dir);
                     tracing::info!(job_type, %digest, file = %path.display(), "handler swapped: the next job of this type runs the directory's component");
                 }
                 Err(reason) => {

@@ -32,7 +32,9 @@ use tokio_util::sync::CancellationToken;
 use crate::capabilities::PROVIDED;
 use crate::components::signing::TrustedKeys;
 use crate::components::{ComponentStore, Digest, LoadedComponent};
-use crate::handlers::{Handler, HandlerSource, HandlerTable, PinResolver};
+use citadel_collector::status::HandlerOrigin;
+
+use crate::handlers::{Handler, HandlerTable, PinResolver};
 use crate::node::Telemetry;
 use crate::policy::Policy;
 
@@ -198,7 +200,7 @@ impl FleetHandlers {
     }
 
     fn swap(&self, job_type: &str, record: &HandlerRecord, component: Arc<LoadedComponent>) {
-        let previous = self.table.swap(job_type, Arc::clone(&component), HandlerSource::Fleet);
+        let previous = self.table.swap(job_type, Arc::clone(&component), HandlerOrigin::Fleet);
         let previous = match previous {
             Some(Handler::Component(previous)) => previous.digest.to_string(),
             Some(Handler::Native(_)) => "a native handler".into(),

@@ -10,4 +10,4 @@ pub mod dir;
 pub mod fleet;
 pub mod table;
 
-pub use table::{Handler, HandlerLoadError, HandlerSource, HandlerTable, NativeHandler, NativeJob, PinResolver};
+pub use table::{Handler, HandlerLoadError, HandlerTable, NativeHandler, NativeJob, PinResolver};

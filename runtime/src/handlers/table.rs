@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, RwLock};
 
-use citadel_collector::status::{HandlerStatus, RefusedHandler};
+use citadel_collector::status::{HandlerOrigin, HandlerStatus, RefusedHandler};
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -64,33 +64,9 @@ pub trait PinResolver: Send + Sync {
     -> BoxFuture<'a, Result<Arc<LoadedComponent>, String>>;
 }
 
-/// Where a job type's handler came from (status `handlers[].source`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HandlerSource {
-    /// `[handlers]` (or a built-in default).
-    Config,
-    /// Published to the fleet (`citadel component publish`).
-    Fleet,
-    /// A file in the watched directory (`components.dir`).
-    Dir,
-    /// Code of the node itself.
-    Native,
-}
-
-impl HandlerSource {
-    fn name(self) -> &'static str {
-        match self {
-            HandlerSource::Config => "config",
-            HandlerSource::Fleet => "fleet",
-            HandlerSource::Dir => "dir",
-            HandlerSource::Native => "native",
-        }
-    }
-}
-
 #[derive(Default)]
 struct Table {
-    by_type: BTreeMap<String, (Handler, HandlerSource)>,
+    by_type: BTreeMap<String, (Handler, HandlerOrigin)>,
     /// The latest component refused for a job type, and why.
     refused: BTreeMap<String, RefusedHandler>,
 }
@@ -103,7 +79,7 @@ pub struct HandlerTable {
 }
 
 impl HandlerTable {
-    fn of(by_type: BTreeMap<String, (Handler, HandlerSource)>) -> HandlerTable {
+    fn of(by_type: BTreeMap<String, (Handler, HandlerOrigin)>) -> HandlerTable {
         HandlerTable {
             table: Arc::new(RwLock::new(Table {
                 by_type,
@@ -132,7 +108,7 @@ impl HandlerTable {
                 job_type: job_type.clone(),
                 source,
             })?;
-            by_type.insert(job_type.clone(), (Handler::Component(component), HandlerSource::Config));
+            by_type.insert(job_type.clone(), (Handler::Component(component), HandlerOrigin::Config));
         }
         Ok(HandlerTable::of(by_type))
     }
@@ -142,7 +118,7 @@ impl HandlerTable {
         HandlerTable::of(
             handlers
                 .into_iter()
-                .map(|(job_type, handler)| (job_type, (Handler::Native(handler), HandlerSource::Native)))
+                .map(|(job_type, handler)| (job_type, (Handler::Native(handler), HandlerOrigin::Native)))
                 .collect(),
         )
     }
@@ -180,7 +156,7 @@ impl HandlerTable {
 
     /// Make `component` (from `source`) the handler of `job_type` from the
     /// next job on, clearing a refusal; the handler it replaces, if any.
-    pub fn swap(&self, job_type: &str, component: Arc<LoadedComponent>, source: HandlerSource) -> Option<Handler> {
+    pub fn swap(&self, job_type: &str, component: Arc<LoadedComponent>, source: HandlerOrigin) -> Option<Handler> {
         let mut table = self.write();
         table.refused.remove(job_type);
         table
@@ -193,8 +169,8 @@ impl HandlerTable {
     /// configuration says), clearing a refusal.
     pub fn restore(&self, job_type: &str, handler: Handler) {
         let source = match handler {
-            Handler::Component(_) => HandlerSource::Config,
-            Handler::Native(_) => HandlerSource::Native,
+            Handler::Component(_) => HandlerOrigin::Config,
+            Handler::Native(_) => HandlerOrigin::Native,
         };
         let mut table = self.write();
         table.refused.remove(job_type);
@@ -240,16 +216,14 @@ impl HandlerTable {
             .into_iter()
             .map(|job_type| {
                 let (digest, source) = match table.by_type.get(job_type) {
-                    Some((Handler::Component(component), source)) => {
-                        (Some(component.digest.to_string()), source.name())
-                    }
-                    Some((Handler::Native(_), source)) => (None, source.name()),
-                    None => (None, "none"),
+                    Some((Handler::Component(component), source)) => (Some(component.digest.to_string()), *source),
+                    Some((Handler::Native(_), source)) => (None, *source),
+                    None => (None, HandlerOrigin::None),
                 };
                 HandlerStatus {
                     job_type: job_type.clone(),
                     digest,
-                    source: source.into(),
+                    source,
                     refused: table.refused.get(job_type).cloned(),
                 }
             })

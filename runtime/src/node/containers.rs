@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use citadel_collector::status::ServiceStatus;
+use citadel_collector::status::{ServiceHealth, ServiceState, ServiceStatus};
 use citadel_transports::docker::{ContainerSummary, DockerClient};
 use tokio_util::sync::CancellationToken;
 
@@ -67,28 +67,28 @@ pub(super) async fn watch_containers(
 /// its health check when it has one.
 fn container_status(container: &ContainerSummary) -> ServiceStatus {
     let status = match container.state.as_str() {
-        "running" => "running",
-        "created" | "exited" | "stopped" | "paused" => "stopped",
-        _ => "error",
+        "running" => ServiceState::Running,
+        "created" | "exited" | "stopped" | "paused" => ServiceState::Stopped,
+        _ => ServiceState::Error,
     };
     let summary = container.status.to_ascii_lowercase();
-    let health = if status != "running" {
-        "unknown"
+    let health = if status != ServiceState::Running {
+        ServiceHealth::Unknown
     } else if summary.contains("(healthy)") {
-        "ok"
+        ServiceHealth::Ok
     } else if summary.contains("(unhealthy)") {
-        "unhealthy"
+        ServiceHealth::Unhealthy
     } else if summary.contains("starting") {
-        "starting"
+        ServiceHealth::Starting
     } else {
-        "unknown"
+        ServiceHealth::Unknown
     };
     ServiceStatus {
         name: container.name.clone(),
         kind: "docker".into(),
-        status: status.into(),
+        status,
         port: container.labels.get(PORT_LABEL).and_then(|port| port.parse().ok()),
-        health: health.into(),
+        health,
         models: container
             .labels
             .get(MODELS_LABEL)
@@ -102,7 +102,7 @@ fn container_status(container: &ContainerSummary) -> ServiceStatus {
             })
             .unwrap_or_default(),
         placement: Some(format!("container {}", container.id.get(..12).unwrap_or(&container.id))),
-        last_exit: (status != "running").then(|| container.status.clone()),
+        last_exit: (status != ServiceState::Running).then(|| container.status.clone()),
         ..ServiceStatus::default()
     }
 }
@@ -138,12 +138,12 @@ mod tests {
         assert_eq!(running.placement.as_deref(), Some("container 0123456789ab"));
         assert_eq!(running.last_exit, None);
         let unhealthy = container_status(&container("running", "Up 1 hour (unhealthy)"));
-        assert_eq!(unhealthy.health, "unhealthy");
+        assert_eq!(unhealthy.health, ServiceHealth::Unhealthy);
         let plain = container_status(&container("running", "Up 2 seconds"));
-        assert_eq!(plain.health, "unknown");
+        assert_eq!(plain.health, ServiceHealth::Unknown);
         let exited = container_status(&container("exited", "Exited (137) 3 seconds ago"));
         assert_eq!((exited.status.as_str(), exited.health.as_str()), ("stopped", "unknown"));
         assert_eq!(exited.last_exit.as_deref(), Some("Exited (137) 3 seconds ago"));
-        assert_eq!(container_status(&container("dead", "Dead")).status, "error");
+        assert_eq!(container_status(&container("dead", "Dead")).status, ServiceState::Error);
     }
 }

@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use citadel_collector::status::{NodeMode, ServiceHealth};
 use citadel_collector::{Collector, CollectorConfig};
 use citadel_transports::redis as transport;
 use citadel_transports::status::{HttpPublisher, HttpPublisherConfig, RedisStatusPublisher, StatusServer};
@@ -90,7 +91,7 @@ pub async fn collector(telemetry: &TelemetryConfig) -> Collector {
 async fn watch_engines(engines: Arc<Engines>, telemetry: Arc<Telemetry>, poll: Duration, stop: CancellationToken) {
     let mut ticks = tokio::time::interval(poll);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last: Vec<(String, String)> = Vec::new();
+    let mut last: Vec<(String, ServiceHealth)> = Vec::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -100,17 +101,14 @@ async fn watch_engines(engines: Arc<Engines>, telemetry: Arc<Telemetry>, poll: D
             _ = stop.cancelled() => return,
             services = engines.health() => services,
         };
-        let now: Vec<(String, String)> = services
+        let now: Vec<(String, ServiceHealth)> = services
             .iter()
-            .map(|service| (service.name.clone(), service.health.clone()))
+            .map(|service| (service.name.clone(), service.health))
             .collect();
         for (name, health) in &now {
-            let before = last
-                .iter()
-                .find(|(known, _)| known == name)
-                .map(|(_, health)| health.as_str());
-            if before.is_some_and(|before| before != health) || (before.is_none() && health != "ok") {
-                tracing::warn!(engine = %name, health = %health, "inference engine health changed");
+            let before = last.iter().find(|(known, _)| known == name).map(|(_, health)| *health);
+            if before.is_some_and(|before| before != *health) || (before.is_none() && *health != ServiceHealth::Ok) {
+                tracing::warn!(engine = %name, health = health.as_str(), "inference engine health changed");
             }
         }
         last = now;
@@ -150,7 +148,7 @@ impl NodeServices {
     /// its publishers and the status server.
     pub async fn start(
         config: &Config,
-        mode: &str,
+        mode: NodeMode,
         dispatch: &Dispatcher,
         worker: Option<&Worker>,
     ) -> Result<NodeServices, NodeError> {

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use citadel_collector::status::{HandlerStatus, NodeIdentity, Reported, ServiceStatus, WorkerStatus, status_message};
+use citadel_collector::status::{
+    HandlerStatus, NodeIdentity, NodeMode, Reported, ServiceStatus, StatusMessage, WorkerStatus, status_message,
+};
 use citadel_collector::{Collector, CollectorError, Snapshot, Watch};
 use citadel_transports::backoff::{Backoff, worth_logging};
 use citadel_transports::status::{Health, HttpPublisher, NodeState, RedisStatusPublisher, ServerEvent, StatusSource};
@@ -60,7 +62,7 @@ pub struct Telemetry {
     /// GPU temperature that makes `/health` 503 (`alertOnHighTemp`), °C.
     pub(super) high_temp_alert: Mutex<Option<u32>>,
     pub(super) timings: Timings,
-    pub(super) mode: Mutex<String>,
+    pub(super) mode: Mutex<NodeMode>,
     pub(super) collector: Collector,
     pub(super) feed: Arc<JobFeed>,
     pub(super) worker: Option<Worker>,
@@ -100,7 +102,7 @@ impl Telemetry {
     pub(super) fn new(
         identity: NodeIdentity,
         timings: Timings,
-        mode: &str,
+        mode: NodeMode,
         collector: Collector,
         worker: Option<Worker>,
         redis: Option<RedisStatusPublisher>,
@@ -111,7 +113,7 @@ impl Telemetry {
             high_temp_alert: Mutex::default(),
             probe_errors: Mutex::default(),
             timings,
-            mode: Mutex::new(mode.to_string()),
+            mode: Mutex::new(mode),
             collector,
             feed: Arc::default(),
             worker,
@@ -146,10 +148,10 @@ impl Telemetry {
 
     /// Report where the node takes jobs from (`redis`, `nexus`); a change
     /// publishes at once.
-    pub fn set_mode(&self, mode: &str) {
+    pub fn set_mode(&self, mode: NodeMode) {
         let mut current = self.mode.lock().expect("mode poisoned");
         if *current != mode {
-            *current = mode.to_string();
+            *current = mode;
             self.feed.changed();
         }
     }
@@ -290,7 +292,8 @@ impl Telemetry {
         let watches = self.watches.lock().expect("watches poisoned").clone();
         let snapshot = self.collector.collect(&watches).await;
         self.feed.metrics.observe(&snapshot);
-        let status: Arc<str> = self.status_of(&snapshot).to_string().into();
+        let status = serde_json::to_string(&self.status_of(&snapshot)).expect("a status message serializes");
+        let status: Arc<str> = status.into();
         {
             let mut latest = self.latest.lock().expect("latest status poisoned");
             latest.status = Some(Arc::clone(&status));
@@ -368,7 +371,7 @@ impl Telemetry {
     }
 
     /// The StatusMessage for `snapshot`.
-    pub fn status_of(&self, snapshot: &Snapshot) -> serde_json::Value {
+    pub fn status_of(&self, snapshot: &Snapshot) -> StatusMessage {
         let worker = self.worker.as_ref().map(|worker| {
             let health = worker.health();
             WorkerStatus {
@@ -396,7 +399,7 @@ impl Telemetry {
                 .fold(worker.unwrap_or_default(), |total, source| {
                     merged(total, source.counts())
                 }),
-            mode: self.mode.lock().expect("mode poisoned").clone(),
+            mode: *self.mode.lock().expect("mode poisoned"),
             handlers: self.handlers.lock().expect("handlers poisoned").clone(),
             errors: self
                 .probe_errors

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use citadel_collector::Watch;
-use citadel_collector::status::ServiceStatus;
+use citadel_collector::status::{ServiceHealth, ServiceState, ServiceStatus};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -69,11 +69,9 @@ impl SupervisorSettings {
 
 /// What one service is doing, as status reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct ServiceState {
-    /// `running`, `stopped` or `error`.
-    status: &'static str,
-    /// `starting`, `ok`, `unhealthy` or `unknown`.
-    health: &'static str,
+struct RunState {
+    status: ServiceState,
+    health: ServiceHealth,
     pid: Option<u32>,
     cgroup: Option<String>,
     restarts: u32,
@@ -84,7 +82,7 @@ struct ServiceState {
 /// One supervised service.
 struct Service {
     settings: ServiceSettings,
-    state: Mutex<ServiceState>,
+    state: Mutex<RunState>,
     /// Its cgroup, once placed.
     placed: OnceLock<Arc<ServiceCgroup>>,
     /// Whether it should run (device configuration can change it).
@@ -97,9 +95,9 @@ impl Service {
         ServiceStatus {
             name: self.settings.name.clone(),
             kind: "native".into(),
-            status: state.status.into(),
+            status: state.status,
             port: self.settings.port,
-            health: state.health.into(),
+            health: state.health,
             models: self.settings.models.clone(),
             placement: Some(state.cgroup.clone().unwrap_or_else(|| "plain".into())),
             pid: state.pid,
@@ -132,11 +130,7 @@ impl Supervisor {
             .map(|service| {
                 Arc::new(Service {
                     settings: service.clone(),
-                    state: Mutex::new(ServiceState {
-                        status: "stopped",
-                        health: "unknown",
-                        ..ServiceState::default()
-                    }),
+                    state: Mutex::new(RunState::default()),
                     placed: OnceLock::new(),
                     wanted: watch::Sender::new(service.autostart),
                 })

@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::cgroup::ServiceCgroup;
 use super::logs::CappedLog;
-use super::{Service, ServiceState, SupervisorSettings, launch};
+use citadel_collector::status::{ServiceHealth, ServiceState};
+
+use super::{RunState, Service, SupervisorSettings, launch};
 use crate::config::RestartPolicy;
 
 /// Waits between restarts: 1 s doubling to a minute; a service that ran
@@ -95,7 +97,7 @@ pub(super) async fn supervise(
                     tracing::error!(service = %name, error = %problem, attempts = waits.attempts() + 1, "service did not start; retrying with backoff");
                 }
                 reporter.update(|state| {
-                    state.status = "error";
+                    state.status = ServiceState::Error;
                     state.pid = None;
                     state.last_exit = Some(problem.clone());
                 });
@@ -107,9 +109,13 @@ pub(super) async fn supervise(
         capture_output(&mut child, &service, &settings).await;
         let restarts = runs;
         runs += 1;
-        let health = if probe.is_some() { "starting" } else { "unknown" };
+        let health = if probe.is_some() {
+            ServiceHealth::Starting
+        } else {
+            ServiceHealth::Unknown
+        };
         reporter.update(|state| {
-            state.status = "running";
+            state.status = ServiceState::Running;
             state.health = health;
             state.pid = pid;
             state.restarts = restarts;
@@ -136,8 +142,8 @@ pub(super) async fn supervise(
             RunEnd::Stopped => {
                 stop_gracefully(&mut child, &service, cgroup.as_ref()).await;
                 reporter.update(|state| {
-                    state.status = "stopped";
-                    state.health = "unknown";
+                    state.status = ServiceState::Stopped;
+                    state.health = ServiceHealth::Unknown;
                     state.pid = None;
                     state.last_exit = Some("stopped by the node".into());
                 });
@@ -167,8 +173,12 @@ pub(super) async fn supervise(
             tracing::info!(service = %name, exit = %description, restart, "service exited");
         }
         reporter.update(|state| {
-            state.status = if failed { "error" } else { "stopped" };
-            state.health = "unknown";
+            state.status = if failed {
+                ServiceState::Error
+            } else {
+                ServiceState::Stopped
+            };
+            state.health = ServiceHealth::Unknown;
             state.pid = None;
             state.last_exit = Some(description.clone());
         });
@@ -199,7 +209,7 @@ struct Reporter<'a> {
 }
 
 impl Reporter<'_> {
-    fn update(&self, edit: impl FnOnce(&mut ServiceState)) {
+    fn update(&self, edit: impl FnOnce(&mut RunState)) {
         let mut state = self.service.state.lock().expect("service state poisoned");
         let before = state.clone();
         edit(&mut state);
@@ -288,17 +298,17 @@ async fn watch_run(
                 let probe = probe.expect("ticks come with a probe");
                 if !health_checks.load(Ordering::Relaxed) {
                     was_ok = false;
-                    reporter.update(|state| state.health = "unknown");
+                    reporter.update(|state| state.health = ServiceHealth::Unknown);
                     continue;
                 }
                 let ok = probe.check().await;
                 let health = match (ok, was_ok) {
-                    (true, _) => "ok",
-                    (false, true) => "unhealthy",
-                    (false, false) => "starting",
+                    (true, _) => ServiceHealth::Ok,
+                    (false, true) => ServiceHealth::Unhealthy,
+                    (false, false) => ServiceHealth::Starting,
                 };
                 if ok != was_ok {
-                    tracing::info!(service = %service.settings.name, health, "service health changed");
+                    tracing::info!(service = %service.settings.name, health = health.as_str(), "service health changed");
                 }
                 was_ok |= ok;
                 reporter.update(|state| state.health = health);

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use citadel_collector::status::WorkerStatus;
+use citadel_collector::status::{NodeMode, WorkerStatus};
 use citadel_transports::backoff::{Backoff, RetryError, retry, worth_logging};
 use citadel_transports::nexus::{NexusClient, NexusJob, Outcome};
 use serde::{Deserialize, Serialize};
@@ -49,10 +49,10 @@ pub enum Source {
 
 impl Source {
     /// As status reports it (`node.mode`).
-    pub fn name(self) -> &'static str {
+    pub fn mode(self) -> NodeMode {
         match self {
-            Source::Redis => "redis",
-            Source::Nexus => "nexus",
+            Source::Redis => NodeMode::Redis,
+            Source::Nexus => NodeMode::Nexus,
         }
     }
 }
@@ -427,7 +427,7 @@ pub async fn follow_redis(
                 }
                 Source::Redis => tracing::info!("Redis answers again: taking jobs from Redis Streams"),
             }
-            telemetry.set_mode(now.name());
+            telemetry.set_mode(now.mode());
         }
     }
 }

@@ -9,7 +9,7 @@ mod route;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use citadel_collector::status::ServiceStatus;
+use citadel_collector::status::{ServiceHealth, ServiceState, ServiceStatus};
 use citadel_transports::engines::{Engine, EngineError, Finish, GenerationRequest, TokenStream, Usage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -221,9 +221,17 @@ fn service_status(settings: &EngineSettings, healthy: bool) -> ServiceStatus {
     ServiceStatus {
         name: settings.name.clone(),
         kind: "inference".into(),
-        status: if healthy { "running" } else { "error" }.into(),
+        status: if healthy {
+            ServiceState::Running
+        } else {
+            ServiceState::Error
+        },
         port,
-        health: if healthy { "ok" } else { "unhealthy" }.into(),
+        health: if healthy {
+            ServiceHealth::Ok
+        } else {
+            ServiceHealth::Unhealthy
+        },
         models: settings.models.clone(),
         ..ServiceStatus::default()
     }
