@@ -31,6 +31,46 @@ async fn echo_still_works() {
     assert_eq!(chunks.len(), 2);
 }
 
+/// Span names opened while it is the thread's subscriber.
+#[derive(Clone, Default)]
+struct SpanNames(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanNames {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _id: &tracing::span::Id,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.0.lock().unwrap().push(attrs.metadata().name().to_string());
+    }
+}
+
+#[tokio::test]
+async fn each_job_and_each_host_call_has_its_span() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let names = SpanNames::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(names.clone())
+        .with(tracing_subscriber::filter::LevelFilter::DEBUG);
+    let _default = tracing::subscriber::set_default(subscriber);
+    let (report, chunks) = run(
+        &executor(""),
+        &load("echo"),
+        job("default", r#"{"text":"a b c"}"#, None),
+    )
+    .await;
+    assert_eq!(class(&report), "ok");
+    assert_eq!(chunks.len(), 3);
+    let names = names.0.lock().unwrap().clone();
+    assert_eq!(names.iter().filter(|name| *name == "job.run").count(), 1, "{names:?}");
+    assert_eq!(
+        names.iter().filter(|name| *name == "cap.stream.emit").count(),
+        3,
+        "one span per emit: {names:?}"
+    );
+}
+
 #[tokio::test]
 async fn echo_streams_each_word_and_returns_the_payload() {
     let payload = r#"{"text":"  the quick\tbrown\nfox ","n":1}"#;

@@ -21,6 +21,7 @@ const MAX_FIELDS: usize = 32;
 const MAX_FIELD_BYTES: usize = 256;
 
 impl Host for JobState {
+    #[tracing::instrument(name = "cap.log.log", level = "debug", skip_all)]
     async fn log(&mut self, level: WitLevel, message: String, fields: Vec<(String, String)>) -> wasmtime::Result<()> {
         if self.grant.check(Capability::Log, &self.job_id).is_err() {
             return Ok(());

@@ -26,20 +26,17 @@ pub enum Capability {
     Http,
     /// `citadel:handler/models`: the node's size-capped models directory.
     Models,
-    /// `citadel:handler/node`: the node's own configuration.
-    Node,
 }
 
 impl Capability {
     /// Every capability, in declaration order.
-    pub const ALL: [Capability; 7] = [
+    pub const ALL: [Capability; 6] = [
         Capability::Log,
         Capability::Stream,
         Capability::Inference,
         Capability::Docker,
         Capability::Http,
         Capability::Models,
-        Capability::Node,
     ];
 
     /// The name used in policies, errors and WIT (`citadel:handler/<name>`).
@@ -51,7 +48,6 @@ impl Capability {
             Capability::Docker => "docker",
             Capability::Http => "http",
             Capability::Models => "models",
-            Capability::Node => "node",
         }
     }
 

@@ -11,6 +11,7 @@ use crate::sandbox::output::SendError;
 use crate::sandbox::state::JobState;
 
 impl Host for JobState {
+    #[tracing::instrument(name = "cap.stream.emit", level = "debug", skip_all)]
     async fn emit(&mut self, content: String) -> wasmtime::Result<Result<(), StreamError>> {
         if let Err(denied) = self.grant.check(Capability::Stream, &self.job_id) {
             return Ok(Err(StreamError::Denied(denied.to_string())));

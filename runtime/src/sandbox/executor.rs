@@ -24,9 +24,9 @@ use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::bindings::{HandlerError, HandlerPre, JobRecord};
 use crate::capabilities::Capabilities;
+use crate::capabilities::NodeResources;
 use crate::capabilities::docker::DockerAccess;
 use crate::capabilities::grant::Grant;
-use crate::capabilities::http::HttpAccess;
 use crate::capabilities::inference::Engines;
 use crate::capabilities::models::ModelStore;
 use crate::capabilities::{self, PROVIDED};
@@ -37,8 +37,8 @@ use crate::policy::Policy;
 use crate::sandbox::capture::Captured;
 use crate::sandbox::engine::{Allocation, SandboxEngine};
 use crate::sandbox::joblog::{JobLog, Source};
-use crate::sandbox::limits::{JobLimits, StoreLimiter};
-use crate::sandbox::output::{OutputBudget, OutputLimitExceeded, StreamState};
+use crate::sandbox::limits::JobLimits;
+use crate::sandbox::output::OutputLimitExceeded;
 use crate::sandbox::state::JobState;
 
 /// Why the epoch callback stopped a guest.
@@ -96,10 +96,7 @@ pub enum SetupError {
 pub struct Executor {
     components: Arc<ComponentStore>,
     policy: Policy,
-    engines: Arc<Engines>,
-    docker: Arc<DockerAccess>,
-    http: Arc<HttpAccess>,
-    models: Option<Arc<ModelStore>>,
+    resources: NodeResources,
     prepared: Mutex<HashMap<(Digest, Capabilities), HandlerPre<JobState>>>,
 }
 
@@ -109,42 +106,39 @@ impl Executor {
         Executor {
             components,
             policy,
-            engines: Arc::default(),
-            docker: Arc::default(),
-            http: Arc::default(),
-            models: None,
+            resources: NodeResources::default(),
             prepared: Mutex::default(),
         }
     }
 
     /// The same executor, giving capability `inference` these engines.
     pub fn with_engines(mut self, engines: Arc<Engines>) -> Executor {
-        self.engines = engines;
+        self.resources.inference = engines;
         self
     }
 
     /// The node's inference engines.
     pub fn engines(&self) -> &Arc<Engines> {
-        &self.engines
+        &self.resources.inference
     }
 
     /// The same executor, giving capability `docker` this Docker API (by
     /// default the node has none: every call is `unavailable`).
     pub fn with_docker(mut self, docker: Arc<DockerAccess>) -> Executor {
-        self.docker = docker;
+        self.resources.docker = docker;
         self
     }
 
     /// The same executor, giving capability `models` this directory (by
     /// default the node has none: `begin` fails with `io`).
     pub fn with_models(mut self, models: Arc<ModelStore>) -> Executor {
-        self.models = Some(models);
+        self.resources.models = Some(models);
         self
     }
 
     /// The node's Docker API, as capability `docker` reaches it.
     pub fn docker(&self) -> &Arc<DockerAccess> {
-        &self.docker
+        &self.resources.docker
     }
 
     /// Build the engine, component store, policy, inference engines,
@@ -288,20 +282,15 @@ impl Executor {
             .allow_udp(false)
             .max_random_size(limits.max_random_bytes)
             .build();
-        let mut state = JobState::new(
+        let state = JobState::new(
             Arc::from(job.id.as_str()),
             grant,
-            StoreLimiter::new(limits.memory_bytes),
+            &limits,
             log.clone(),
-            OutputBudget::new(limits.max_output_bytes),
-            StreamState::new(chunks, limits.max_chunk_bytes, limits.max_chunks_per_second),
-            Arc::clone(&self.engines),
-            Arc::clone(&self.docker),
-            self.models.clone(),
+            chunks,
+            self.resources.clone(),
             wasi,
-            Arc::clone(&self.http),
         );
-        state.table.set_max_capacity(limits.max_resource_handles);
         let mut store = Store::new(self.components.engine().engine(), state);
         store.limiter(|state| &mut state.limiter);
         let interrupt = cancel.clone();

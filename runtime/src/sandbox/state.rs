@@ -8,13 +8,14 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
-use crate::capabilities::docker::DockerAccess;
+use tokio::sync::mpsc;
+
+use crate::capabilities::NodeResources;
 use crate::capabilities::grant::Grant;
-use crate::capabilities::http::{HttpAccess, JobHttp};
-use crate::capabilities::inference::Engines;
-use crate::capabilities::models::ModelStore;
+use crate::capabilities::http::JobHttp;
+use crate::job::Chunk;
 use crate::sandbox::joblog::JobLog;
-use crate::sandbox::limits::StoreLimiter;
+use crate::sandbox::limits::{JobLimits, StoreLimiter};
 use crate::sandbox::output::{OutputBudget, StreamState};
 
 /// One job's host-side state.
@@ -31,51 +32,40 @@ pub struct JobState {
     pub(crate) output: OutputBudget,
     /// Where chunks go, their numbering and pacing.
     pub(crate) stream: StreamState,
-    /// The node's inference engines.
-    pub(crate) engines: Arc<Engines>,
-    /// The node's Docker Engine API.
-    pub(crate) docker: Arc<DockerAccess>,
-    /// The node's models directory, if it has one.
-    pub(crate) models: Option<Arc<ModelStore>>,
+    /// The node-side resource of each capability.
+    pub(crate) node: NodeResources,
     /// Resources handed to the guest (WASI's and citadel's).
     pub(crate) table: ResourceTable,
     wasi: WasiCtx,
-    /// The node's side of capability `http`.
-    http_access: Arc<HttpAccess>,
     /// The job's `wasi:http` state, made on the first HTTP call.
     http: Option<JobHttp>,
 }
 
 impl JobState {
-    /// Assemble a job's state.
-    #[allow(clippy::too_many_arguments)]
+    /// A job's state under `limits`: its chunks to `chunks` (when someone
+    /// listens), its host calls reaching the node through `node`.
     pub(crate) fn new(
         job_id: Arc<str>,
         grant: Grant,
-        limiter: StoreLimiter,
+        limits: &JobLimits,
         log: JobLog,
-        output: OutputBudget,
-        stream: StreamState,
-        engines: Arc<Engines>,
-        docker: Arc<DockerAccess>,
-        models: Option<Arc<ModelStore>>,
+        chunks: Option<mpsc::Sender<Chunk>>,
+        node: NodeResources,
         wasi: WasiCtx,
-        http_access: Arc<HttpAccess>,
     ) -> JobState {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(limits.max_resource_handles);
         JobState {
             job_id,
             grant,
-            limiter,
+            limiter: StoreLimiter::new(limits.memory_bytes),
             log,
-            output,
-            stream,
-            engines,
-            docker,
-            models,
+            output: OutputBudget::new(limits.max_output_bytes),
+            stream: StreamState::new(chunks, limits.max_chunk_bytes, limits.max_chunks_per_second),
+            node,
             wasi,
-            http_access,
             http: None,
-            table: ResourceTable::new(),
+            table,
         }
     }
 }
@@ -96,7 +86,7 @@ impl WasiHttpView for JobState {
                 Arc::clone(&self.job_id),
                 &self.grant,
                 self.log.clone(),
-                Arc::clone(&self.http_access),
+                Arc::clone(&self.node.http),
             )
         });
         WasiHttpCtxView {

@@ -14,6 +14,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::policy::Glob;
+
 use crate::config::{parse_bytes, parse_cpu_percent};
 
 /// A last argument pattern matching any number of further arguments.
@@ -61,7 +63,7 @@ pub struct ShellRule {
     /// One glob per argument, in order; a last `"**"` matches any further
     /// arguments. Empty: the program runs without arguments only.
     #[serde(default)]
-    pub args: Vec<String>,
+    pub args: Vec<Glob>,
 }
 
 fn default_user() -> String {
@@ -153,7 +155,10 @@ impl ShellPolicy {
         if let Some(rule) = candidates.iter().find(|rule| args_match(&rule.args, args)) {
             return Ok(rule.program.clone());
         }
-        let allowed: Vec<String> = candidates.iter().map(|rule| format!("{:?}", rule.args)).collect();
+        let allowed: Vec<String> = candidates
+            .iter()
+            .map(|rule| format!("{:?}", rule.args.iter().map(Glob::as_str).collect::<Vec<_>>()))
+            .collect();
         Err(ShellDenied(format!(
             "tenant `{tenant}` may run `{}` only with arguments matching {} ({section}); {:?} does not match; \
              to allow it add {section} program = {:?} args = {}",
@@ -178,7 +183,7 @@ impl ShellPolicy {
                 ));
             }
             for (position, pattern) in rule.args.iter().enumerate() {
-                if pattern == ANY_FURTHER_ARGS {
+                if pattern.as_str() == ANY_FURTHER_ARGS {
                     if position + 1 != rule.args.len() {
                         return Err((
                             "shell.allow.args",
@@ -187,11 +192,8 @@ impl ShellPolicy {
                     }
                     continue;
                 }
-                if let Err(err) = glob::Pattern::new(pattern) {
-                    return Err((
-                        "shell.allow.args",
-                        format!("allow[{index}]: {pattern:?} is not a valid pattern: {err}"),
-                    ));
+                if let Some(problem) = pattern.problem() {
+                    return Err(("shell.allow.args", format!("allow[{index}]: {problem}")));
                 }
             }
         }
@@ -227,18 +229,15 @@ impl ShellPolicy {
 }
 
 /// Whether `args` match `patterns` one by one (a last `**` takes the rest).
-fn args_match(patterns: &[String], args: &[String]) -> bool {
+fn args_match(patterns: &[Glob], args: &[String]) -> bool {
     let (patterns, rest_allowed) = match patterns.split_last() {
-        Some((last, before)) if last == ANY_FURTHER_ARGS => (before, true),
+        Some((last, before)) if last.as_str() == ANY_FURTHER_ARGS => (before, true),
         _ => (patterns, false),
     };
     if args.len() < patterns.len() || (!rest_allowed && args.len() != patterns.len()) {
         return false;
     }
-    patterns
-        .iter()
-        .zip(args)
-        .all(|(pattern, arg)| glob::Pattern::new(pattern).is_ok_and(|pattern| pattern.matches(arg)))
+    patterns.iter().zip(args).all(|(pattern, arg)| pattern.matches(arg))
 }
 
 /// The argument patterns that allow exactly `args` (glob characters escaped).
@@ -257,7 +256,7 @@ mod tests {
                 .iter()
                 .map(|(program, args)| ShellRule {
                     program: program.into(),
-                    args: args.iter().map(|arg| arg.to_string()).collect(),
+                    args: args.iter().map(|arg| Glob::new(*arg)).collect(),
                 })
                 .collect(),
             ..ShellPolicy::default()

@@ -174,7 +174,7 @@ impl JobState {
                 "no container named {name:?}: not a container name or id"
             )));
         }
-        let client = self.docker.connected()?.clone();
+        let client = self.node.docker.connected()?.clone();
         let policy = &self.grant.policy().docker;
         // Resolved among the tenant's own containers only: nothing about
         // the others (not even whether an id prefix matches one) shows.
@@ -214,7 +214,7 @@ impl JobState {
     /// `start`, `stop` or `restart` on the tenant's container `name`, logged.
     async fn docker_act(&mut self, action: DockerAction, name: &str) -> Result<(), WitError> {
         let (client, target) = self.docker_container(action, name).await?;
-        let grace = self.docker.stop_grace();
+        let grace = self.node.docker.stop_grace();
         let done = match action {
             DockerAction::Start => client.start(&target.id).await,
             DockerAction::Stop => client.stop(&target.id, grace).await,
@@ -239,11 +239,12 @@ impl JobState {
 }
 
 impl Host for JobState {
+    #[tracing::instrument(name = "cap.docker.list-containers", level = "debug", skip_all)]
     async fn list_containers(&mut self) -> wasmtime::Result<Result<Vec<Container>, WitError>> {
         if let Err(reason) = self.grant.check_docker(DockerAction::List, &self.job_id) {
             return Ok(Err(WitError::Denied(reason)));
         }
-        let client = match self.docker.connected() {
+        let client = match self.node.docker.connected() {
             Ok(client) => client.clone(),
             Err(err) => return Ok(Err(err)),
         };
@@ -259,6 +260,7 @@ impl Host for JobState {
             .collect()))
     }
 
+    #[tracing::instrument(name = "cap.docker.inspect", level = "debug", skip_all)]
     async fn inspect(&mut self, name: String) -> wasmtime::Result<Result<Details, WitError>> {
         Ok(self
             .docker_container(DockerAction::Inspect, &name)
@@ -266,24 +268,28 @@ impl Host for JobState {
             .map(|(_, found)| details(found)))
     }
 
+    #[tracing::instrument(name = "cap.docker.start", level = "debug", skip_all)]
     async fn start(&mut self, name: String) -> wasmtime::Result<Result<(), WitError>> {
         Ok(self.docker_act(DockerAction::Start, &name).await)
     }
 
+    #[tracing::instrument(name = "cap.docker.stop", level = "debug", skip_all)]
     async fn stop(&mut self, name: String) -> wasmtime::Result<Result<(), WitError>> {
         Ok(self.docker_act(DockerAction::Stop, &name).await)
     }
 
+    #[tracing::instrument(name = "cap.docker.restart", level = "debug", skip_all)]
     async fn restart(&mut self, name: String) -> wasmtime::Result<Result<(), WitError>> {
         Ok(self.docker_act(DockerAction::Restart, &name).await)
     }
 
+    #[tracing::instrument(name = "cap.docker.logs", level = "debug", skip_all)]
     async fn logs(&mut self, name: String, tail: u32) -> wasmtime::Result<Result<String, WitError>> {
         let (client, target) = match self.docker_container(DockerAction::Logs, &name).await {
             Ok(found) => found,
             Err(err) => return Ok(Err(err)),
         };
-        let max_bytes = self.docker.max_log_bytes();
+        let max_bytes = self.node.docker.max_log_bytes();
         Ok(client
             .logs(&target.id, tail.min(MAX_LOG_TAIL), max_bytes)
             .await

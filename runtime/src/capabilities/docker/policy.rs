@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::policy::matches_any;
+use crate::policy::{Glob, first_problem, matches_any};
 
 /// `[tenants.<name>.docker]`: which of the node's containers capability
 /// `docker` reaches and what it may do with them. Deny by default: no
@@ -19,7 +19,7 @@ use crate::policy::matches_any;
 pub struct DockerPolicy {
     /// Container names (globs) the tenant may see and act on; none by default.
     #[serde(default)]
-    pub containers: Vec<String>,
+    pub containers: Vec<Glob>,
     /// Labels (`key=value` or `key`) whose containers the tenant may see and
     /// act on; none by default.
     #[serde(default)]
@@ -124,13 +124,8 @@ impl DockerPolicy {
     }
 
     pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
-        for pattern in &self.containers {
-            if let Err(err) = glob::Pattern::new(pattern) {
-                return Err((
-                    "docker.containers",
-                    format!("{pattern:?} is not a valid pattern: {err}"),
-                ));
-            }
+        if let Some(problem) = first_problem(&self.containers) {
+            return Err(("docker.containers", problem));
         }
         if let Some(label) = self.labels.iter().find(|label| {
             label

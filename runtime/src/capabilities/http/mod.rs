@@ -68,10 +68,11 @@ impl HttpAccess {
     }
 }
 
-/// One tenant's rules for a job, parsed from its policy.
+/// One tenant's rules for a job, from its policy (compiled when the policy
+/// was read).
 #[derive(Debug)]
 pub(crate) struct HttpRules {
-    egress: Egress,
+    egress: Arc<Egress>,
     max_response_bytes: u64,
     timeout: Duration,
 }
@@ -163,17 +164,21 @@ impl WasiHttpHooks for EgressHooks {
         let job = Arc::clone(&self.job);
         let rules = self.rules.clone();
         let access = Arc::clone(&self.access);
-        Box::new(async move {
-            let Some(rules) = rules else {
-                let destination = request.uri().to_string();
-                return Err(job.refuse(
-                    &destination,
-                    "capability http is not granted",
-                    HttpError::HttpRequestDenied,
-                ));
-            };
-            send::send(&job, &rules, &access, request, options).await
-        })
+        let span = tracing::debug_span!("cap.http.send-request", uri = %request.uri());
+        Box::new(tracing::Instrument::instrument(
+            async move {
+                let Some(rules) = rules else {
+                    let destination = request.uri().to_string();
+                    return Err(job.refuse(
+                        &destination,
+                        "capability http is not granted",
+                        HttpError::HttpRequestDenied,
+                    ));
+                };
+                send::send(&job, &rules, &access, request, options).await
+            },
+            span,
+        ))
     }
 }
 

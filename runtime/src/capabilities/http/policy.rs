@@ -1,7 +1,11 @@
 //! `[tenants.<name>.http]`: where capability `http` may connect and how
 //! much it may fetch (the rules themselves: `crate::capabilities::http::egress`).
 
+use std::sync::Arc;
+
 use serde::Deserialize;
+
+use super::egress::Egress;
 
 /// `[tenants.<name>.http]`: outbound HTTP (see [`super::egress`]). Deny by
 /// default: no host is allowed until `allowed_hosts` names it.
@@ -22,6 +26,10 @@ pub struct HttpPolicy {
     /// Longest wait to connect, for the first byte, and between bytes, ms.
     #[serde(default = "default_http_timeout_ms")]
     pub timeout_ms: u64,
+    /// `allowed_hosts` and `allow_addresses`, compiled by [`HttpPolicy::compile`]
+    /// when the policy is read.
+    #[serde(skip)]
+    compiled: Arc<Egress>,
 }
 
 fn default_max_response_bytes() -> u64 {
@@ -39,13 +47,21 @@ impl Default for HttpPolicy {
             allow_addresses: Vec::new(),
             max_response_bytes: default_max_response_bytes(),
             timeout_ms: default_http_timeout_ms(),
+            compiled: Arc::default(),
         }
     }
 }
 
 impl HttpPolicy {
-    /// The rules, parsed (validation has accepted them).
-    pub fn egress(&self) -> crate::capabilities::http::egress::Egress {
-        crate::capabilities::http::egress::Egress::parse(&self.allowed_hosts, &self.allow_addresses).unwrap_or_default()
+    /// Compile the host patterns and addresses; the key and problem of the
+    /// first mistake.
+    pub(crate) fn compile(&mut self) -> Result<(), (&'static str, String)> {
+        self.compiled = Arc::new(Egress::parse(&self.allowed_hosts, &self.allow_addresses)?);
+        Ok(())
+    }
+
+    /// The compiled rules (none allowed before [`HttpPolicy::compile`]).
+    pub fn egress(&self) -> Arc<Egress> {
+        Arc::clone(&self.compiled)
     }
 }

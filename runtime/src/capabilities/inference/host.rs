@@ -126,7 +126,8 @@ impl JobState {
             model: &request.model,
         };
         let slot = match self
-            .engines
+            .node
+            .inference
             .route(route, &tenant, |engine| allowlist.allows_engine(engine))
         {
             Ok(slot) => slot,
@@ -138,7 +139,7 @@ impl JobState {
             }
         };
         let engine = slot.settings().name.clone();
-        let mut metered = Metered::start(&self.engines, &tenant, &engine, &request.model);
+        let mut metered = Metered::start(&self.node.inference, &tenant, &engine, &request.model);
         match slot.generate(&request).await {
             Ok(generation) => Ok((generation, metered)),
             Err(err) => {
@@ -150,6 +151,7 @@ impl JobState {
 }
 
 impl Host for JobState {
+    #[tracing::instrument(name = "cap.inference.complete", level = "debug", skip_all)]
     async fn complete(
         &mut self,
         request: Request,
@@ -167,6 +169,7 @@ impl Host for JobState {
         Ok(Ok(self.table.push(completion)?))
     }
 
+    #[tracing::instrument(name = "cap.inference.complete-to-stream", level = "debug", skip_all)]
     async fn complete_to_stream(&mut self, request: Request) -> wasmtime::Result<Result<Summary, InferenceError>> {
         if let Err(denied) = self.grant.check(Capability::Stream, &self.job_id) {
             return Ok(Err(InferenceError::Denied(format!(
@@ -203,6 +206,7 @@ impl Host for JobState {
 }
 
 impl HostCompletion for JobState {
+    #[tracing::instrument(name = "cap.inference.next", level = "debug", skip_all)]
     async fn next(
         &mut self,
         completion: Resource<ActiveCompletion>,
@@ -230,6 +234,7 @@ impl HostCompletion for JobState {
         }
     }
 
+    #[tracing::instrument(name = "cap.inference.summary", level = "debug", skip_all)]
     async fn summary(&mut self, completion: Resource<ActiveCompletion>) -> wasmtime::Result<Option<Summary>> {
         Ok(self.table.get(&completion)?.summary.clone())
     }

@@ -4,6 +4,7 @@
 //! in status as services.
 
 mod host;
+pub mod policy;
 mod route;
 
 use std::sync::{Arc, OnceLock};

@@ -55,6 +55,7 @@ async fn on_download<T: Send + 'static>(
 }
 
 impl Host for JobState {
+    #[tracing::instrument(name = "cap.models.begin", level = "debug", skip_all)]
     async fn begin(
         &mut self,
         name: String,
@@ -64,7 +65,7 @@ impl Host for JobState {
         if let Err(denied) = self.grant.check(Capability::Models, &self.job_id) {
             return Ok(Err(ModelsError::Denied(denied.to_string())));
         }
-        let Some(store) = self.models.clone() else {
+        let Some(store) = self.node.models.clone() else {
             return Ok(Err(ModelsError::Io("this node has no models directory".into())));
         };
         let begun = tokio::task::spawn_blocking(move || ModelStore::begin(&store, &name, &sha256, size)).await?;
@@ -79,10 +80,12 @@ impl Host for JobState {
 }
 
 impl HostDownload for JobState {
+    #[tracing::instrument(name = "cap.models.offset", level = "debug", skip_all)]
     async fn offset(&mut self, download: Resource<ActiveDownload>) -> wasmtime::Result<u64> {
         Ok(self.table.get(&download)?.0.as_ref().map_or(0, ModelWrite::offset))
     }
 
+    #[tracing::instrument(name = "cap.models.write", level = "debug", skip_all)]
     async fn write(
         &mut self,
         download: Resource<ActiveDownload>,
@@ -91,10 +94,12 @@ impl HostDownload for JobState {
         on_download(self, &download, move |write| write.write(&bytes)).await
     }
 
+    #[tracing::instrument(name = "cap.models.restart", level = "debug", skip_all)]
     async fn restart(&mut self, download: Resource<ActiveDownload>) -> wasmtime::Result<Result<(), ModelsError>> {
         on_download(self, &download, ModelWrite::restart).await
     }
 
+    #[tracing::instrument(name = "cap.models.finish", level = "debug", skip_all)]
     async fn finish(&mut self, download: Resource<ActiveDownload>) -> wasmtime::Result<Result<WitStored, ModelsError>> {
         let job_id = Arc::clone(&self.job_id);
         let finished = on_download(self, &download, ModelWrite::finish).await?;

@@ -15,9 +15,13 @@ use serde::Deserialize;
 
 use crate::capabilities::{Capabilities, Capability};
 
+mod glob;
+
 pub use crate::capabilities::docker::policy::{DockerAction, DockerPolicy};
 pub use crate::capabilities::http::policy::HttpPolicy;
+pub use crate::capabilities::inference::policy::InferencePolicy;
 pub use crate::shell::policy::{ANY_FURTHER_ARGS, ShellDenied, ShellPolicy, ShellRule};
+pub use glob::{Glob, first_problem, matches_any};
 
 /// The tenant whose policy applies to tenants a policy does not name.
 pub const DEFAULT_TENANT: &str = "default";
@@ -111,50 +115,6 @@ pub struct TenantPolicy {
     pub shell: ShellPolicy,
 }
 
-/// `[tenants.<name>.inference]`: glob allowlists (`*`, `?`, `[…]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InferencePolicy {
-    /// Engines (by `[[engines]]` name) the tenant may use; every engine by default.
-    #[serde(default = "every_engine")]
-    pub engines: Vec<String>,
-    /// Models the tenant may run; none by default (deny by default).
-    #[serde(default)]
-    pub models: Vec<String>,
-}
-
-fn every_engine() -> Vec<String> {
-    vec!["*".into()]
-}
-
-impl Default for InferencePolicy {
-    fn default() -> Self {
-        InferencePolicy {
-            engines: every_engine(),
-            models: Vec::new(),
-        }
-    }
-}
-
-impl InferencePolicy {
-    /// Whether `engine` is allowed.
-    pub fn allows_engine(&self, engine: &str) -> bool {
-        matches_any(&self.engines, engine)
-    }
-
-    /// Whether `model` is allowed.
-    pub fn allows_model(&self, model: &str) -> bool {
-        matches_any(&self.models, model)
-    }
-}
-
-/// Whether `name` matches one of `patterns` (validated at load).
-pub(crate) fn matches_any(patterns: &[String], name: &str) -> bool {
-    patterns
-        .iter()
-        .any(|pattern| glob::Pattern::new(pattern).is_ok_and(|pattern| pattern.matches(name)))
-}
-
 fn default_memory_mib() -> u32 {
     64
 }
@@ -204,7 +164,9 @@ impl TenantPolicy {
         self.capabilities.iter().copied().collect()
     }
 
-    fn validate(&self, origin: &str, tenant: &str) -> Result<(), PolicyError> {
+    /// Check the section and compile what the job path matches against
+    /// (patterns, egress rules), once.
+    fn compile(&mut self, origin: &str, tenant: &str) -> Result<(), PolicyError> {
         let invalid = |key: &'static str, problem: String| PolicyError::Invalid {
             origin: origin.to_string(),
             tenant: tenant.to_string(),
@@ -239,18 +201,14 @@ impl TenantPolicy {
             ("inference.engines", &self.inference.engines),
             ("inference.models", &self.inference.models),
         ] {
-            for pattern in patterns {
-                if let Err(err) = glob::Pattern::new(pattern) {
-                    return Err(invalid(key, format!("{pattern:?} is not a valid pattern: {err}")));
-                }
+            if let Some(problem) = first_problem(patterns) {
+                return Err(invalid(key, problem));
             }
         }
         if let Err((key, problem)) = self.docker.validate() {
             return Err(invalid(key, problem));
         }
-        if let Err((key, problem)) =
-            crate::capabilities::http::egress::Egress::parse(&self.http.allowed_hosts, &self.http.allow_addresses)
-        {
+        if let Err((key, problem)) = self.http.compile() {
             return Err(invalid(key, problem));
         }
         if let Err((key, problem)) = self.shell.validate() {
@@ -307,8 +265,8 @@ impl Policy {
             message: err.to_string(),
         })?;
         let mut tenants = BTreeMap::new();
-        for (name, tenant) in file.tenants {
-            tenant.validate(origin, &name)?;
+        for (name, mut tenant) in file.tenants {
+            tenant.compile(origin, &name)?;
             tenants.insert(name, Arc::new(tenant));
         }
         let default = tenants
