@@ -604,7 +604,7 @@ async fn every_status_route_answers_and_health_follows_redis() {
     );
     // A status published into the outage fails and is said so; it is sent
     // again with the backoff once Redis returns (no 600 s wait, no change needed).
-    node.node.as_ref().unwrap().telemetry.publish_once().await;
+    node.telemetry().publish_once().await;
     let (code, body) = get(&format!("{base}/health")).await;
     assert_eq!(code, 503);
     assert!(body.contains("redis: cannot publish status"), "{body}");
@@ -628,7 +628,7 @@ async fn health_names_a_failing_probe_and_the_status_still_flows() {
     config.telemetry.nvidia_smi = smi.display().to_string();
     config.telemetry.probe_timeout_ms = 300;
     let node = TestWorker::start_node(&config).await;
-    if node.node.as_ref().unwrap().telemetry.gpu_source() == "nvml" {
+    if node.telemetry().gpu_source() == "nvml" {
         println!("NVML loads on this machine: the nvidia-smi fallback is not used");
         node.stop().await;
         return;

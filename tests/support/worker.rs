@@ -4,15 +4,15 @@
 //! jobs and read back their status, events, pending entries and dead letters.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus};
 use std::sync::Arc;
 use std::time::Duration;
 
-use citadel_collector::status::NodeMode;
 use citadel_runtime::capabilities::inference::Engines;
 use citadel_runtime::dispatch::Dispatcher;
 use citadel_runtime::handlers::HandlerTable;
-use citadel_runtime::node::NodeServices;
+use citadel_runtime::node::{Node, Sources, Telemetry};
 use citadel_runtime::sources::redis::{Worker, WorkerError};
 use citadel_runtime::{Config, Executor};
 use redis::Commands;
@@ -64,12 +64,16 @@ pub fn worker_config(redis: &RedisServer) -> Config {
 }
 
 /// A worker running on the test's tokio runtime, over the shared component
-/// store.
+/// store: the Redis source alone ([`TestWorker::start`]), or the whole node
+/// as `citadel work` assembles it ([`TestWorker::start_node`]).
 pub struct TestWorker {
     /// The worker.
     pub worker: Arc<Worker>,
-    /// The node's telemetry and status server, when started with [`TestWorker::start_node`].
-    pub node: Option<NodeServices>,
+    /// Where the node's status server listens, when started with
+    /// [`TestWorker::start_node`].
+    status_addr: Option<SocketAddr>,
+    /// The node's telemetry, when started with [`TestWorker::start_node`].
+    telemetry: Option<Arc<Telemetry>>,
     stop: CancellationToken,
     task: JoinHandle<Result<(), WorkerError>>,
 }
@@ -77,43 +81,8 @@ pub struct TestWorker {
 impl TestWorker {
     /// Start a worker for `config`.
     pub fn start(config: &Config) -> TestWorker {
-        Self::spawn(config, None)
-    }
-
-    /// A worker with the node's telemetry beside it, as `citadel work` runs.
-    pub async fn start_node(config: &Config) -> TestWorker {
-        let (worker, dispatch) = Self::worker(config);
-        let node = NodeServices::start(config, NodeMode::Redis, &dispatch, Some(&worker))
-            .await
-            .expect("node telemetry");
-        Self::spawn(config, Some((worker, node)))
-    }
-
-    /// The status server's base URL.
-    pub fn status_url(&self) -> String {
-        let addr = self
-            .node
-            .as_ref()
-            .and_then(|node| node.status_addr)
-            .expect("started with a status server");
-        format!("http://{addr}")
-    }
-
-    fn worker(config: &Config) -> (Worker, Arc<Dispatcher>) {
-        let policy = config.load_policy().expect("policy");
-        let engines = Arc::new(Engines::from_config(&config.engines).expect("engines"));
-        let executor = Arc::new(Executor::new(shared_store(), policy).with_engines(Arc::clone(&engines)));
-        let handlers = HandlerTable::load(&shared_store(), &config.handlers).expect("handlers");
-        let dispatch = Arc::new(Dispatcher::new(executor, handlers));
-        (Worker::new(Arc::clone(&dispatch), config).expect("worker"), dispatch)
-    }
-
-    fn spawn(config: &Config, prepared: Option<(Worker, NodeServices)>) -> TestWorker {
-        let (worker, node) = match prepared {
-            Some((worker, node)) => (worker, Some(node)),
-            None => (Self::worker(config).0, None),
-        };
-        let worker = Arc::new(worker);
+        let dispatch = Arc::new(Dispatcher::new(Arc::new(executor_for(config)), handlers_of(config)));
+        let worker = Arc::new(Worker::new(dispatch, config).expect("worker"));
         let stop = CancellationToken::new();
         let task = tokio::spawn({
             let worker = Arc::clone(&worker);
@@ -122,20 +91,61 @@ impl TestWorker {
         });
         TestWorker {
             worker,
-            node,
+            status_addr: None,
+            telemetry: None,
             stop,
             task,
         }
+    }
+
+    /// The node `config` describes, assembled as `citadel work` assembles
+    /// it (`Node::build`), on the shared component store.
+    pub async fn start_node(config: &Config) -> TestWorker {
+        let node = Node::build_on(config, Sources::Redis, executor_for(config))
+            .await
+            .expect("node");
+        let worker = Arc::new(node.worker().expect("a Redis node has a worker").clone());
+        let status_addr = node.services().status_addr;
+        let telemetry = Some(Arc::clone(&node.services().telemetry));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(node.run(stop.clone()));
+        TestWorker {
+            worker,
+            status_addr,
+            telemetry,
+            stop,
+            task,
+        }
+    }
+
+    /// The status server's base URL.
+    pub fn status_url(&self) -> String {
+        let addr = self.status_addr.expect("started with a status server");
+        format!("http://{addr}")
+    }
+
+    /// The node's telemetry.
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        self.telemetry.as_ref().expect("started as a node")
     }
 
     /// Stop it (as SIGTERM does) and wait until it has drained.
     pub async fn stop(self) {
         self.stop.cancel();
         self.task.await.expect("worker task").expect("worker run");
-        if let Some(node) = self.node {
-            node.stop().await;
-        }
     }
+}
+
+/// An executor for `config`'s policy and engines on the shared store.
+fn executor_for(config: &Config) -> Executor {
+    let policy = config.load_policy().expect("policy");
+    let engines = Arc::new(Engines::from_config(&config.engines).expect("engines"));
+    Executor::new(shared_store(), policy).with_engines(engines)
+}
+
+/// `config`'s handlers, loaded into the shared store.
+fn handlers_of(config: &Config) -> HandlerTable {
+    HandlerTable::load(&shared_store(), &config.handlers).expect("handlers")
 }
 
 /// A `citadel work` process.

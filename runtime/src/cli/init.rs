@@ -43,7 +43,7 @@ struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     redis_url: Option<String>,
     auth: AuthOverrides,
-    node: super::work::NodeOverrides,
+    node: super::node::NodeKeys,
 }
 
 #[derive(Serialize)]
@@ -60,7 +60,7 @@ impl InitArgs {
             auth: AuthOverrides {
                 url: self.auth_url.clone(),
             },
-            node: super::work::NodeOverrides {
+            node: super::node::NodeKeys {
                 id: self.node_id.clone(),
             },
         }

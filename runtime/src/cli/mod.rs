@@ -6,6 +6,7 @@
 mod agent;
 mod init;
 mod inspect;
+mod node;
 mod output;
 mod registry;
 mod run;
@@ -26,6 +27,7 @@ use crate::services::launch::ServiceExecArgs;
 pub use agent::AgentArgs;
 pub use init::InitArgs;
 pub use inspect::InspectArgs;
+pub use node::NodeArgs;
 pub use run::RunArgs;
 pub use status::StatusArgs;
 pub use submit::SubmitArgs;

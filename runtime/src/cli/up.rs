@@ -18,6 +18,7 @@ use serde::Serialize;
 use super::agent::AgentArgs;
 use super::{Failure, output};
 use crate::config::Config;
+use crate::node::Sources;
 use crate::services::Supervisor;
 
 /// Arguments of `citadel up`: the agent's, and how long services may take.
@@ -39,7 +40,7 @@ impl UpArgs {
 }
 
 pub(super) async fn up(args: UpArgs, config: &Config) -> Result<(), Failure> {
-    super::agent::run_agent(config, Some(Duration::from_secs(args.wait_s))).await
+    super::node::run_node(config, Sources::Nexus, Some(Duration::from_secs(args.wait_s))).await
 }
 
 /// How long a service without a health check must keep running to count

@@ -1,7 +1,8 @@
-//! The node beside the worker: its telemetry (snapshots pushed to Redis
-//! and an HTTP endpoint, on an interval and on change), its metrics, its
-//! status server (`/health`, `/ping`, `/status`, `/metrics`, `/events`),
-//! and its supervised native services.
+//! The node: [`Node`] assembles it from the configuration and runs it
+//! (`assembly.rs`); beside its sources run its telemetry (snapshots pushed
+//! to Redis and an HTTP endpoint, on an interval and on change), its
+//! metrics, its status server (`/health`, `/ping`, `/status`, `/metrics`,
+//! `/events`), and its supervised native services.
 //!
 //! - [`telemetry`]: the status loop and what the status server serves;
 //! - [`feed`]: the worker's job observer (metrics, live events, triggers);
@@ -9,9 +10,10 @@
 //! - [`device`]: `APPLY_DEVICE_CONFIG`, the control plane configuring the node;
 //! - `containers`: the node's Docker containers as services.
 //!
-//! [`NodeServices::start`] wires them from the configuration; `citadel
-//! work` runs them for as long as the worker runs.
+//! [`NodeServices::start`] wires telemetry and services from the
+//! configuration; the node runs them for as long as its sources run.
 
+mod assembly;
 mod containers;
 pub mod device;
 pub mod feed;
@@ -30,6 +32,7 @@ use citadel_transports::status::{HttpPublisher, HttpPublisherConfig, RedisStatus
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use assembly::{BuildError, Node, Sources};
 pub use feed::JobFeed;
 pub use metrics::Metrics;
 pub use telemetry::{Telemetry, Timings, identity};
