@@ -13,6 +13,7 @@ use clap::Args;
 use super::{Failure, RedisArgs, redis_client, required_redis_url};
 use crate::components::{ComponentStore, signing};
 use crate::config::Config;
+use crate::handlers::admission;
 use crate::sandbox::engine::{Allocation, SandboxEngine};
 
 /// Arguments of `citadel component keygen`.
@@ -104,6 +105,7 @@ pub(super) async fn publish(args: PublishArgs, config: &Config) -> Result<(), Fa
         .map_err(|err| Failure::input(format!("cannot create the wasmtime engine: {err:#}")))?;
     let store = ComponentStore::new(engine, config.sandbox.cache_dir.as_deref()).map_err(Failure::input)?;
     let loaded = store.load(&bytes).map_err(Failure::input)?;
+    admission::check_provided(&loaded).map_err(Failure::input)?;
     let (signature, signer) = match &args.sign {
         Some(path) => {
             let key = signing::read_key(path).map_err(Failure::input)?;

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 use crate::components::{ComponentStore, Digest};
-use crate::handlers::fleet::load_checked;
+use crate::handlers::admission;
 use citadel_collector::status::HandlerOrigin;
 
 use crate::handlers::{Handler, HandlerTable};
@@ -125,12 +125,13 @@ impl HandlerDir {
             if known.is_some_and(|seen| seen.digest == digest) {
                 continue;
             }
-            match load_checked(&self.store, &self.policy, &bytes) {
+            match admission::admit(&self.store, &self.policy, &bytes) {
                 Ok(component) => {
                     self.table.swap(&job_type, component, HandlerOrigin::Dir);
                     tracing::info!(job_type, %digest, file = %path.display(), "handler swapped: the next job of this type runs the directory's component");
                 }
-                Err(reason) => {
+                Err(refused) => {
+                    let reason = refused.to_string();
                     tracing::error!(job_type, %digest, file = %path.display(), reason, "component in the components directory refused; the handler in force stays");
                     self.table.refuse(&job_type, &digest.to_string(), &reason);
                 }

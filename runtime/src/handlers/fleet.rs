@@ -29,11 +29,11 @@ use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::capabilities::PROVIDED;
 use crate::components::signing::TrustedKeys;
 use crate::components::{ComponentStore, Digest, LoadedComponent};
 use citadel_collector::status::HandlerOrigin;
 
+use crate::handlers::admission::{self, Refused};
 use crate::handlers::{Handler, HandlerTable, PinResolver};
 use crate::node::Telemetry;
 use crate::policy::Policy;
@@ -59,7 +59,7 @@ impl PinResolver for FleetHandlers {
         &'a self,
         job_type: &'a str,
         digest: &'a str,
-    ) -> BoxFuture<'a, Result<Arc<LoadedComponent>, String>> {
+    ) -> BoxFuture<'a, Result<Arc<LoadedComponent>, Refused>> {
         Box::pin(async move {
             let key = (job_type.to_string(), digest.to_string());
             if let Some(component) = self.pinned.lock().expect("pins poisoned").get(&key) {
@@ -69,11 +69,11 @@ impl PinResolver for FleetHandlers {
                 .registry
                 .history(job_type)
                 .await
-                .map_err(|err| format!("cannot read the published handlers: {err}"))?;
+                .map_err(|err| Refused::Registry(err.to_string()))?;
             let record = history
                 .into_iter()
                 .find(|record| record.digest == digest)
-                .ok_or_else(|| format!("it is not among the components published for `{job_type}`"))?;
+                .ok_or_else(|| Refused::NotPublished(job_type.to_string()))?;
             let component = self.admit(&record).await?;
             self.pinned
                 .lock()
@@ -82,25 +82,6 @@ impl PinResolver for FleetHandlers {
             Ok(component)
         })
     }
-}
-
-/// Load `bytes` (validated, compiled or taken from the cache) if the node
-/// provides every capability the component imports and some tenant's
-/// policy grants them all. Blocking (it may compile).
-pub fn load_checked(store: &ComponentStore, policy: &Policy, bytes: &[u8]) -> Result<Arc<LoadedComponent>, String> {
-    let component = store.load(bytes).map_err(|err| err.to_string())?;
-    let required = component.interface.required;
-    let unprovided = required.missing_from(PROVIDED);
-    if !unprovided.is_empty() {
-        return Err(format!("it imports {unprovided}, which this node does not provide"));
-    }
-    if !policy
-        .tenants()
-        .any(|(_, tenant)| required.missing_from(tenant.capability_set()).is_empty())
-    {
-        return Err(format!("it imports {required}, more than any tenant's policy grants"));
-    }
-    Ok(component)
 }
 
 /// The node's follower of the fleet's published handlers.
@@ -167,7 +148,7 @@ impl FleetHandlers {
             }
             match self.admit(&record).await {
                 Ok(component) => self.swap(&job_type, &record, component),
-                Err(reason) => self.refuse(&job_type, seen, &record.digest, &reason),
+                Err(refused) => self.refuse(&job_type, seen, &record.digest, &refused.to_string()),
             }
         }
         self.report();
@@ -175,28 +156,25 @@ impl FleetHandlers {
     }
 
     /// Fetch and check a published component.
-    async fn admit(&self, record: &HandlerRecord) -> Result<Arc<LoadedComponent>, String> {
-        let digest = Digest::parse(&record.digest)
-            .ok_or_else(|| format!("the record's digest {:?} is not sha256:<64 hex digits>", record.digest))?;
+    async fn admit(&self, record: &HandlerRecord) -> Result<Arc<LoadedComponent>, Refused> {
+        let digest = Digest::parse(&record.digest).ok_or_else(|| Refused::BadDigest(record.digest.clone()))?;
         let bytes = self
             .registry
             .component(&record.digest)
             .await
-            .map_err(|err| format!("cannot fetch its bytes: {err}"))?
-            .ok_or("its bytes are missing from the registry")?;
+            .map_err(|err| Refused::Fetch(err.to_string()))?
+            .ok_or(Refused::Missing)?;
         let actual = Digest::of(&bytes);
         if actual != digest {
-            return Err(format!(
-                "its bytes hash to {actual}, not the published digest (tampered or damaged)"
-            ));
+            return Err(Refused::Tampered { actual });
         }
         self.trusted
             .check(&digest, record.signature.as_deref(), record.signer.as_deref())
-            .map_err(|err| err.to_string())?;
+            .map_err(|err| Refused::Untrusted(err.to_string()))?;
         let (store, policy) = (Arc::clone(&self.store), self.policy.clone());
-        tokio::task::spawn_blocking(move || load_checked(&store, &policy, &bytes))
+        tokio::task::spawn_blocking(move || admission::admit(&store, &policy, &bytes))
             .await
-            .map_err(|err| format!("loading it failed: {err}"))?
+            .map_err(|err| Refused::Load(err.to_string()))?
     }
 
     fn swap(&self, job_type: &str, record: &HandlerRecord, component: Arc<LoadedComponent>) {

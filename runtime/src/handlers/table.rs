@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::components::{ComponentError, ComponentStore, LoadedComponent};
+use crate::handlers::admission::Refused;
 use crate::job::{Chunk, JobError, JobSpec, Refusal};
 use crate::policy::Policy;
 
@@ -60,8 +61,11 @@ pub struct HandlerLoadError {
 /// Finds the published component a job pins (`"component": "sha256:…"`).
 pub trait PinResolver: Send + Sync {
     /// Component `digest` as published for `job_type`, checked and loaded.
-    fn resolve<'a>(&'a self, job_type: &'a str, digest: &'a str)
-    -> BoxFuture<'a, Result<Arc<LoadedComponent>, String>>;
+    fn resolve<'a>(
+        &'a self,
+        job_type: &'a str,
+        digest: &'a str,
+    ) -> BoxFuture<'a, Result<Arc<LoadedComponent>, Refused>>;
 }
 
 #[derive(Default)]
@@ -146,7 +150,11 @@ impl HandlerTable {
         let resolver = self.pins.get().ok_or_else(|| {
             refuse("this node does not follow the published handlers (redis_url, components.fleet)".into())
         })?;
-        resolver.resolve(&job.job_type, &digest).await.map(Some).map_err(refuse)
+        resolver
+            .resolve(&job.job_type, &digest)
+            .await
+            .map(Some)
+            .map_err(|refused| refuse(refused.to_string()))
     }
 
     /// The handler of `job_type` now.
