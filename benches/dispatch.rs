@@ -1,7 +1,9 @@
 //! Per-job overhead of a trivial `echo` job (`{"text":"hello world"}`: parse
-//! the payload, stream two chunks, return the payload), four ways:
-//! - `pooling`: the node's path (pooling allocator, cached InstancePre, a
+//! the payload, stream two chunks, return the payload), five ways:
+//! - `pooling`: the sandbox's path (pooling allocator, cached InstancePre, a
 //!   fresh Store per job, limits, captured stdio, chunk channel);
+//! - `dispatcher`: the same job as every source runs it, through the
+//!   dispatcher (handler lookup, tenant slot, pin check, outcome);
 //! - `on_demand`: the same with mmap-per-instance allocation;
 //! - `native`: the same work as a plain Rust function (the floor);
 //! - `process_per_job`: spawning `citadel run` for each job (what isolation
@@ -10,7 +12,12 @@
 use std::process::Command;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use citadel_benches::{citadel_bin, executor, guest};
+use citadel_runtime::dispatch::{Admission, Dispatcher, JobControl, Recovery};
+use citadel_runtime::handlers::HandlerTable;
 use citadel_runtime::{Allocation, Chunk, JobSpec};
 use criterion::{Criterion, criterion_group, criterion_main};
 use tokio::sync::mpsc;
@@ -68,6 +75,33 @@ fn per_job(c: &mut Criterion) {
             })
         });
     }
+
+    let pooled = executor(Allocation::Pooling);
+    let handlers = HandlerTable::load(
+        pooled.components(),
+        &BTreeMap::from([("echo".to_string(), guest("echo"))]),
+    )
+    .unwrap();
+    let dispatch = Dispatcher::new(Arc::new(pooled), handlers);
+    let control = JobControl {
+        cancel: &cancel,
+        interrupt: &cancel,
+        recovery: Recovery::Retry,
+    };
+    group.bench_function("dispatcher", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let (sink, mut chunks) = mpsc::channel(16);
+                let spec = job();
+                let Admission::Admitted(admitted) = dispatch.admit(&spec, &cancel).await else {
+                    panic!("echo is handled");
+                };
+                let ran = dispatch.run(admitted, spec, Some(sink), control).await;
+                assert!(ran.report.outcome.is_ok());
+                while chunks.try_recv().is_ok() {}
+            })
+        })
+    });
 
     group.bench_function("native", |b| {
         b.iter(|| {

@@ -14,6 +14,7 @@ CRITERION = {
     "echo_job": ("pooling", [
         ("native", "native Rust function, same work (floor)"),
         ("pooling", "citadel: pooling + cached InstancePre"),
+        ("dispatcher", "citadel: the same through the dispatcher (handler, tenant slot, outcome)"),
         ("on_demand", "citadel: on-demand allocation"),
         ("process_per_job", "one process per job (`citadel run`)"),
     ]),

@@ -45,7 +45,7 @@ pub struct GpuProcess {
 }
 
 /// One GPU. Fields the source cannot read are `None`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GpuInfo {
     /// Index on this node.
     pub index: u32,

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{CgroupStats, Clocks, CollectorError, GpuProcess, GpuUsage};
+use crate::{CgroupStats, CollectorError, GpuInfo, GpuUsage};
 
 /// Version of the message format (`version`).
 pub const MESSAGE_VERSION: &str = "1.0";
@@ -161,35 +161,16 @@ pub struct DiskEntry {
     pub percent: f64,
 }
 
-/// One GPU in `status.gpu[]`.
+/// One GPU in `status.gpu[]`: what the collector reads of it, and what
+/// it has free.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GpuEntry {
-    /// Its index.
-    pub index: u32,
-    /// Its model name.
-    pub name: String,
-    /// Its UUID.
-    pub uuid: String,
-    /// Memory used, MiB.
-    pub memory_used_mb: Option<u64>,
-    /// Memory installed, MiB.
-    pub memory_total_mb: Option<u64>,
+    /// Index, name, UUID, memory, utilisation, temperature, power, clocks,
+    /// driver and processes, as read (power rounded to 0.01 W).
+    #[serde(flatten)]
+    pub gpu: GpuInfo,
     /// Memory free, MiB.
     pub memory_free_mb: Option<u64>,
-    /// SM utilisation, percent.
-    pub utilization_percent: Option<u32>,
-    /// Memory controller utilisation, percent.
-    pub memory_utilization_percent: Option<u32>,
-    /// Temperature, °C.
-    pub temperature_celsius: Option<u32>,
-    /// Power draw, W.
-    pub power_watts: Option<f64>,
-    /// Clocks, MHz.
-    pub clocks_mhz: Clocks,
-    /// Driver version.
-    pub driver: String,
-    /// Processes on it.
-    pub processes: Vec<GpuProcess>,
 }
 
 /// A service the node runs (an engine, a native service, a container). The

@@ -140,22 +140,14 @@ fn system_section(system: &SystemInfo) -> SystemSection {
 
 fn gpu_entry(gpu: &GpuInfo) -> GpuEntry {
     GpuEntry {
-        index: gpu.index,
-        name: gpu.name.clone(),
-        uuid: gpu.uuid.clone(),
-        memory_used_mb: gpu.memory_used_mb,
-        memory_total_mb: gpu.memory_total_mb,
+        gpu: GpuInfo {
+            power_watts: gpu.power_watts.map(round2),
+            ..gpu.clone()
+        },
         memory_free_mb: gpu
             .memory_total_mb
             .zip(gpu.memory_used_mb)
             .map(|(total, used)| total.saturating_sub(used)),
-        utilization_percent: gpu.utilization_percent,
-        memory_utilization_percent: gpu.memory_utilization_percent,
-        temperature_celsius: gpu.temperature_celsius,
-        power_watts: gpu.power_watts.map(round2),
-        clocks_mhz: gpu.clocks_mhz,
-        driver: gpu.driver.clone(),
-        processes: gpu.processes.clone(),
     }
 }
 

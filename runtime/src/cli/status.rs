@@ -191,7 +191,7 @@ fn table(message: &StatusMessage) -> Vec<String> {
             format!("none: {}", text(status.gpu_unavailable_reason.as_ref())),
         ));
     }
-    for gpu in &status.gpu {
+    for gpu in status.gpu.iter().map(|entry| &entry.gpu) {
         rows.push((
             format!("gpu {}", gpu.index),
             format!(

@@ -20,16 +20,20 @@ impl TenantSlots {
     pub async fn take(&self, tenant: &str, limit: u32, stop: &CancellationToken) -> Option<OwnedSemaphorePermit> {
         let semaphore = {
             let mut tenants = self.tenants.lock().expect("tenant slots poisoned");
-            // Forget tenants with nothing running, so producer-chosen tenant
-            // names cannot grow this map without bound.
-            tenants.retain(|_, semaphore| {
-                Arc::strong_count(semaphore) > 1 || semaphore.available_permits() < limit as usize
-            });
-            Arc::clone(
-                tenants
-                    .entry(tenant.to_string())
-                    .or_insert_with(|| Arc::new(Semaphore::new(limit as usize))),
-            )
+            match tenants.get(tenant) {
+                Some(semaphore) => Arc::clone(semaphore),
+                None => {
+                    // A tenant new to the map: first forget those with
+                    // nothing running, so producer-chosen tenant names
+                    // cannot grow it without bound.
+                    tenants.retain(|_, semaphore| {
+                        Arc::strong_count(semaphore) > 1 || semaphore.available_permits() < limit as usize
+                    });
+                    let semaphore = Arc::new(Semaphore::new(limit as usize));
+                    tenants.insert(tenant.to_string(), Arc::clone(&semaphore));
+                    semaphore
+                }
+            }
         };
         tokio::select! {
             _ = stop.cancelled() => None,
@@ -55,6 +59,13 @@ mod tests {
         drop(first);
         assert!(waiting.await.is_some());
         let held = slots.take("acme", 1, &stop).await;
+        for n in 0..100 {
+            drop(slots.take(&format!("passing-{n}"), 1, &stop).await);
+        }
+        assert!(
+            slots.tenants.lock().unwrap().len() <= 3,
+            "idle tenants are forgotten: the map stays bounded"
+        );
         stop.cancel();
         assert!(slots.take("acme", 1, &stop).await.is_none(), "stop ends the wait");
         drop(held);

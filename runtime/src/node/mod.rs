@@ -5,7 +5,7 @@
 //! `/events`), and its supervised native services.
 //!
 //! - [`telemetry`]: the status loop and what the status server serves;
-//! - [`feed`]: the worker's job observer (metrics, live events, triggers);
+//! - [`feed`]: the dispatcher's job observer (metrics, live events, triggers);
 //! - [`metrics`]: the Prometheus registry;
 //! - [`device`]: `APPLY_DEVICE_CONFIG`, the control plane configuring the node;
 //! - `containers`: the node's Docker containers as services.
