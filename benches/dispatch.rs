@@ -61,8 +61,10 @@ fn per_job(c: &mut Criterion) {
     let cancel = CancellationToken::new();
     let mut group = c.benchmark_group("echo_job");
 
-    for (name, allocation) in [("pooling", Allocation::Pooling), ("on_demand", Allocation::OnDemand)] {
-        let executor = executor(allocation);
+    // The sandbox alone, then the same executor through the dispatcher.
+    let pooled = Arc::new(executor(Allocation::Pooling));
+    let on_demand = Arc::new(executor(Allocation::OnDemand));
+    for (name, executor) in [("pooling", &pooled), ("on_demand", &on_demand)] {
         let echo = executor.components().load_file(&guest("echo")).unwrap();
         group.bench_function(name, |b| {
             b.iter(|| {
@@ -76,13 +78,12 @@ fn per_job(c: &mut Criterion) {
         });
     }
 
-    let pooled = executor(Allocation::Pooling);
     let handlers = HandlerTable::load(
         pooled.components(),
         &BTreeMap::from([("echo".to_string(), guest("echo"))]),
     )
     .unwrap();
-    let dispatch = Dispatcher::new(Arc::new(pooled), handlers);
+    let dispatch = Dispatcher::new(Arc::clone(&pooled), handlers);
     let control = JobControl {
         cancel: &cancel,
         interrupt: &cancel,
