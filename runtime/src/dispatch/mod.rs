@@ -41,13 +41,27 @@ pub struct JobInfo<'a> {
     pub tenant: &'a str,
 }
 
-impl<'a> JobInfo<'a> {
-    /// `spec` as observers see it.
-    pub fn of(spec: &'a JobSpec) -> JobInfo<'a> {
+/// What observers are told of a job whose spec has moved into its run.
+struct ObservedJob {
+    id: String,
+    job_type: String,
+    tenant: String,
+}
+
+impl ObservedJob {
+    fn of(spec: &JobSpec) -> ObservedJob {
+        ObservedJob {
+            id: spec.id.clone(),
+            job_type: spec.job_type.clone(),
+            tenant: spec.tenant.clone(),
+        }
+    }
+
+    fn info(&self) -> JobInfo<'_> {
         JobInfo {
-            job_id: &spec.id,
-            job_type: &spec.job_type,
-            tenant: &spec.tenant,
+            job_id: &self.id,
+            job_type: &self.job_type,
+            tenant: &self.tenant,
         }
     }
 }
@@ -180,15 +194,11 @@ impl Dispatcher {
         sink: Option<mpsc::Sender<Chunk>>,
         control: JobControl<'_>,
     ) -> Ran {
-        let observer = self.observer.get();
-        let (id, job_type, tenant) = (spec.id.clone(), spec.job_type.clone(), spec.tenant.clone());
-        let info = JobInfo {
-            job_id: &id,
-            job_type: &job_type,
-            tenant: &tenant,
-        };
-        if let Some(observer) = observer {
-            observer.started(&info);
+        // The spec moves into the run: keep what observers are told (only
+        // when someone observes: nothing is copied per job otherwise).
+        let observed = self.observer.get().map(|observer| (observer, ObservedJob::of(&spec)));
+        if let Some((observer, job)) = &observed {
+            observer.started(&job.info());
         }
         let started = Instant::now();
         let report = match admitted.handler {
@@ -210,8 +220,8 @@ impl Dispatcher {
             }
         };
         let outcome = JobOutcome::of(&report.outcome, control.interrupt.is_cancelled(), control.recovery);
-        if let Some(observer) = observer {
-            observer.finished(&info, outcome, started.elapsed());
+        if let Some((observer, job)) = &observed {
+            observer.finished(&job.info(), outcome, started.elapsed());
         }
         Ran { report, outcome }
     }

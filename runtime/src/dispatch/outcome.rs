@@ -63,11 +63,6 @@ impl JobOutcome {
             JobOutcome::Interrupted => "interrupted",
         }
     }
-
-    /// Whether the job is settled for good (not left for another attempt).
-    pub fn is_final(self) -> bool {
-        !matches!(self, JobOutcome::Retrying | JobOutcome::Interrupted)
-    }
 }
 
 impl std::fmt::Display for JobOutcome {
@@ -113,7 +108,6 @@ mod tests {
             JobOutcome::of(&cancelled, false, Recovery::Retry),
             JobOutcome::Cancelled
         );
-        assert!(!JobOutcome::Interrupted.is_final() && JobOutcome::Cancelled.is_final());
         assert_eq!(
             JobOutcome::of(&Ok(serde_json::json!({})), true, Recovery::Retry).as_str(),
             "ok"

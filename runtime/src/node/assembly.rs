@@ -57,6 +57,11 @@ pub enum BuildError {
     /// A configured handler's component is unusable.
     #[error(transparent)]
     Handler(#[from] HandlerLoadError),
+    /// No handlers, and none can arrive while the node runs.
+    #[error(
+        "no handlers: give --handler TYPE=FILE.wasm, a [handlers] table or components.dir, or leave components.fleet on to take published ones"
+    )]
+    NoHandlers,
     /// `shell_command` is granted but the node cannot find its own binary.
     #[error("cannot find the citadel binary for shell_command: {0}")]
     ShellLauncher(std::io::Error),
@@ -111,13 +116,15 @@ impl Node {
     /// store is shared, as the tests do).
     pub async fn build_on(config: &Config, sources: Sources, executor: Executor) -> Result<Node, BuildError> {
         let dispatch = Arc::new(dispatcher(config, executor)?);
+        // Handlers may also arrive while the node runs (published to the
+        // fleet, or dropped in the watched directory).
+        if dispatch.handlers().is_empty() && !config.handlers_can_arrive() {
+            return Err(BuildError::NoHandlers);
+        }
         let worker = match (sources, &config.redis_url) {
             (Sources::Redis, _) | (Sources::Nexus, Some(_)) => Some(Worker::new(Arc::clone(&dispatch), config)?),
             (Sources::Nexus, None) => None,
         };
-        if dispatch.handlers().is_empty() && !config.handlers_can_arrive() {
-            return Err(WorkerError::NoHandlers.into());
-        }
         let nexus = match sources {
             Sources::Redis => None,
             Sources::Nexus => {

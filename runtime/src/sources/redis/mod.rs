@@ -48,7 +48,7 @@ use slots::Slots;
 
 use crate::config::{Config, GroupMode, WorkerConfig};
 use crate::dispatch::Dispatcher;
-use crate::handlers::{HandlerLoadError, HandlerTable};
+use crate::handlers::HandlerTable;
 
 /// The worker's version, in `claimed` events.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -78,14 +78,6 @@ pub enum WorkerError {
         /// Why.
         source: transport::RedisError,
     },
-    /// No handlers are configured.
-    #[error(
-        "no handlers: give --handler TYPE=FILE.wasm, a [handlers] table or components.dir, or leave components.fleet on to take published ones"
-    )]
-    NoHandlers,
-    /// A handler's component is unusable.
-    #[error(transparent)]
-    Handler(#[from] HandlerLoadError),
     /// Redis refused to create the consumer groups (not a connection problem).
     #[error("cannot create consumer groups: {0}")]
     Groups(transport::RedisError),
@@ -220,11 +212,6 @@ impl Worker {
         consumer: String,
         device_config: bool,
     ) -> Result<Worker, WorkerError> {
-        // Handlers may also arrive while the node runs (published to the
-        // fleet, or dropped in the watched directory).
-        if dispatch.handlers().is_empty() && !config.handlers_can_arrive() {
-            return Err(WorkerError::NoHandlers);
-        }
         let url = config.redis_url.as_deref().ok_or(WorkerError::NoRedisUrl)?;
         let invalid = |source| WorkerError::RedisUrl {
             url: url.to_string(),
