@@ -4,6 +4,8 @@
 //! Layout:
 //! - [`wire`]: Citadel's Redis wire format (keys, job entries, event
 //!   envelope, dead letters, status hash), pure and golden-tested;
+//! - [`fleet`]: the fleet's wire format (events, heartbeats) read by
+//!   `citadel monitor`, pure and golden-tested;
 //! - [`redis`]: Streams consumer groups, events, liveness, cancel flags;
 //! - [`status`]: the node's status pushed to Redis and HTTP (with a spool),
 //!   and served by the status server (`/health`, `/metrics`, `/events`…);
@@ -21,6 +23,7 @@ pub mod backoff;
 pub mod device_auth;
 pub mod docker;
 pub mod engines;
+pub mod fleet;
 pub mod http;
 pub mod nexus;
 pub mod redis;

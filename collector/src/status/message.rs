@@ -191,6 +191,10 @@ pub struct ServiceStatus {
     pub health: ServiceHealth,
     /// Models it serves.
     pub models: Vec<String>,
+    /// The backends an inference engine is (`vllm`, `llamacpp`, `ollama`…),
+    /// for schedulers asking which node serves one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<String>,
     /// Where it runs: its cgroup (`citadel.slice/services/llama`), `plain`
     /// (no cgroup: see `warning`), or its container id.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,6 +1,7 @@
 //! `[telemetry]`: the node's status snapshot, where it is pushed (Redis,
 //! an HTTP endpoint with an on-disk spool) and the status server.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -57,6 +58,22 @@ pub struct TelemetryConfig {
     pub status_server: bool,
     /// Where it listens (loopback by default; port 0: any free port).
     pub status_addr: SocketAddr,
+    /// A light heartbeat (`citadel:v1:heartbeats`) this often between full
+    /// status snapshots, ms, so `citadel monitor` notices a dead node in
+    /// seconds.
+    pub heartbeat_ms: u64,
+    /// Write the fleet's events (`citadel:v1:events`: jobs, node, handlers,
+    /// services, engines, GPUs, handler log records), with Redis.
+    pub events: bool,
+    /// Entries `citadel:v1:events` keeps (about: `MAXLEN ~`).
+    pub events_stream_maxlen: usize,
+    /// Share of a job's `info` log records sent as fleet events (`warn` and
+    /// `error` always are), 0.0–1.0.
+    pub event_log_sample_rate: f64,
+    /// The same, per tenant (overrides `event_log_sample_rate`).
+    pub event_log_sample_rate_by_tenant: BTreeMap<String, f64>,
+    /// Log records sent as fleet events per job, at most.
+    pub event_logs_per_job: u32,
 }
 
 impl Default for TelemetryConfig {
@@ -79,6 +96,12 @@ impl Default for TelemetryConfig {
             spool_max_bytes: 64 << 20,
             status_server: true,
             status_addr: SocketAddr::from(([127, 0, 0, 1], 9330)),
+            heartbeat_ms: 5_000,
+            events: true,
+            events_stream_maxlen: citadel_transports::fleet::EVENTS_STREAM_MAXLEN,
+            event_log_sample_rate: 0.1,
+            event_log_sample_rate_by_tenant: BTreeMap::new(),
+            event_logs_per_job: 20,
         }
     }
 }
@@ -96,6 +119,14 @@ impl TelemetryConfig {
         self.http_endpoint
             .as_ref()
             .map(|endpoint| endpoint.replace(NODE_ID_PLACEHOLDER, node_id))
+    }
+
+    /// Share of `tenant`'s `info` log records sent as fleet events.
+    pub fn event_log_sample_rate_of(&self, tenant: &str) -> f64 {
+        self.event_log_sample_rate_by_tenant
+            .get(tenant)
+            .copied()
+            .unwrap_or(self.event_log_sample_rate)
     }
 
     /// The spool file.
@@ -137,6 +168,36 @@ impl TelemetryConfig {
                 "telemetry.probe_timeout_ms",
                 format!("must be between 10 and 60000, got {}", self.probe_timeout_ms),
             );
+        }
+        if !(100..=60_000).contains(&self.heartbeat_ms) {
+            return invalid(
+                "telemetry.heartbeat_ms",
+                format!("must be between 100 and 60000, got {}", self.heartbeat_ms),
+            );
+        }
+        if self.events_stream_maxlen < 100 {
+            return invalid(
+                "telemetry.events_stream_maxlen",
+                format!("must be at least 100, got {}", self.events_stream_maxlen),
+            );
+        }
+        let rates = std::iter::once(("*", self.event_log_sample_rate)).chain(
+            self.event_log_sample_rate_by_tenant
+                .iter()
+                .map(|(tenant, rate)| (tenant.as_str(), *rate)),
+        );
+        for (tenant, rate) in rates {
+            if !(0.0..=1.0).contains(&rate) {
+                let key = if tenant == "*" {
+                    "telemetry.event_log_sample_rate"
+                } else {
+                    "telemetry.event_log_sample_rate_by_tenant"
+                };
+                return invalid(
+                    key,
+                    format!("must be between 0.0 and 1.0, got {rate} (tenant {tenant})"),
+                );
+            }
         }
         if self.nvidia_smi.trim().is_empty() {
             return invalid("telemetry.nvidia_smi", "must name a program".into());

@@ -12,8 +12,10 @@
 //!    handler — with chunks to the source's sink; observers told of the
 //!    start and the end; the [`JobOutcome`] decided once, here;
 //! 4. the source settles the outcome its own way (Redis: one transaction
-//!    with the `XACK`; Nexus: a report kept on disk until taken).
+//!    with the `XACK`; Nexus: a report kept on disk until taken), with the
+//!    job's fleet events ([`fleet`]) in the same writes.
 
+pub mod fleet;
 mod outcome;
 mod tenants;
 

@@ -48,6 +48,11 @@ impl JobFeed {
         });
     }
 
+    /// Jobs running now.
+    pub fn running(&self) -> u64 {
+        u64::try_from(self.running.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
     /// Something reported in the status changed: publish soon.
     pub fn changed(&self) {
         self.changed.notify_one();

@@ -8,6 +8,8 @@
 //! - [`feed`]: the dispatcher's job observer (metrics, live events, triggers);
 //! - [`metrics`]: the Prometheus registry;
 //! - [`device`]: `APPLY_DEVICE_CONFIG`, the control plane configuring the node;
+//! - [`events`]: the node's fleet events (`citadel:v1:events`: started,
+//!   stopping, handlers, services, engines, GPUs) and heartbeats;
 //! - `containers`: the node's Docker containers as services.
 //!
 //! [`NodeServices::start`] wires telemetry and services from the
@@ -16,6 +18,7 @@
 mod assembly;
 mod containers;
 pub mod device;
+pub mod events;
 pub mod feed;
 pub mod metrics;
 pub mod telemetry;
@@ -42,6 +45,7 @@ use crate::config::{Config, TelemetryConfig};
 use crate::dispatch::Dispatcher;
 use crate::services::{Supervisor, SupervisorSettings};
 use crate::sources::redis::Worker;
+use events::NodeEvents;
 
 /// Telemetry that cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +145,7 @@ pub struct NodeServices {
     pub supervisor: Arc<Supervisor>,
     /// Where the status server listens, when it runs.
     pub status_addr: Option<SocketAddr>,
+    heartbeats: CancellationToken,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -208,6 +213,11 @@ impl NodeServices {
         };
         let identity = identity(config);
         let collector = collector(settings).await;
+        let events = NodeEvents::new(
+            worker.and_then(Worker::fleet_events).cloned(),
+            &node_id,
+            settings.high_temp_celsius,
+        );
         let telemetry = Arc::new(Telemetry::new(
             identity,
             timings,
@@ -216,6 +226,7 @@ impl NodeServices {
             worker.cloned(),
             redis,
             http,
+            events,
         ));
         dispatch.observe(telemetry.job_feed());
         let high_temp_alert = config.device.as_ref().is_some_and(|device| device.alert_on_high_temp);
@@ -258,6 +269,15 @@ impl NodeServices {
             ),
         }
         tasks.spawn(Arc::clone(&telemetry).run(stop.clone()));
+        let beating = Arc::clone(&telemetry);
+        let heartbeat = Duration::from_millis(settings.heartbeat_ms);
+        // Heartbeats stop first at shutdown: none follows `node.stopping`.
+        let heartbeats = stop.child_token();
+        let beat_stop = heartbeats.clone();
+        tasks.spawn(async move {
+            let feed = beating.job_feed();
+            beating.events.beat(heartbeat, || feed.running(), beat_stop).await;
+        });
         if !engines.is_empty() {
             let poll = Duration::from_millis(settings.service_poll_ms);
             tasks.spawn(watch_engines(engines, Arc::clone(&telemetry), poll, stop.clone()));
@@ -273,19 +293,24 @@ impl NodeServices {
             tasks.spawn(server.serve(telemetry.clone(), stop.clone()));
         }
         tasks.close();
+        telemetry.events.started(mode.as_str(), env!("CARGO_PKG_VERSION"));
         Ok(NodeServices {
             telemetry,
             supervisor,
             status_addr,
+            heartbeats,
             stop,
             tasks,
         })
     }
 
-    /// Say the node is stopping (its last status entry), stop the services
+    /// Stop the heartbeats, say the node is stopping (`node.stopping`, its
+    /// last status entry), stop the services
     /// (gracefully), then publishing and serving; the HTTP backlog goes to
     /// the spool.
     pub async fn stop(self) {
+        self.heartbeats.cancel();
+        self.telemetry.events.stopping().await;
         self.telemetry.publish_stopping().await;
         self.supervisor.stop().await;
         self.stop.cancel();

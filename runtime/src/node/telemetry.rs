@@ -18,6 +18,7 @@ use citadel_transports::wire;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use super::events::NodeEvents;
 use super::feed::JobFeed;
 use crate::config::Config;
 use crate::sources::redis::Worker;
@@ -75,6 +76,8 @@ pub struct Telemetry {
     other_jobs: Mutex<Vec<Arc<dyn JobCounts>>>,
     /// The handlers, as last reported.
     handlers: Mutex<Vec<HandlerStatus>>,
+    /// What the fleet is told of changes.
+    pub(super) events: NodeEvents,
     latest: Mutex<Latest>,
 }
 
@@ -107,6 +110,7 @@ impl Telemetry {
         worker: Option<Worker>,
         redis: Option<RedisStatusPublisher>,
         http: Option<HttpPublisher>,
+        events: NodeEvents,
     ) -> Telemetry {
         Telemetry {
             identity: Mutex::new(identity),
@@ -123,6 +127,7 @@ impl Telemetry {
             services: Mutex::default(),
             other_jobs: Mutex::default(),
             handlers: Mutex::default(),
+            events,
             latest: Mutex::default(),
         }
     }
@@ -136,6 +141,7 @@ impl Telemetry {
     pub fn set_handlers(&self, handlers: Vec<HandlerStatus>) {
         let mut current = self.handlers.lock().expect("handlers poisoned");
         if *current != handlers {
+            self.events.handlers_changed(&current, &handlers);
             *current = handlers;
             self.feed.changed();
         }
@@ -190,6 +196,8 @@ impl Telemetry {
     pub fn set_services(&self, source: &'static str, services: Vec<ServiceStatus>) {
         let mut current = self.services.lock().expect("services poisoned");
         if current.get(source) != Some(&services) {
+            let before = current.get(source).map_or(&[][..], Vec::as_slice);
+            self.events.services_changed(source, before, &services);
             current.insert(source, services);
             self.feed.changed();
         }
@@ -292,6 +300,7 @@ impl Telemetry {
         let watches = self.watches.lock().expect("watches poisoned").clone();
         let snapshot = self.collector.collect(&watches).await;
         self.feed.metrics.observe(&snapshot);
+        self.events.gpus_seen(&snapshot.gpu.gpus);
         let status = serde_json::to_string(&self.status_of(&snapshot)).expect("a status message serializes");
         let status: Arc<str> = status.into();
         {

@@ -50,6 +50,18 @@ pub enum Source {
     Node,
 }
 
+impl Source {
+    /// Its name (`guest`, `stdout`, `stderr`, `node`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Guest => "guest",
+            Source::Stdout => "stdout",
+            Source::Stderr => "stderr",
+            Source::Node => "node",
+        }
+    }
+}
+
 /// One log record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LogRecord {

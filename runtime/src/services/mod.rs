@@ -104,6 +104,7 @@ impl Service {
             restarts: Some(state.restarts),
             last_exit: state.last_exit,
             warning: state.warning,
+            backends: Vec::new(),
         }
     }
 }

@@ -14,7 +14,8 @@ use std::time::{Duration, SystemTime};
 use redis::Value;
 use redis::aio::{ConnectionManager, PubSub};
 
-use super::{Batch, Committer};
+use super::{Batch, Committer, FleetPublisher};
+use crate::fleet::{self, FleetEvent};
 use crate::wire::{self, EventKind, JobEvent, JobStatus, NodeMeta};
 
 /// The replay copy of events.
@@ -28,12 +29,15 @@ pub struct ReplayConfig {
 
 /// Starts a job in one round trip unless its cancel flag is set: publishes
 /// `claimed`, records `running`, publishes `start` (and appends both events
-/// to the replay stream when enabled). Returns 1 when the flag was set and
-/// nothing was done.
+/// to the replay stream when enabled), and appends the fleet's
+/// `job.started` when given. Returns 1 when the flag was set and nothing
+/// was done.
 ///
-/// KEYS: cancel flag, status hash, replay stream. ARGV: channel, claimed
-/// JSON, start JSON, status TTL (s), replay length (0 = off), replay TTL
-/// (s), then the status fields as name/value pairs.
+/// KEYS: cancel flag, status hash, replay stream, fleet event stream. ARGV:
+/// channel, claimed JSON, start JSON, status TTL (s), replay length (0 =
+/// off), replay TTL (s), fleet stream length (0 = no fleet event), the
+/// fleet entry's `type`, `node` and `event`, then the status fields as
+/// name/value pairs.
 const START_SCRIPT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
 local replay = tonumber(ARGV[5]) > 0
@@ -42,10 +46,13 @@ local function emit(event)
   if replay then redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'event', event) end
 end
 emit(ARGV[2])
-redis.call('HSET', KEYS[2], unpack(ARGV, 7))
+redis.call('HSET', KEYS[2], unpack(ARGV, 11))
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 emit(ARGV[3])
 if replay then redis.call('EXPIRE', KEYS[3], ARGV[6]) end
+if tonumber(ARGV[7]) > 0 then
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'type', ARGV[8], 'node', ARGV[9], 'event', ARGV[10])
+end
 return 0
 ";
 
@@ -197,9 +204,11 @@ impl EventPublisher {
     }
 
     /// Unless the job's cancel flag is set: publish `claimed`, record the
-    /// job as `running` for `message_id`, publish `start` — one round trip
-    /// (a server-side script). Returns `false` when the flag was set (and
-    /// nothing was published or recorded).
+    /// job as `running` for `message_id`, publish `start` and append the
+    /// fleet's `started` event (when given) — one round trip (a server-side
+    /// script). Returns `false` when the flag was set (and nothing was
+    /// published or recorded).
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         &self,
         job_id: &str,
@@ -208,6 +217,7 @@ impl EventPublisher {
         start: EventKind,
         message_id: &str,
         worker_id: &str,
+        started: Option<(&FleetPublisher, &FleetEvent)>,
     ) -> redis::RedisResult<bool> {
         let now = SystemTime::now();
         let meta = self.meta();
@@ -230,19 +240,26 @@ impl EventPublisher {
         let (replay_max, replay_ttl) = self
             .replay
             .map_or((0, 0), |replay| (replay.max_events, replay.ttl.as_secs()));
+        let (fleet_max, fleet_fields) = match started {
+            Some((fleet, event)) => fleet.event_args(event),
+            None => (0, Default::default()),
+        };
         let mut evalsha = redis::cmd("EVALSHA");
         evalsha
             .arg(self.start_script.get_hash())
-            .arg(3)
+            .arg(4)
             .arg(wire::cancel_key(job_id))
             .arg(wire::status_key(job_id))
             .arg(wire::events_stream_key(job_id))
+            .arg(fleet::EVENTS_STREAM)
             .arg(wire::events_channel(job_id))
             .arg(claimed)
             .arg(start)
             .arg(self.status_ttl.as_secs())
             .arg(replay_max)
             .arg(replay_ttl)
+            .arg(fleet_max)
+            .arg(&fleet_fields[..])
             .arg(status_fields(JobStatus::Running, message_id, worker_id));
         let mut batch = Batch::new();
         batch.push(evalsha.clone());

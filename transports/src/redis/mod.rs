@@ -3,7 +3,8 @@
 //! stream and a status hash (`events.rs`), workers prove they are alive with
 //! expiring keys (`liveness.rs`), producers cancel with flags
 //! (`cancel.rs`) and wake an on-prem node's Nexus polling (`wake.rs`), and
-//! published handlers live in a registry (`registry.rs`).
+//! published handlers live in a registry (`registry.rs`); the fleet's
+//! events and heartbeats go out through `fleet.rs`.
 //!
 //! Connections are `ConnectionManager`s, which reconnect by themselves after
 //! a failed command; callers retry what must not be lost with
@@ -16,6 +17,7 @@ mod batch;
 mod cancel;
 mod channel;
 mod events;
+mod fleet;
 mod liveness;
 mod queue;
 pub mod registry;
@@ -28,6 +30,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 pub use batch::{Batch, Committer};
 pub use cancel::CancelFlags;
 pub use events::{EventPublisher, JobCheck, ReplayConfig, subscribe_events};
+pub use fleet::FleetPublisher;
 pub use liveness::Liveness;
 pub use queue::{Delivery, JobQueues, PendingEntry, QueueConfig, enqueue};
 pub use redis::{Client, RedisError, RedisResult};

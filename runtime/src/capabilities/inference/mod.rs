@@ -234,6 +234,11 @@ fn service_status(settings: &EngineSettings, healthy: bool) -> ServiceStatus {
             ServiceHealth::Unhealthy
         },
         models: settings.models.clone(),
+        backends: settings
+            .backends()
+            .iter()
+            .map(|backend| backend.name().to_string())
+            .collect(),
         ..ServiceStatus::default()
     }
 }

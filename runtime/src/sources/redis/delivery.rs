@@ -34,6 +34,9 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{AGENT_VERSION, Held, Lifecycle, Shared};
+use citadel_transports::fleet::FleetEvent;
+
+use crate::dispatch::fleet::Ended;
 use crate::dispatch::{Admission, JobControl, JobInfo, JobOutcome, Recovery};
 use crate::job::{Chunk, JobSpec};
 use crate::policy::DEFAULT_TENANT;
@@ -82,11 +85,24 @@ impl Shared {
                 let job_id = delivery.fields.get("jobId").filter(|id| !id.is_empty()).cloned();
                 let ray_id = delivery.fields.get("rayId").cloned();
                 let job = job_id.as_deref().map(|job| (job, ray_id.as_deref()));
+                let fleet = job_id.as_deref().and_then(|job_id| {
+                    let job = JobInfo {
+                        job_id,
+                        job_type: delivery.fields.get("type").map_or("", String::as_str),
+                        tenant: delivery.fields.get("tenant").map_or(DEFAULT_TENANT, String::as_str),
+                    };
+                    let ended = Ended::DeadLettered {
+                        class: "malformed_entry",
+                        reason: &reason,
+                    };
+                    self.fleet_event(&job, attempt_of(&delivery), ended, None)
+                });
                 self.dead_letter(
                     &delivery,
                     job,
                     &reason,
                     error_event(&reason, false, "malformed_entry"),
+                    fleet,
                     lifecycle,
                 )
                 .await;
@@ -97,13 +113,20 @@ impl Shared {
         let ray = entry.ray_id.as_deref();
         if let Some(target) = entry.target_node.as_deref().filter(|target| *target != self.node_id) {
             tracing::debug!(job_id = job, target, "job targets another node: acknowledged, not run");
-            self.settle(&delivery, job, ray, &[], None, lifecycle).await;
+            self.settle(&delivery, job, ray, &[], None, Vec::new(), lifecycle).await;
             return;
         }
         // A redelivery may be settled already, or have run out of attempts.
         // (A first delivery cannot: the cancel flag, its only other check,
         // is read in the same round trip that starts it.)
-        if delivery.attempt > 1 && !self.check_redelivery(&delivery, job, ray, lifecycle).await {
+        let tenant = entry.tenant.as_deref().unwrap_or(DEFAULT_TENANT);
+        let info = JobInfo {
+            job_id: job,
+            job_type: &entry.job_type,
+            tenant,
+        };
+        let attempt = attempt_of(&delivery);
+        if delivery.attempt > 1 && !self.check_redelivery(&delivery, &info, ray, lifecycle).await {
             return;
         }
         let claimed = EventKind::Claimed {
@@ -115,7 +138,7 @@ impl Shared {
             tenant: entry.tenant.clone().unwrap_or_else(|| DEFAULT_TENANT.to_string()),
             payload: entry.payload.clone(),
             ray_id: entry.ray_id.clone(),
-            attempt: u32::try_from(delivery.attempt).unwrap_or(u32::MAX),
+            attempt,
             timeout: entry.timeout_ms.map(Duration::from_millis),
         };
         let admitted = match self.dispatch.admit(&spec, cancel).await {
@@ -128,8 +151,14 @@ impl Shared {
                     details.insert("job_type".into(), unsupported.job_type.into());
                     details.insert("supported_types".into(), json!(unsupported.supported));
                 }
-                let failed = (JobStatus::Failed, &[("error", reason)][..]);
-                self.settle(&delivery, job, ray, &[claimed, event], Some(failed), lifecycle)
+                let ended = Ended::Failed {
+                    class: "unsupported_job_type",
+                    error: &reason,
+                    will_retry: false,
+                };
+                let fleet = self.fleet_event(&info, attempt, ended, None).into_iter().collect();
+                let failed = (JobStatus::Failed, &[("error", reason.clone())][..]);
+                self.settle(&delivery, job, ray, &[claimed, event], Some(failed), fleet, lifecycle)
                     .await;
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 return;
@@ -142,9 +171,11 @@ impl Shared {
         let start = EventKind::Start {
             message: format!("running {} on {}", entry.job_type, self.events.meta().node_name),
         };
+        let started = self.fleet.as_ref().map(|fleet| (fleet, fleet.started(&info, attempt)));
+        let started = started.as_ref().map(|(fleet, event)| (fleet.publisher(), event));
         match self
             .events
-            .start(job, ray, claimed.clone(), start, &delivery.id, &self.consumer)
+            .start(job, ray, claimed.clone(), start, &delivery.id, &self.consumer, started)
             .await
         {
             Ok(true) => {}
@@ -152,12 +183,17 @@ impl Shared {
                 let cancelled = EventKind::Cancelled {
                     reason: "cancelled before start".into(),
                 };
+                let fleet = self
+                    .fleet_event(&info, attempt, Ended::Cancelled, None)
+                    .into_iter()
+                    .collect();
                 self.settle(
                     &delivery,
                     job,
                     ray,
                     &[claimed, cancelled],
                     Some((JobStatus::Cancelled, &[])),
+                    fleet,
                     lifecycle,
                 )
                 .await;
@@ -181,21 +217,27 @@ impl Shared {
                 Recovery::DeadLetter
             },
         };
-        let tenant = spec.tenant.clone();
-        let info = JobInfo {
-            job_id: job,
-            job_type: &entry.job_type,
-            tenant: &tenant,
-        };
-        let forwarder = self.forward_chunks(info, ray, chunks, Instant::now());
+        let started_at = Instant::now();
+        let forwarder = self.forward_chunks(info, ray, chunks, started_at);
         let run = self.dispatch.run(admitted, spec, Some(sink), control);
         let (ran, ()) = tokio::join!(run, forwarder);
+        let took = Some(started_at.elapsed());
+        // The job's ending and its log records, for the fleet.
+        let fleet_events = |ended: Ended<'_>| -> Vec<FleetEvent> {
+            let Some(fleet) = &self.fleet else {
+                return Vec::new();
+            };
+            let mut events = fleet.log_records(&info, &ran.report.log);
+            events.push(fleet.ended(&info, attempt, ended, took));
+            events
+        };
 
-        match (ran.outcome, ran.report.outcome) {
+        match (&ran.outcome, &ran.report.outcome) {
             (_, Ok(result)) => {
+                let fleet = fleet_events(Ended::Completed);
                 let completed = (JobStatus::Completed, &[("result", result.to_string())][..]);
-                let end = EventKind::End { result };
-                self.settle(&delivery, job, ray, &[end], Some(completed), lifecycle)
+                let end = EventKind::End { result: result.clone() };
+                self.settle(&delivery, job, ray, &[end], Some(completed), fleet, lifecycle)
                     .await;
                 self.stats.completed.fetch_add(1, Ordering::Relaxed);
             }
@@ -203,24 +245,41 @@ impl Shared {
             (JobOutcome::Cancelled, _) => {
                 let reason = format!("cancelled by request (job:cancelled:{job})");
                 let cancelled = EventKind::Cancelled { reason };
+                let fleet = fleet_events(Ended::Cancelled);
                 self.settle(
                     &delivery,
                     job,
                     ray,
                     &[cancelled],
                     Some((JobStatus::Cancelled, &[])),
+                    fleet,
                     lifecycle,
                 )
                 .await;
             }
             (JobOutcome::Retrying, Err(err)) => {
                 tracing::info!(job_id = job, attempt = delivery.attempt, error = %err, "recoverable failure: the job will be retried");
-                let extra = [("error", err.to_string()), ("error_class", err.class().to_string())];
-                if let Err(status_err) = self
-                    .events
-                    .set_status(job, JobStatus::Retrying, &delivery.id, &self.consumer, &extra)
-                    .await
-                {
+                let message = err.to_string();
+                let ended = Ended::Failed {
+                    class: err.class(),
+                    error: &message,
+                    will_retry: true,
+                };
+                let fleet = fleet_events(ended);
+                let extra = [("error", message.clone()), ("error_class", err.class().to_string())];
+                let mut batch = Batch::new();
+                self.events.status_in(
+                    &mut batch,
+                    job,
+                    JobStatus::Retrying,
+                    &delivery.id,
+                    &self.consumer,
+                    &extra,
+                );
+                if let Some(events) = &self.fleet {
+                    events.add_to(&mut batch, &fleet);
+                }
+                if let Err(status_err) = self.events.send(batch).await {
                     tracing::debug!(job_id = job, error = %status_err, "could not record retrying status");
                 }
                 if let Err(touch_err) = self.queues.touch(&delivery).await {
@@ -231,20 +290,30 @@ impl Shared {
                 let reason = format!("gave up after {} attempts: {err}", delivery.attempt);
                 tracing::warn!(job_id = job, %reason, "dead-lettering job");
                 let event = dead_letter_event(&reason, err.class(), delivery.attempt);
-                self.dead_letter(&delivery, Some((job, ray)), &reason, event, lifecycle)
+                let fleet = fleet_events(Ended::DeadLettered {
+                    class: err.class(),
+                    reason: &reason,
+                });
+                self.dead_letter(&delivery, Some((job, ray)), &reason, event, fleet, lifecycle)
                     .await;
             }
             (_, Err(err)) => {
                 tracing::debug!(job_id = job, class = err.class(), error = %err, "job failed");
                 let message = err.to_string();
                 let event = error_event(&message, err.recoverable(), err.class());
-                let extra = [("error", message), ("error_class", err.class().to_string())];
+                let fleet = fleet_events(Ended::Failed {
+                    class: err.class(),
+                    error: &message,
+                    will_retry: false,
+                });
+                let extra = [("error", message.clone()), ("error_class", err.class().to_string())];
                 self.settle(
                     &delivery,
                     job,
                     ray,
                     &[event],
                     Some((JobStatus::Failed, &extra)),
+                    fleet,
                     lifecycle,
                 )
                 .await;
@@ -256,7 +325,14 @@ impl Shared {
     /// Checks a redelivered entry: dead-letter it when it has been delivered
     /// more than `max_attempts` times, acknowledge it when its job is already
     /// settled. `true` when it should run.
-    async fn check_redelivery(&self, delivery: &Delivery, job: &str, ray: Option<&str>, lifecycle: &Lifecycle) -> bool {
+    async fn check_redelivery(
+        &self,
+        delivery: &Delivery,
+        info: &JobInfo<'_>,
+        ray: Option<&str>,
+        lifecycle: &Lifecycle,
+    ) -> bool {
+        let job = info.job_id;
         let check = match self.events.check(job).await {
             Ok(check) => check,
             Err(err) => {
@@ -277,7 +353,7 @@ impl Shared {
                 status = status.as_str(),
                 "job already settled: acknowledging the redelivery"
             );
-            self.settle(delivery, job, ray, &[], None, lifecycle).await;
+            self.settle(delivery, job, ray, &[], None, Vec::new(), lifecycle).await;
             return false;
         }
         if delivery.attempt > self.settings.max_attempts {
@@ -287,7 +363,12 @@ impl Shared {
             let reason = format!("gave up after {} deliveries: {last_error}", delivery.attempt - 1);
             tracing::warn!(job_id = job, entry = %delivery.id, %reason, "dead-lettering job");
             let event = dead_letter_event(&reason, "dead_lettered", delivery.attempt - 1);
-            self.dead_letter(delivery, Some((job, ray)), &reason, event, lifecycle)
+            let ended = Ended::DeadLettered {
+                class: "dead_lettered",
+                reason: &reason,
+            };
+            let fleet = self.fleet_event(info, attempt_of(delivery) - 1, ended, None);
+            self.dead_letter(delivery, Some((job, ray)), &reason, event, fleet, lifecycle)
                 .await;
             return false;
         }
@@ -328,9 +409,11 @@ impl Shared {
         }
     }
 
-    /// Publish `events`, record the final `status` (if any) and acknowledge
-    /// the entry, all in one transaction, retrying until Redis takes it: the
-    /// final event is seen if and only if the job is settled.
+    /// Publish `events`, record the final `status` (if any), append the
+    /// `fleet` events and acknowledge the entry, all in one transaction,
+    /// retrying until Redis takes it: the final event is seen if and only
+    /// if the job is settled.
+    #[allow(clippy::too_many_arguments)]
     async fn settle(
         &self,
         delivery: &Delivery,
@@ -338,11 +421,15 @@ impl Shared {
         ray: Option<&str>,
         events: &[EventKind],
         status: Option<(JobStatus, &[(&str, String)])>,
+        fleet: Vec<FleetEvent>,
         lifecycle: &Lifecycle,
     ) {
         let mut batch = Batch::atomic();
         for event in events {
             self.events.publish_in(&mut batch, job, ray, event.clone());
+        }
+        if let Some(publisher) = &self.fleet {
+            publisher.add_to(&mut batch, &fleet);
         }
         if let Some((status, extra)) = status {
             self.events
@@ -360,17 +447,21 @@ impl Shared {
     }
 
     /// Move the entry to the dead-letter queue with `reason` and, when it is
-    /// a job, publish `event` and record it as dead-lettered — one
-    /// transaction, retried until Redis takes it.
+    /// a job, publish `event`, record it as dead-lettered and append its
+    /// `fleet` events — one transaction, retried until Redis takes it.
     async fn dead_letter(
         &self,
         delivery: &Delivery,
         job: Option<(&str, Option<&str>)>,
         reason: &str,
         event: EventKind,
+        fleet: impl IntoIterator<Item = FleetEvent>,
         lifecycle: &Lifecycle,
     ) {
         let mut batch = Batch::atomic();
+        if let Some(publisher) = &self.fleet {
+            publisher.add_to(&mut batch, &fleet.into_iter().collect::<Vec<_>>());
+        }
         if let Some((job, ray)) = job {
             self.events.publish_in(&mut batch, job, ray, event);
             let extra = [("error", reason.to_string())];
@@ -394,6 +485,17 @@ impl Shared {
         self.stats.failed.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The fleet event of a job that ended `ended` (with fleet events on).
+    fn fleet_event(
+        &self,
+        job: &JobInfo<'_>,
+        attempt: u32,
+        ended: Ended<'_>,
+        took: Option<Duration>,
+    ) -> Option<FleetEvent> {
+        self.fleet.as_ref().map(|fleet| fleet.ended(job, attempt, ended, took))
+    }
+
     /// A job stopped by shutdown: left pending (never acknowledged) for
     /// another worker.
     async fn interrupted(&self, delivery: &Delivery, job: &str) {
@@ -406,6 +508,11 @@ impl Shared {
             tracing::debug!(job_id = job, error = %err, "could not record interrupted status");
         }
     }
+}
+
+/// How many times the entry has been delivered.
+fn attempt_of(delivery: &Delivery) -> u32 {
+    u32::try_from(delivery.attempt).unwrap_or(u32::MAX)
 }
 
 /// The final `error` event of a dead-lettered job.

@@ -38,7 +38,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use citadel_transports::backoff::{Backoff, RetryError, retry};
 use citadel_transports::redis::{
-    self as transport, CancelFlags, Committer, EventPublisher, JobQueues, Liveness, QueueConfig, ReplayConfig,
+    self as transport, CancelFlags, Committer, EventPublisher, FleetPublisher, JobQueues, Liveness, QueueConfig,
+    ReplayConfig,
 };
 use citadel_transports::wire::{self, NodeMeta};
 use tokio_util::sync::CancellationToken;
@@ -48,6 +49,7 @@ use slots::Slots;
 
 use crate::config::{Config, GroupMode, WorkerConfig};
 use crate::dispatch::Dispatcher;
+use crate::dispatch::fleet::JobEvents;
 use crate::handlers::HandlerTable;
 
 /// The worker's version, in `claimed` events.
@@ -175,6 +177,8 @@ struct Shared {
     dispatch: Arc<Dispatcher>,
     queues: JobQueues,
     events: EventPublisher,
+    /// The fleet's events of this worker's jobs (`telemetry.events`).
+    fleet: Option<JobEvents>,
     liveness: Liveness,
     cancel_flags: CancelFlags,
     settings: Settings,
@@ -251,9 +255,15 @@ impl Worker {
             max_events: worker.events_stream_max,
             ttl: Duration::from_secs(worker.events_stream_ttl_s),
         });
+        // Device configuration jobs are the control plane's, not the fleet's.
+        let fleet = (config.telemetry.events && !device_config).then(|| {
+            let publisher = FleetPublisher::start(conn.clone(), config.telemetry.events_stream_maxlen);
+            JobEvents::new(publisher, &node_id, &config.telemetry)
+        });
         Ok(Worker {
             shared: Arc::new(Shared {
                 events: EventPublisher::new(conn.clone(), committer, meta, replay, settings.status_ttl),
+                fleet,
                 liveness: Liveness::new(conn.clone(), &group, &consumer, settings.liveness_ttl),
                 cancel_flags: CancelFlags::new(conn),
                 slots: Slots::new(settings.concurrency),
@@ -291,6 +301,11 @@ impl Worker {
         worker.concurrency = 1;
         let dispatch = Arc::new(Dispatcher::new(Arc::clone(self.shared.dispatch.executor()), handlers));
         Worker::build(dispatch, &config, self.shared.consumer.clone(), true).map(Some)
+    }
+
+    /// Where the node's fleet events go (`telemetry.events`), when they do.
+    pub fn fleet_events(&self) -> Option<&FleetPublisher> {
+        self.shared.fleet.as_ref().map(JobEvents::publisher)
     }
 
     /// Name the node `node_name` in job events from now on.
