@@ -52,6 +52,22 @@ pub struct MonitorConfig {
     pub max_batch: usize,
     /// Per job type: expected cadence and what to alert on.
     pub checks: Vec<CheckConfig>,
+    /// Webhook receivers of alert notifications (Alertmanager's format).
+    pub notify: Vec<NotifyConfig>,
+    /// A failing notification is retried this many times before it is
+    /// given up (and recorded as failed).
+    pub notify_attempts: u32,
+}
+
+/// A webhook receiver.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// Where notifications are POSTed.
+    pub url: String,
+    /// Sent as `Authorization: Bearer …`.
+    #[serde(default)]
+    pub bearer: Option<String>,
 }
 
 /// Chief's job check: a job type expected to run every `every_s`.
@@ -99,6 +115,8 @@ impl Default for MonitorConfig {
             max_body_bytes: 1 << 20,
             max_batch: 1000,
             checks: Vec::new(),
+            notify: Vec::new(),
+            notify_attempts: 10,
         }
     }
 }
@@ -169,6 +187,17 @@ impl MonitorConfig {
                     self.addr
                 ),
             );
+        }
+        for receiver in &self.notify {
+            if !(receiver.url.starts_with("http://") || receiver.url.starts_with("https://")) {
+                return invalid(
+                    "notify.url",
+                    format!("{:?} must be an http:// or https:// URL", receiver.url),
+                );
+            }
+        }
+        if self.notify_attempts == 0 {
+            return invalid("notify_attempts", "must be at least 1".into());
         }
         let mut seen = std::collections::BTreeSet::new();
         for check in &self.checks {

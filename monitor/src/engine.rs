@@ -441,11 +441,15 @@ impl Engine {
         self.changed(updated, commit);
     }
 
-    /// Judge the passing of time at `now_ms`: silent nodes, missed
-    /// cadences, expired recoveries; store nodes that changed.
-    pub fn tick(&mut self, now_ms: u64, commit: &mut Commit, follow: &mut FollowUp) {
-        for transition in self.registry.judge(now_ms) {
-            self.transition(transition, now_ms, commit, follow);
+    /// Judge the passing of time at `now_ms`: silent nodes (only when
+    /// `streams_current`: the monitor has read the streams up to now, so
+    /// silence is the nodes' and not its own), missed cadences, expired
+    /// recoveries; store nodes that changed.
+    pub fn tick(&mut self, now_ms: u64, streams_current: bool, commit: &mut Commit, follow: &mut FollowUp) {
+        if streams_current {
+            for transition in self.registry.judge(now_ms) {
+                self.transition(transition, now_ms, commit, follow);
+            }
         }
         for (job, expected_ms) in self.checks.missed(now_ms) {
             let late_s = now_ms.saturating_sub(expected_ms) / 1000;

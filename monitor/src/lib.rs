@@ -10,8 +10,13 @@
 //! POST Chief-format events to the same API.
 
 pub mod alerts;
+pub mod api;
 pub mod checks;
 pub mod config;
 pub mod engine;
+pub mod ingest;
+pub mod notify;
+pub mod orphans;
 pub mod registry;
+pub mod service;
 pub mod store;

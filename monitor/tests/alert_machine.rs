@@ -118,7 +118,7 @@ impl World {
             Step::Quiet(ms) => {
                 self.now += ms;
                 let mut commit = Commit::default();
-                self.engine.tick(self.now, &mut commit, &mut FollowUp::default());
+                self.engine.tick(self.now, true, &mut commit, &mut FollowUp::default());
                 self.commit(commit);
             }
             Step::Failed(job) => self.event(

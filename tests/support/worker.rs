@@ -222,6 +222,7 @@ impl WorkerProcess {
             "agent" | "up" => {
                 log.contains("agent ready") && (config.redis_url.is_none() || log.contains("worker ready"))
             }
+            "monitor" => log.contains("monitor ready") && log.contains("monitor reading the fleet's streams"),
             _ => {
                 log.contains("worker ready")
                     && (config.worker.config_queue.is_empty() || log.contains("reading device configuration"))
@@ -261,6 +262,11 @@ impl WorkerProcess {
     /// Its consumer name, from the `worker ready` line.
     pub fn consumer(&self) -> String {
         self.logged("consumer=")
+    }
+
+    /// A monitor's API base URL, from its `monitor ready` line.
+    pub fn monitor_url(&self) -> String {
+        self.logged("monitor ready addr=")
     }
 
     /// The status server's base URL, from its log line.

@@ -4,8 +4,10 @@
 //! configuration, payload, component) before anything ran.
 
 mod agent;
+mod fleet;
 mod init;
 mod inspect;
+mod monitor;
 mod node;
 mod output;
 mod registry;
@@ -25,8 +27,10 @@ use crate::config::{Config, NoOverrides};
 use crate::services::launch::ServiceExecArgs;
 
 pub use agent::AgentArgs;
+pub use fleet::FleetCommand;
 pub use init::InitArgs;
 pub use inspect::InspectArgs;
+pub use monitor::MonitorArgs;
 pub use node::NodeArgs;
 pub use run::RunArgs;
 pub use status::StatusArgs;
@@ -109,6 +113,13 @@ pub enum Command {
     /// roll back what is published, make signing keys.
     #[command(subcommand)]
     Component(ComponentCommand),
+    /// Watch the fleet: read every node's status, events and heartbeats,
+    /// keep the registry, checks, alerts and history, notify webhooks and
+    /// serve the API, until SIGTERM/SIGINT.
+    Monitor(MonitorArgs),
+    /// Ask a monitor about the fleet: nodes, alerts, events.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// Join cgroups, then exec a program: how the node starts its services
     /// (internal).
     #[command(name = "service-exec", hide = true)]
@@ -162,7 +173,10 @@ impl Failure {
 impl Cli {
     /// The log filter to use.
     pub fn log_filter(&self) -> String {
-        let default = if matches!(self.command, Command::Work(_) | Command::Agent(_) | Command::Up(_)) {
+        let default = if matches!(
+            self.command,
+            Command::Work(_) | Command::Agent(_) | Command::Up(_) | Command::Monitor(_)
+        ) {
             "info"
         } else {
             "warn"
@@ -218,6 +232,11 @@ impl Cli {
                 let config = Config::load(self.config.as_deref(), args.registry.overrides()).map_err(Failure::input)?;
                 registry::rollback(args, &config).await
             }
+            Command::Monitor(args) => {
+                let config = Config::load(self.config.as_deref(), args.overrides()).map_err(Failure::input)?;
+                monitor::monitor(&config).await
+            }
+            Command::Fleet(command) => fleet::fleet(command).await,
             Command::ServiceExec(_) => Err(Failure::input("service-exec runs before the async runtime (main.rs)")),
         }
     }

@@ -114,6 +114,8 @@ pub struct Config {
     pub models: ModelsConfig,
     /// Handlers published to the fleet, and trusted signers (`[components]`).
     pub components: ComponentsConfig,
+    /// `citadel monitor` (`[monitor]`; validated when the monitor starts).
+    pub monitor: citadel_monitor::config::MonitorConfig,
     /// The device configuration applied by the control plane, laid over
     /// this file at start (not a TOML key: see `config/device.rs`).
     #[serde(skip)]

@@ -145,7 +145,8 @@ pub struct NodeServices {
     pub supervisor: Arc<Supervisor>,
     /// Where the status server listens, when it runs.
     pub status_addr: Option<SocketAddr>,
-    heartbeats: CancellationToken,
+    publishing: CancellationToken,
+    status_loop: tokio::task::JoinHandle<()>,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -268,12 +269,13 @@ impl NodeServices {
                 "no Docker API socket (docker.socket, /var/run/docker.sock, /run/podman/podman.sock): containers are not reported"
             ),
         }
-        tasks.spawn(Arc::clone(&telemetry).run(stop.clone()));
+        // Publishing (status loop, heartbeats) stops first at shutdown, so
+        // that the `stopping` status is the run's last word.
+        let publishing = stop.child_token();
+        let status_loop = tokio::spawn(Arc::clone(&telemetry).run(publishing.clone()));
         let beating = Arc::clone(&telemetry);
         let heartbeat = Duration::from_millis(settings.heartbeat_ms);
-        // Heartbeats stop first at shutdown: none follows `node.stopping`.
-        let heartbeats = stop.child_token();
-        let beat_stop = heartbeats.clone();
+        let beat_stop = publishing.clone();
         tasks.spawn(async move {
             let feed = beating.job_feed();
             beating.events.beat(heartbeat, || feed.running(), beat_stop).await;
@@ -298,21 +300,24 @@ impl NodeServices {
             telemetry,
             supervisor,
             status_addr,
-            heartbeats,
+            publishing,
+            status_loop,
             stop,
             tasks,
         })
     }
 
-    /// Stop the heartbeats, say the node is stopping (`node.stopping`, its
-    /// last status entry), stop the services
-    /// (gracefully), then publishing and serving; the HTTP backlog goes to
-    /// the spool.
+    /// Stop publishing (status loop, heartbeats), stop the services
+    /// (gracefully; their events still go out), say the node is stopping
+    /// (`node.stopping`, then the last status entry, `stopping`), then stop
+    /// serving; the HTTP backlog goes to the spool.
     pub async fn stop(self) {
-        self.heartbeats.cancel();
+        self.publishing.cancel();
+        let _ = self.status_loop.await;
+        self.supervisor.stop().await;
         self.telemetry.events.stopping().await;
         self.telemetry.publish_stopping().await;
-        self.supervisor.stop().await;
+        self.telemetry.close_http().await;
         self.stop.cancel();
         self.tasks.wait().await;
     }

@@ -217,7 +217,8 @@ impl Telemetry {
         self.collector.gpu_source()
     }
 
-    /// Publish until `stop`, then hand the HTTP backlog to the spool.
+    /// Publish until `stop` (the HTTP backlog is handed to the spool by
+    /// [`Telemetry::close_http`], after the last status).
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let timings = self.timings;
         let mut next_periodic = tokio::time::Instant::now();
@@ -263,6 +264,10 @@ impl Telemetry {
                 redis_retries.reset();
             }
         }
+    }
+
+    /// Hand the HTTP publisher's backlog to the spool (after the last status).
+    pub async fn close_http(&self) {
         let http = self.http.lock().expect("http publisher poisoned").take();
         if let Some(http) = http {
             http.shutdown().await;

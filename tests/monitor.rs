@@ -1,0 +1,538 @@
+//! `citadel monitor` against a real redis-server and real `citadel work`
+//! nodes (processes, killed for real): nodes going down and coming back,
+//! clean stops, hot GPUs (a fake `nvidia-smi`: CI has no GPU), failing job
+//! types, missed cadences, a monitor killed mid-stream, a webhook receiver
+//! that fails then recovers, and Chief-format ingest with its bad inputs.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use citadel_monitor::config::{CheckConfig, MonitorConfig, NotifyConfig};
+use citadel_runtime::config::Config;
+use citadel_tests::*;
+use serde_json::{Value, json};
+
+const SETTLE: Duration = Duration::from_secs(30);
+const INGEST_KEY: &str = "ingest-key-0123456789";
+const READ_KEY: &str = "read-key-0123456789ab";
+
+/// A monitor on `redis` storing in `db`, adjusted by `adjust`.
+fn monitor_config(redis: &RedisServer, db: &Path, adjust: impl FnOnce(&mut MonitorConfig)) -> Config {
+    let mut config = Config {
+        redis_url: Some(redis.url()),
+        ..Config::default()
+    };
+    config.monitor.addr = "127.0.0.1:0".parse().unwrap();
+    config.monitor.db = db.to_path_buf();
+    config.monitor.consumer = Some("monitor-under-test".into());
+    config.monitor.node_grace_ms = 100;
+    adjust(&mut config.monitor);
+    config
+}
+
+/// A node beating every 200 ms.
+fn node_config(redis: &RedisServer, id: &str) -> Config {
+    let mut config = worker_config(redis);
+    config.node.id = Some(id.into());
+    config.telemetry.heartbeat_ms = 200;
+    config.telemetry.status_interval_s = 600;
+    config.telemetry.min_change_interval_ms = 100;
+    config.worker.liveness_ttl_ms = 2_000;
+    config
+}
+
+async fn get(base: &str, path: &str, key: Option<&str>) -> (u16, Value) {
+    let client = citadel_transports::http::client(Duration::from_secs(10)).unwrap();
+    let mut request = client.get(format!("{base}{path}"));
+    if let Some(key) = key {
+        request = request.header("x-api-key", key);
+    }
+    let response = request.send().await.expect("the monitor answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn post(base: &str, path: &str, body: impl Into<reqwest::Body>, key: Option<&str>) -> (u16, Value) {
+    let client = citadel_transports::http::client(Duration::from_secs(10)).unwrap();
+    let mut request = client
+        .post(format!("{base}{path}"))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(key) = key {
+        request = request.header("x-api-key", key);
+    }
+    let response = request.send().await.expect("the monitor answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The alerts matching `query`.
+async fn alerts(base: &str, query: &str) -> Vec<Value> {
+    let (status, body) = get(base, &format!("/v1/alerts?{query}"), None).await;
+    assert_eq!(status, 200, "{body}");
+    body["alerts"].as_array().cloned().unwrap_or_default()
+}
+
+/// Wait for an alert matching `query` satisfying `wanted`.
+async fn wait_alert(base: &str, query: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+    eventually_some(SETTLE, &format!("an alert {query}"), || async {
+        alerts(base, query).await.into_iter().find(|alert| wanted(alert))
+    })
+    .await
+}
+
+async fn node_state(base: &str, id: &str) -> Option<String> {
+    let (_, body) = get(base, "/v1/nodes?stale=true", None).await;
+    body["nodes"]
+        .as_array()?
+        .iter()
+        .find(|node| node["id"] == id)
+        .map(|node| node["state"].as_str().unwrap_or_default().to_string())
+}
+
+fn run_ids(alert: &Value) -> BTreeSet<String> {
+    alert["details"]["orphans"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|orphan| orphan["jobId"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_is_down_naming_its_jobs_and_where_they_went_and_recovers_when_back() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let monitor = WorkerProcess::start_with_env(
+        &monitor_config(&redis, &db.path().join("m.sqlite"), |_| {}),
+        "monitor",
+        &[],
+    );
+    let base = monitor.monitor_url();
+    let mut doomed = WorkerProcess::start(&node_config(&redis, "doomed"));
+    let mut conn = redis.conn();
+    let jobs = ["orphan-1", "orphan-2", "orphan-3"];
+    for job in jobs {
+        enqueue(&mut conn, job, "slow", r#"{"ms":3000,"chunks":3}"#);
+    }
+    for job in jobs {
+        wait_status(&redis, job, "running", SETTLE).await;
+    }
+    eventually_some(SETTLE, "the node up in the monitor", || async {
+        (node_state(&base, "doomed").await.as_deref() == Some("up")).then_some(())
+    })
+    .await;
+
+    let killed = Instant::now();
+    doomed.kill9();
+    let down = wait_alert(&base, "alertType=NODE_DOWN&status=OPEN", |alert| {
+        run_ids(alert).len() == jobs.len()
+    })
+    .await;
+    let noticed = killed.elapsed();
+    assert!(noticed < Duration::from_secs(10), "NODE_DOWN after {noticed:?}");
+    assert_eq!(down["node"], "doomed");
+    assert_eq!(run_ids(&down), jobs.iter().map(|job| job.to_string()).collect());
+    for orphan in down["details"]["orphans"].as_array().unwrap() {
+        assert_eq!(orphan["jobType"], "slow");
+        assert_eq!(orphan["queue"], "jobs:v1:gpu-general");
+        assert!(orphan["consumer"].as_str().unwrap().starts_with("doomed-"), "{orphan}");
+    }
+
+    // Another node takes them over: the alert says who, then that they
+    // are done.
+    let rescuer = WorkerProcess::start(&node_config(&redis, "rescuer"));
+    let rescuer_consumer = rescuer.consumer();
+    let settled = wait_alert(&base, "alertType=NODE_DOWN", |alert| {
+        alert["details"]["orphans"]
+            .as_array()
+            .is_some_and(|orphans| orphans.iter().all(|orphan| orphan["now"] == "settled"))
+    })
+    .await;
+    for orphan in settled["details"]["orphans"].as_array().unwrap() {
+        assert_eq!(orphan["status"], "completed", "{orphan}");
+        assert_eq!(orphan["by"], rescuer_consumer.as_str(), "{orphan}");
+    }
+
+    // The node comes back: NODE_DOWN closes, RECOVERY opens (and closes
+    // on its next heartbeat).
+    let _back = WorkerProcess::start(&node_config(&redis, "doomed"));
+    let closed = wait_alert(&base, "alertType=NODE_DOWN&status=CLOSED", |_| true).await;
+    assert_eq!(closed["id"], down["id"]);
+    let recovery = wait_alert(&base, "alertType=RECOVERY", |alert| alert["node"] == "doomed").await;
+    assert_eq!(recovery["details"]["recoveredFrom"], down["id"]);
+    wait_alert(&base, "alertType=RECOVERY&status=CLOSED", |alert| {
+        alert["node"] == "doomed"
+    })
+    .await;
+    assert_eq!(alerts(&base, "alertType=NODE_DOWN").await.len(), 1, "one NODE_DOWN");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_is_offline_and_alerts_nothing() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let monitor = WorkerProcess::start_with_env(
+        &monitor_config(&redis, &db.path().join("m.sqlite"), |_| {}),
+        "monitor",
+        &[],
+    );
+    let base = monitor.monitor_url();
+    let mut node = WorkerProcess::start(&node_config(&redis, "tidy"));
+    eventually_some(SETTLE, "the node up", || async {
+        (node_state(&base, "tidy").await.as_deref() == Some("up")).then_some(())
+    })
+    .await;
+    let stopped = Instant::now();
+    node.terminate();
+    node.wait(SETTLE);
+    eventually_some(SETTLE, "the node offline", || async {
+        (node_state(&base, "tidy").await.as_deref() == Some("offline")).then_some(())
+    })
+    .await;
+    assert!(stopped.elapsed() < Duration::from_secs(10));
+    // Well past the time a silent node would be down (3 heartbeats).
+    eventually_some(SETTLE, "the node silent for 2 s", || async {
+        let (_, body) = get(&base, "/v1/nodes?stale=true", None).await;
+        let silent = body["nodes"][0]["silentForMs"].as_u64().unwrap_or(0);
+        (silent > 2_000).then_some(())
+    })
+    .await;
+    assert_eq!(node_state(&base, "tidy").await.as_deref(), Some("offline"));
+    assert!(alerts(&base, "").await.is_empty(), "{:?}", alerts(&base, "").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_gpu_alerts_and_the_alert_closes_when_it_cools() {
+    let dir = tempfile::tempdir().unwrap();
+    let temperature = dir.path().join("temperature");
+    std::fs::write(&temperature, "60").unwrap();
+    let smi = dir.path().join("nvidia-smi");
+    std::fs::write(
+        &smi,
+        format!(
+            "#!/bin/sh\necho \"0, NVIDIA H100 80GB HBM3, GPU-fake-0, 1024, 81559, 10, 5, $(cat {}), 120.5, 1980, 1980, 2619, 580.159.04\"\n",
+            temperature.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&smi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let redis = RedisServer::start();
+    let monitor = WorkerProcess::start_with_env(
+        &monitor_config(&redis, &dir.path().join("m.sqlite"), |_| {}),
+        "monitor",
+        &[],
+    );
+    let base = monitor.monitor_url();
+    let mut config = node_config(&redis, "warm");
+    config.telemetry.nvidia_smi = smi.display().to_string();
+    config.telemetry.status_interval_s = 1;
+    let _node = WorkerProcess::start(&config);
+    // The registry knows the GPU's real size and what is free on it.
+    let (_, body) = eventually_some(SETTLE, "the GPU in the registry", || async {
+        let found = get(&base, "/v1/nodes?min_free_vram_mb=80000", None).await;
+        (found.1["nodes"].as_array().is_some_and(|nodes| nodes.len() == 1)).then_some(found)
+    })
+    .await;
+    assert_eq!(body["nodes"][0]["gpus"][0]["memoryTotalMb"], 81559);
+    assert_eq!(body["nodes"][0]["freeVramMb"], 81559 - 1024);
+    let (_, none) = get(&base, "/v1/nodes?min_free_vram_mb=90000", None).await;
+    assert_eq!(none["nodes"], json!([]));
+
+    std::fs::write(&temperature, "91").unwrap();
+    let hot = wait_alert(&base, "alertType=GPU_HOT&status=OPEN", |_| true).await;
+    assert_eq!(hot["node"], "warm");
+    assert_eq!(hot["details"]["temperatureCelsius"], 91);
+    std::fs::write(&temperature, "70").unwrap();
+    let cooled = wait_alert(&base, "alertType=GPU_HOT&status=CLOSED", |_| true).await;
+    assert_eq!(cooled["id"], hot["id"]);
+    assert_eq!(alerts(&base, "alertType=GPU_HOT").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_job_type_alerts_and_recovers_on_its_next_success() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let monitor = WorkerProcess::start_with_env(
+        &monitor_config(&redis, &db.path().join("m.sqlite"), |_| {}),
+        "monitor",
+        &[],
+    );
+    let base = monitor.monitor_url();
+    let mut config = node_config(&redis, "worker");
+    config.worker.max_attempts = 1;
+    let _node = WorkerProcess::start(&config);
+    let mut conn = redis.conn();
+    enqueue(&mut conn, "poison", "flaky", r#"{"succeed_on_attempt":9}"#);
+    let failure = wait_alert(&base, "alertType=FAILURE&status=OPEN", |_| true).await;
+    assert_eq!(failure["jobName"], "flaky");
+    assert_eq!(failure["details"]["runId"], "poison");
+    let dead = wait_alert(&base, "alertType=DEAD_LETTER&status=OPEN", |_| true).await;
+    assert_eq!(dead["jobName"], "flaky");
+    enqueue(&mut conn, "poison-2", "flaky", r#"{"succeed_on_attempt":9}"#);
+    wait_status(&redis, "poison-2", "dead_lettered", SETTLE).await;
+    let streak = wait_alert(&base, "alertType=FAILURE&status=OPEN", |alert| {
+        alert["details"]["consecutiveFailures"] == 2
+    })
+    .await;
+    assert_eq!(streak["id"], failure["id"], "one open FAILURE, refreshed");
+
+    enqueue(&mut conn, "fine", "flaky", r#"{"succeed_on_attempt":1}"#);
+    let closed = wait_alert(&base, "alertType=FAILURE&status=CLOSED", |_| true).await;
+    assert_eq!(closed["id"], failure["id"]);
+    let recovery = wait_alert(&base, "alertType=RECOVERY&status=OPEN", |_| true).await;
+    assert_eq!(recovery["subject"], "job:flaky");
+    wait_alert(&base, "alertType=DEAD_LETTER&status=CLOSED", |_| true).await;
+    let (_, jobs) = get(&base, "/v1/status/jobs/flaky", None).await;
+    assert_eq!(jobs["check"]["consecutiveFailures"], 0);
+    assert_eq!(jobs["lastDay"]["runs"], 3);
+    assert_eq!(jobs["lastDay"]["failures"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_type_missing_its_cadence_is_missed_until_it_runs() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let config = monitor_config(&redis, &db.path().join("m.sqlite"), |monitor| {
+        monitor.checks = vec![CheckConfig {
+            job_type: "echo".into(),
+            every_s: Some(1),
+            grace_s: 1,
+            alert_on_failure: true,
+            alert_on_miss: true,
+        }];
+    });
+    let monitor = WorkerProcess::start_with_env(&config, "monitor", &[]);
+    let base = monitor.monitor_url();
+    let missed = wait_alert(&base, "alertType=MISSED&status=OPEN", |_| true).await;
+    assert_eq!(missed["jobName"], "echo");
+    let (_, jobs) = get(&base, "/v1/status/jobs", None).await;
+    let echo = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|job| job["jobName"] == "echo")
+        .unwrap()
+        .clone();
+    assert_eq!(echo["state"], "DOWN");
+    let _node = WorkerProcess::start(&node_config(&redis, "worker"));
+    enqueue(&mut redis.conn(), "on-time", "echo", r#"{"text":"x"}"#);
+    wait_alert(&base, "alertType=MISSED&status=CLOSED", |alert| {
+        alert["id"] == missed["id"]
+    })
+    .await;
+    let recovery = wait_alert(&base, "alertType=RECOVERY", |_| true).await;
+    assert_eq!(recovery["details"]["recoveredType"], "MISSED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitor_killed_mid_stream_loses_nothing_and_alerts_and_notifies_once() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let receiver = StatusReceiver::start(Answer::Accept).await;
+    let config = monitor_config(&redis, &db.path().join("m.sqlite"), |monitor| {
+        monitor.notify = vec![NotifyConfig {
+            url: receiver.url(),
+            bearer: Some("hook-token".into()),
+        }];
+    });
+    let mut first = WorkerProcess::start_with_env(&config, "monitor", &[]);
+    let base = first.monitor_url();
+    let _node = WorkerProcess::start(&node_config(&redis, "busy"));
+    let mut conn = redis.conn();
+    enqueue(&mut conn, "bad-1", "trap", "{}");
+    let failure = wait_alert(&base, "alertType=FAILURE&status=OPEN", |_| true).await;
+    eventually(SETTLE, "the FAILURE notified", || receiver.accepted().len() == 1).await;
+    for index in 0..20 {
+        enqueue(&mut conn, &format!("stream-{index}"), "echo", r#"{"text":"x"}"#);
+    }
+    first.kill9();
+    for index in 20..40 {
+        enqueue(&mut conn, &format!("stream-{index}"), "echo", r#"{"text":"x"}"#);
+    }
+    enqueue(&mut conn, "bad-2", "trap", "{}");
+    wait_status(&redis, "stream-39", "completed", SETTLE).await;
+    wait_status(&redis, "bad-2", "failed", SETTLE).await;
+
+    let second = WorkerProcess::start_with_env(&config, "monitor", &[]);
+    let base = second.monitor_url();
+    let completed = eventually_some(SETTLE, "40 job.completed events", || async {
+        let (_, body) = get(
+            &base,
+            "/v1/events?eventType=job.completed&jobName=echo&limit=1000",
+            None,
+        )
+        .await;
+        let events = body["events"].as_array().cloned().unwrap_or_default();
+        (events.len() >= 40).then_some(events)
+    })
+    .await;
+    let ids: BTreeSet<&str> = completed.iter().map(|event| event["runId"].as_str().unwrap()).collect();
+    assert_eq!((completed.len(), ids.len()), (40, 40), "every event once");
+    let streak = wait_alert(&base, "alertType=FAILURE", |alert| {
+        alert["details"]["consecutiveFailures"] == 2
+    })
+    .await;
+    assert_eq!(streak["id"], failure["id"]);
+    assert_eq!(alerts(&base, "alertType=FAILURE").await.len(), 1, "no second FAILURE");
+    let (_, metrics_before) = get(&base, "/v1/health", None).await;
+    assert_eq!(metrics_before["status"], "ok");
+    // Nothing more is notified: the open FAILURE was notified before the kill.
+    let accepted = receiver.accepted();
+    assert_eq!(accepted.len(), 1, "{accepted:?}");
+    let notification: Value = serde_json::from_str(&accepted[0]).unwrap();
+    assert_eq!(notification["status"], "firing");
+    assert_eq!(notification["alerts"][0]["labels"]["alertname"], "FAILURE");
+    assert_eq!(receiver.authorization()[0].as_deref(), Some("Bearer hook-token"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_receiver_failing_then_recovering_gets_each_notification_once() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let receiver = StatusReceiver::start(Answer::Unavailable).await;
+    let config = monitor_config(&redis, &db.path().join("m.sqlite"), |monitor| {
+        monitor.notify = vec![NotifyConfig {
+            url: receiver.url(),
+            bearer: None,
+        }];
+    });
+    let monitor = WorkerProcess::start_with_env(&config, "monitor", &[]);
+    let base = monitor.monitor_url();
+    let mut node_settings = node_config(&redis, "worker");
+    node_settings.worker.max_attempts = 1;
+    let _node = WorkerProcess::start(&node_settings);
+    let mut conn = redis.conn();
+    enqueue(&mut conn, "fails", "flaky", r#"{"succeed_on_attempt":9}"#);
+    wait_alert(&base, "alertType=FAILURE&status=OPEN", |_| true).await;
+    eventually(SETTLE, "attempts on the failing receiver", || receiver.attempts() >= 2).await;
+    assert!(receiver.accepted().is_empty());
+    receiver.answer(Answer::Accept);
+    enqueue(&mut conn, "works", "flaky", r#"{"succeed_on_attempt":1}"#);
+    // FAILURE and DEAD_LETTER firing, both resolved, RECOVERY firing.
+    eventually(SETTLE, "five notifications", || receiver.accepted().len() >= 5).await;
+    let (_, metrics) = {
+        let client = citadel_transports::http::client(Duration::from_secs(10)).unwrap();
+        let text = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        (200, text)
+    };
+    assert!(
+        metrics.contains("citadel_monitor_notifications_delivered_total 5"),
+        "{metrics}"
+    );
+    let mut seen = BTreeSet::new();
+    for body in receiver.accepted() {
+        let notification: Value = serde_json::from_str(&body).unwrap();
+        let alert = &notification["alerts"][0];
+        let key = (
+            alert["labels"]["alertname"].as_str().unwrap().to_string(),
+            notification["status"].as_str().unwrap().to_string(),
+        );
+        assert!(seen.insert(key.clone()), "{key:?} twice");
+    }
+    assert_eq!(seen.len(), 5, "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chief_events_come_in_with_the_right_key_and_bad_input_stores_nothing() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let config = monitor_config(&redis, &db.path().join("m.sqlite"), |monitor| {
+        monitor.api_keys = vec![READ_KEY.into()];
+        monitor.ingest_keys = vec![INGEST_KEY.into()];
+        monitor.max_body_bytes = 4096;
+        monitor.max_batch = 3;
+    });
+    let monitor = WorkerProcess::start_with_env(&config, "monitor", &[]);
+    let base = monitor.monitor_url();
+    let chief = json!({"sourceType":"chief","eventType":"job.started","level":"INFO","message":"Job started","jobName":"sample-etl-pipeline","runId":"demo-1"});
+
+    assert_eq!(get(&base, "/v1/health", None).await.0, 200, "health is open");
+    assert_eq!(post(&base, "/v1/events", chief.to_string(), None).await.0, 401);
+    assert_eq!(
+        post(&base, "/v1/events", chief.to_string(), Some("wrong-key-0123456789"))
+            .await
+            .0,
+        401
+    );
+    let (status, body) = post(&base, "/v1/events", chief.to_string(), Some(INGEST_KEY)).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        get(&base, "/v1/events", Some(INGEST_KEY)).await.0,
+        401,
+        "an ingest key cannot read"
+    );
+    let batch = json!({"events": [
+        {"sourceType":"chief","eventType":"job.completed","level":"INFO","message":"done","jobName":"sample-etl-pipeline","runId":"demo-1"},
+        {"sourceType":"chief","eventType":"worker.message","level":"WARN","message":"latency elevated","jobName":"sample-etl-pipeline","meta":{"duration_ms":1800}}
+    ]});
+    assert_eq!(
+        post(&base, "/v1/events/batch", batch.to_string(), Some(READ_KEY))
+            .await
+            .0,
+        202
+    );
+    let stored = |query: &'static str| {
+        let base = base.clone();
+        async move {
+            let (status, body) = get(&base, query, Some(READ_KEY)).await;
+            assert_eq!(status, 200, "{body}");
+            body["events"].as_array().cloned().unwrap_or_default()
+        }
+    };
+    assert_eq!(stored("/v1/events?jobName=sample-etl-pipeline").await.len(), 3);
+    let warned = stored("/v1/events?level=WARN").await;
+    assert_eq!(warned[0]["meta"]["duration_ms"], 1800);
+
+    // Bad input: a 400 naming the field, and nothing stored.
+    let bad = [
+        (json!({"level":"INFO"}).to_string(), "eventType"),
+        (json!({"eventType":"x","level":"LOUD"}).to_string(), "level"),
+        (json!({"eventType":"x","jobName":["a"]}).to_string(), "jobName"),
+        ("{not json".to_string(), "body"),
+    ];
+    for (body, field) in bad {
+        let (status, answer) = post(&base, "/v1/events", body, Some(INGEST_KEY)).await;
+        assert_eq!(status, 400, "{answer}");
+        assert!(answer["error"].as_str().unwrap().starts_with(field), "{answer}");
+    }
+    let half_bad = json!([{"eventType":"fine"}, {"eventType":""}]).to_string();
+    let (status, answer) = post(&base, "/v1/events/batch", half_bad, Some(INGEST_KEY)).await;
+    assert_eq!(status, 400);
+    assert!(
+        answer["error"].as_str().unwrap().starts_with("events[1].eventType"),
+        "{answer}"
+    );
+    let too_many = json!([{"eventType":"a"},{"eventType":"b"},{"eventType":"c"},{"eventType":"d"}]).to_string();
+    assert_eq!(post(&base, "/v1/events/batch", too_many, Some(INGEST_KEY)).await.0, 400);
+    let oversized = json!({"eventType":"x","message":"y".repeat(8000)}).to_string();
+    assert_eq!(post(&base, "/v1/events", oversized, Some(INGEST_KEY)).await.0, 413);
+    assert!(
+        stored("/v1/events?eventType=fine").await.is_empty(),
+        "nothing of a refused batch"
+    );
+    assert!(stored("/v1/events?eventType=x").await.is_empty());
+
+    // Hostile filters.
+    for query in [
+        "/v1/events?jobName%3B%20DROP%20TABLE%20events=1",
+        "/v1/events?limit=1000000",
+        "/v1/events?level=LOUD",
+        "/v1/events?from=yesterday",
+        "/v1/alerts?alertType=PANIC",
+        "/v1/nodes?min_free_vram_mb=-1",
+    ] {
+        let (status, body) = get(&base, query, Some(READ_KEY)).await;
+        assert_eq!(status, 400, "{query}: {body}");
+    }
+    assert!(stored("/v1/events?jobName=x%27%20OR%20%271%27%3D%271").await.is_empty());
+    assert_eq!(stored("/v1/events?limit=1000").await.len(), 3, "the table is intact");
+}
