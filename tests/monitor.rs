@@ -536,3 +536,163 @@ async fn chief_events_come_in_with_the_right_key_and_bad_input_stores_nothing() 
     assert!(stored("/v1/events?jobName=x%27%20OR%20%271%27%3D%271").await.is_empty());
     assert_eq!(stored("/v1/events?limit=1000").await.len(), 3, "the table is intact");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_whose_only_server_left_is_a_stuck_backlog_until_one_returns() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let config = monitor_config(&redis, &db.path().join("m.sqlite"), |monitor| {
+        monitor.backlog_grace_s = 1;
+        monitor.backlog_poll_ms = 200;
+    });
+    let monitor = WorkerProcess::start_with_env(&config, "monitor", &[]);
+    let base = monitor.monitor_url();
+    let mut conn = redis.conn();
+    let mut server = WorkerProcess::start(&node_config(&redis, "only-server"));
+    enqueue(&mut conn, "served", "echo", r#"{"text":"x"}"#);
+    wait_status(&redis, "served", "completed", SETTLE).await;
+    server.terminate();
+    server.wait(SETTLE);
+    eventually_some(SETTLE, "the server offline", || async {
+        (node_state(&base, "only-server").await.as_deref() == Some("offline")).then_some(())
+    })
+    .await;
+    for index in 0..3 {
+        enqueue(&mut conn, &format!("waiting-{index}"), "echo", r#"{"text":"x"}"#);
+    }
+    let stuck = wait_alert(&base, "alertType=BACKLOG_STUCK&status=OPEN", |_| true).await;
+    assert_eq!(stuck["subject"], "queue:jobs:v1:gpu-general/echo");
+    assert_eq!(stuck["details"]["waiting"], 3);
+    assert_eq!(stuck["jobName"], "echo");
+    let _back = WorkerProcess::start(&node_config(&redis, "only-server"));
+    wait_status(&redis, "waiting-2", "completed", SETTLE).await;
+    let closed = wait_alert(&base, "alertType=BACKLOG_STUCK&status=CLOSED", |_| true).await;
+    assert_eq!(closed["id"], stuck["id"]);
+}
+
+/// Read SSE `event:`/`data:`/`id:` records from `response` until `done`
+/// holds for the records so far.
+async fn read_stream(
+    response: reqwest::Response,
+    done: impl Fn(&[(String, Value, Option<String>)]) -> bool,
+) -> Vec<(String, Value, Option<String>)> {
+    use eventsource_stream::Eventsource;
+    use futures_util::StreamExt;
+    let mut records = Vec::new();
+    let mut events = response.bytes_stream().eventsource();
+    let read = async {
+        while let Some(event) = events.next().await {
+            let event = event.expect("a well-formed event");
+            let id = (!event.id.is_empty()).then(|| event.id.clone());
+            records.push((
+                event.event.clone(),
+                serde_json::from_str(&event.data).unwrap_or(Value::Null),
+                id,
+            ));
+            if done(&records) {
+                return;
+            }
+        }
+        panic!("the stream ended");
+    };
+    tokio::time::timeout(SETTLE, read)
+        .await
+        .expect("the awaited records in time");
+    records
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_stream_carries_events_alerts_and_nodes_and_resumes_where_it_left() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let monitor = WorkerProcess::start_with_env(
+        &monitor_config(&redis, &db.path().join("m.sqlite"), |_| {}),
+        "monitor",
+        &[],
+    );
+    let base = monitor.monitor_url();
+    let client = citadel_transports::http::client(Duration::from_secs(60)).unwrap();
+    let live = client.get(format!("{base}/v1/stream")).send().await.unwrap();
+    assert_eq!(live.headers()["content-type"], "text/event-stream");
+    let _node = WorkerProcess::start(&node_config(&redis, "live"));
+    enqueue(&mut redis.conn(), "live-1", "trap", "{}");
+    let records = read_stream(live, |records| {
+        records
+            .iter()
+            .any(|(kind, data, _)| kind == "alert" && data["alert"]["alertType"] == "FAILURE")
+            && records
+                .iter()
+                .any(|(kind, data, _)| kind == "node" && data["id"] == "live")
+    })
+    .await;
+    let events: Vec<&(String, Value, Option<String>)> = records.iter().filter(|(kind, _, _)| kind == "event").collect();
+    assert!(events.iter().all(|(_, _, id)| id.is_some()), "events carry their id");
+    let started = events
+        .iter()
+        .find(|(_, data, _)| data["eventType"] == "node.started")
+        .expect("node.started");
+    let resume_from = started.2.clone().unwrap();
+
+    // Reconnecting from node.started replays what followed it, in order.
+    let again = client
+        .get(format!("{base}/v1/stream"))
+        .header("last-event-id", &resume_from)
+        .send()
+        .await
+        .unwrap();
+    let replayed = read_stream(again, |records| {
+        records
+            .iter()
+            .any(|(kind, data, _)| kind == "event" && data["eventType"] == "job.failed")
+    })
+    .await;
+    let ids: Vec<i64> = replayed
+        .iter()
+        .filter_map(|(_, _, id)| id.as_ref().map(|id| id.parse().unwrap()))
+        .collect();
+    assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "{ids:?}");
+    assert!(
+        ids[0] > resume_from.parse::<i64>().unwrap(),
+        "nothing before the resume point"
+    );
+    assert!(replayed.iter().any(|(_, data, _)| data["eventType"] == "job.started"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_stream_client_is_told_it_lagged_and_holds_nobody_up() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let monitor = WorkerProcess::start_with_env(
+        &monitor_config(&redis, &db.path().join("m.sqlite"), |_| {}),
+        "monitor",
+        &[],
+    );
+    let base = monitor.monitor_url();
+    let client = citadel_transports::http::client(Duration::from_secs(120)).unwrap();
+    // Connected, and never read until the end.
+    let slow = client.get(format!("{base}/v1/stream")).send().await.unwrap();
+    let fast = client.get(format!("{base}/v1/stream")).send().await.unwrap();
+    let fast_reader = tokio::spawn(read_stream(fast, |records| {
+        records.iter().any(|(_, data, _)| data["message"] == "last")
+    }));
+    // ~24 MB of events: more than the socket buffers and the live buffer hold.
+    let filler = "x".repeat(4000);
+    let batches = 40;
+    for batch in 0..batches {
+        let events: Vec<Value> = (0..150)
+            .map(|index| {
+                let last = batch == batches - 1 && index == 149;
+                json!({"eventType": "load.test", "message": if last { "last".to_string() } else { filler.clone() }})
+            })
+            .collect();
+        let (status, body) = post(&base, "/v1/events/batch", json!(events).to_string(), None).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let fast = fast_reader.await.unwrap();
+    let received = fast.iter().filter(|(kind, _, _)| kind == "event").count();
+    assert_eq!(received, batches * 150, "the reading client got every event");
+    assert!(fast.iter().all(|(kind, _, _)| kind != "lagged"));
+    let slow = read_stream(slow, |records| records.iter().any(|(kind, _, _)| kind == "lagged")).await;
+    let lagged = slow.iter().find(|(kind, _, _)| kind == "lagged").unwrap();
+    assert!(lagged.1["skipped"].as_u64().unwrap() > 0, "{:?}", lagged.1);
+}

@@ -57,6 +57,14 @@ pub struct MonitorConfig {
     /// A failing notification is retried this many times before it is
     /// given up (and recorded as failed).
     pub notify_attempts: u32,
+    /// Jobs waiting this long in a queue that no up node serves (their job
+    /// type, or their `model`) open `BACKLOG_STUCK`, s.
+    pub backlog_grace_s: u64,
+    /// How often the queues' backlogs are looked at, ms.
+    pub backlog_poll_ms: u64,
+    /// Queues (`jobs:v1:<name>`) not judged for backlogs: the device
+    /// configuration queue fans out to every node, offline ones included.
+    pub backlog_ignore_queues: Vec<String>,
 }
 
 /// A webhook receiver.
@@ -117,6 +125,9 @@ impl Default for MonitorConfig {
             checks: Vec::new(),
             notify: Vec::new(),
             notify_attempts: 10,
+            backlog_grace_s: 60,
+            backlog_poll_ms: 2_000,
+            backlog_ignore_queues: vec!["config".into()],
         }
     }
 }
@@ -195,6 +206,12 @@ impl MonitorConfig {
                     format!("{:?} must be an http:// or https:// URL", receiver.url),
                 );
             }
+        }
+        if self.backlog_poll_ms < 100 {
+            return invalid(
+                "backlog_poll_ms",
+                format!("must be at least 100, got {}", self.backlog_poll_ms),
+            );
         }
         if self.notify_attempts == 0 {
             return invalid("notify_attempts", "must be at least 1".into());

@@ -17,6 +17,7 @@ use citadel_transports::wire;
 use serde_json::{Value, json};
 
 use crate::alerts::{AlertChange, AlertType, Alerts, NewAlert};
+use crate::backlog::Waiting;
 use crate::checks::{Checks, Run};
 use crate::config::MonitorConfig;
 use crate::registry::{Judging, Node, NodeState, Registry, Transition};
@@ -478,6 +479,69 @@ impl Engine {
                 commit.nodes.retain(|known| known.id != row.id);
                 commit.nodes.push(row);
             }
+        }
+    }
+
+    /// Weigh the queues' `waiting` jobs against the nodes up at `now_ms`:
+    /// waiting past `grace_ms` with no up node handling their type (and
+    /// serving their model) opens `BACKLOG_STUCK`; any other open one —
+    /// drained, or served again — closes.
+    pub fn backlog(&mut self, waiting: &[Waiting], grace_ms: u64, now_ms: u64, commit: &mut Commit) {
+        let registry = &self.registry;
+        let served = |job: &Waiting| {
+            registry.nodes().filter(|node| node.state == NodeState::Up).any(|node| {
+                let Some(status) = &node.status else { return false };
+                let handles = status.handlers.iter().any(|handler| handler.job_type == job.job_type);
+                let serves_model = job
+                    .model
+                    .as_ref()
+                    .is_none_or(|model| status.services.iter().any(|service| service.models.contains(model)));
+                handles && serves_model
+            })
+        };
+        let stuck: Vec<&Waiting> = waiting
+            .iter()
+            .filter(|job| now_ms.saturating_sub(job.oldest_ms) >= grace_ms && !served(job))
+            .collect();
+        for job in &stuck {
+            let what = match &job.model {
+                Some(model) => format!("{} jobs for model {model}", job.job_type),
+                None => format!("{} jobs", job.job_type),
+            };
+            let alert = NewAlert {
+                alert_type: AlertType::BacklogStuck,
+                subject: job.subject(),
+                node: None,
+                job_name: Some(job.job_type.clone()),
+                message: format!(
+                    "{} {what} have waited in {} for {} s and no up node serves them",
+                    job.count,
+                    job.queue,
+                    now_ms.saturating_sub(job.oldest_ms) / 1000
+                ),
+                details: json!({
+                    "queue": job.queue,
+                    "jobType": job.job_type,
+                    "model": job.model,
+                    "waiting": job.count,
+                    "oldestMs": job.oldest_ms,
+                }),
+            };
+            let raised = self.alerts.raise(alert, now_ms);
+            self.changed(raised, commit);
+        }
+        let still: BTreeSet<String> = stuck.iter().map(|job| job.subject()).collect();
+        let over: Vec<String> = self
+            .alerts
+            .open()
+            .filter(|alert| alert.alert_type == AlertType::BacklogStuck && !still.contains(&alert.subject))
+            .map(|alert| alert.subject.clone())
+            .collect();
+        for subject in over {
+            let changes = self
+                .alerts
+                .resolve(AlertType::BacklogStuck, &subject, "served or drained", now_ms);
+            self.all_changed(changes, commit);
         }
     }
 

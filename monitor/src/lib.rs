@@ -11,6 +11,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod backlog;
 pub mod checks;
 pub mod config;
 pub mod engine;

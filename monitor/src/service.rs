@@ -25,7 +25,7 @@ use crate::config::MonitorConfig;
 use crate::engine::{Engine, FollowUp};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Commit, Committed, Store, StoreError, StoredEvent};
-use crate::{api, ingest, notify, orphans};
+use crate::{api, backlog, ingest, notify, orphans};
 
 /// How often the clock ticks.
 const TICK: Duration = Duration::from_millis(250);
@@ -235,6 +235,7 @@ impl Monitor {
         tasks.spawn(ingest::run(Arc::clone(&self), tasks.clone(), stop.clone()));
         tasks.spawn(Arc::clone(&self).keep_time(tasks.clone(), stop.clone()));
         tasks.spawn(notify::run(Arc::clone(&self), stop.clone()));
+        tasks.spawn(backlog::run(Arc::clone(&self), stop.clone()));
         // Alerts open at start whose orphans may still be moving.
         let down: Vec<String> = self.read(|engine| {
             engine
