@@ -202,7 +202,8 @@ pub struct NewAlert {
 /// The open alerts.
 #[derive(Debug, Clone, Default)]
 pub struct Alerts {
-    open: HashMap<(AlertType, String), Alert>,
+    /// Open alerts by type, then subject (looked up without allocating).
+    open: HashMap<AlertType, HashMap<String, Alert>>,
     next_id: i64,
     recovery_ttl_ms: u64,
 }
@@ -211,11 +212,15 @@ impl Alerts {
     /// Alerts going on from `open` (loaded from the store), new ids above
     /// `last_id`; a `RECOVERY` closes by itself after `recovery_ttl_ms`.
     pub fn resume(open: Vec<Alert>, last_id: i64, recovery_ttl_ms: u64) -> Alerts {
+        let mut by_type: HashMap<AlertType, HashMap<String, Alert>> = HashMap::new();
+        for alert in open {
+            by_type
+                .entry(alert.alert_type)
+                .or_default()
+                .insert(alert.subject.clone(), alert);
+        }
         Alerts {
-            open: open
-                .into_iter()
-                .map(|alert| ((alert.alert_type, alert.subject.clone()), alert))
-                .collect(),
+            open: by_type,
             next_id: last_id + 1,
             recovery_ttl_ms,
         }
@@ -223,18 +228,17 @@ impl Alerts {
 
     /// The open alert of `alert_type` on `subject`.
     pub fn get(&self, alert_type: AlertType, subject: &str) -> Option<&Alert> {
-        self.open.get(&(alert_type, subject.to_string()))
+        self.open.get(&alert_type)?.get(subject)
     }
 
     /// Every open alert.
     pub fn open(&self) -> impl Iterator<Item = &Alert> {
-        self.open.values()
+        self.open.values().flat_map(HashMap::values)
     }
 
     /// Open `new` unless one of its type is open on its subject.
     pub fn raise(&mut self, new: NewAlert, now_ms: u64) -> Option<AlertChange> {
-        let key = (new.alert_type, new.subject.clone());
-        if self.open.contains_key(&key) {
+        if self.get(new.alert_type, &new.subject).is_some() {
             return None;
         }
         let alert = Alert {
@@ -252,13 +256,16 @@ impl Alerts {
             close_reason: None,
         };
         self.next_id += 1;
-        self.open.insert(key, alert.clone());
+        self.open
+            .entry(alert.alert_type)
+            .or_default()
+            .insert(alert.subject.clone(), alert.clone());
         Some(AlertChange::Opened(alert))
     }
 
     /// Replace the details of the open alert of `alert_type` on `subject`.
     pub fn update(&mut self, alert_type: AlertType, subject: &str, details: Value) -> Option<AlertChange> {
-        let alert = self.open.get_mut(&(alert_type, subject.to_string()))?;
+        let alert = self.open.get_mut(&alert_type)?.get_mut(subject)?;
         if alert.details == details {
             return None;
         }
@@ -305,19 +312,18 @@ impl Alerts {
 
     /// Close by hand.
     pub fn close_by_id(&mut self, id: i64, reason: &str, now_ms: u64) -> Option<AlertChange> {
-        let key = self
-            .open
-            .iter()
-            .find(|(_, alert)| alert.id == id)
-            .map(|(key, _)| key.clone())?;
-        self.close(key.0, &key.1, reason, now_ms).map(AlertChange::Closed)
+        let (alert_type, subject) = self
+            .open()
+            .find(|alert| alert.id == id)
+            .map(|alert| (alert.alert_type, alert.subject.clone()))?;
+        self.close(alert_type, &subject, reason, now_ms)
+            .map(AlertChange::Closed)
     }
 
     /// Close what has expired (`RECOVERY` after its TTL).
     pub fn expire(&mut self, now_ms: u64) -> Vec<AlertChange> {
         let expired: Vec<String> = self
-            .open
-            .values()
+            .open()
             .filter(|alert| {
                 alert.alert_type == AlertType::Recovery && now_ms >= alert.opened_at_ms + self.recovery_ttl_ms
             })
@@ -333,7 +339,7 @@ impl Alerts {
     }
 
     fn close(&mut self, alert_type: AlertType, subject: &str, reason: &str, now_ms: u64) -> Option<Alert> {
-        let mut alert = self.open.remove(&(alert_type, subject.to_string()))?;
+        let mut alert = self.open.get_mut(&alert_type)?.remove(subject)?;
         alert.status = AlertStatus::Closed;
         alert.closed_at_ms = Some(now_ms);
         alert.close_reason = Some(reason.to_string());

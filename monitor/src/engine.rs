@@ -20,7 +20,7 @@ use crate::alerts::{AlertChange, AlertType, Alerts, NewAlert};
 use crate::backlog::Waiting;
 use crate::checks::{Checks, Run};
 use crate::config::MonitorConfig;
-use crate::registry::{Judging, Node, NodeState, Registry, Transition};
+use crate::registry::{Judging, Node, NodeState, Registry, Summary, Transition};
 use crate::store::{Commit, GpuSample, Loaded, NewEvent, NodeRow, Sample};
 
 /// A stream entry id's parts (`<ms>-<seq>`), ordered as Redis orders them.
@@ -60,12 +60,14 @@ impl Engine {
     pub fn resume(config: &MonitorConfig, loaded: Loaded, receivers: Vec<String>, now_ms: u64) -> Engine {
         let mut registry = Registry::new(Judging::from_config(config));
         for row in loaded.nodes {
+            let status = row.status.as_deref().and_then(|status| {
+                serde_json::from_str::<StatusMessage>(status)
+                    .ok()
+                    .map(|message| message.status)
+            });
             registry.restore(Node {
-                status: row.status.as_deref().and_then(|status| {
-                    serde_json::from_str::<StatusMessage>(status)
-                        .ok()
-                        .map(|message| message.status)
-                }),
+                summary: status.as_ref().map(Summary::of).unwrap_or_default(),
+                status,
                 id: row.id,
                 state: row.state,
                 last_seen_ms: row.last_seen_ms,
@@ -302,23 +304,33 @@ impl Engine {
     fn job_run(&mut self, job: &str, run: Run, event: &FleetEvent, at_ms: u64, commit: &mut Commit) {
         let row = self.checks.record(job, run, at_ms);
         let alert_on_failure = self.checks.config(job).is_none_or(|check| check.alert_on_failure);
-        commit.checks.push(row.clone());
+        // One row per job type per commit: its latest.
+        match commit.checks.iter_mut().find(|known| known.job_name == row.job_name) {
+            Some(known) => *known = row.clone(),
+            None => commit.checks.push(row.clone()),
+        }
         let subject = format!("job:{job}");
         // A run is the job type's sign of life: a RECOVERY from before closes.
         let alive = self.alerts.alive(&subject, at_ms);
         self.changed(alive, commit);
-        let ran = self
-            .alerts
-            .resolve(AlertType::Missed, &subject, &format!("{job} ran again"), at_ms);
-        self.all_changed(ran, commit);
+        if self.alerts.get(AlertType::Missed, &subject).is_some() {
+            let ran = self
+                .alerts
+                .resolve(AlertType::Missed, &subject, &format!("{job} ran again"), at_ms);
+            self.all_changed(ran, commit);
+        }
         match run {
             Run::Started => {}
             Run::Succeeded => {
+                let failing = [AlertType::Failure, AlertType::DeadLetter]
+                    .into_iter()
+                    .filter(|kind| self.alerts.get(*kind, &subject).is_some())
+                    .collect::<Vec<_>>();
                 let reason = format!("{job} succeeded on {}", event.node.as_deref().unwrap_or("?"));
-                let recovered = self.alerts.resolve(AlertType::Failure, &subject, &reason, at_ms);
-                self.all_changed(recovered, commit);
-                let cleared = self.alerts.resolve(AlertType::DeadLetter, &subject, &reason, at_ms);
-                self.all_changed(cleared, commit);
+                for kind in failing {
+                    let recovered = self.alerts.resolve(kind, &subject, &reason, at_ms);
+                    self.all_changed(recovered, commit);
+                }
             }
             Run::Failed => {
                 let details = json!({

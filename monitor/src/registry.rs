@@ -78,6 +78,61 @@ pub struct Node {
     /// When it last stopped cleanly (what it wrote before is no sign of a
     /// new life).
     pub stopped_at_ms: Option<u64>,
+    /// What schedulers ask about, worked out once per status.
+    pub summary: Summary,
+}
+
+/// A node's status, boiled down for scheduling queries.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    /// Models its running, healthy services serve (sorted).
+    pub models: Vec<String>,
+    /// Backends its running, healthy engines are (sorted).
+    pub backends: Vec<String>,
+    /// Free VRAM on all its GPUs, MiB.
+    pub free_vram_mb: u64,
+    /// Free VRAM on its emptiest GPU, MiB.
+    pub max_free_vram_mb: u64,
+    /// Whether a GPU is 5 % busy or more.
+    pub gpu_busy: bool,
+}
+
+impl Summary {
+    /// The summary of `status`.
+    pub fn of(status: &NodeStatus) -> Summary {
+        let serving = status.services.iter().filter(|service| {
+            service.status == ServiceState::Running
+                && matches!(service.health, ServiceHealth::Ok | ServiceHealth::Degraded)
+        });
+        let mut models: Vec<String> = serving.clone().flat_map(|service| service.models.clone()).collect();
+        models.sort();
+        models.dedup();
+        let mut backends: Vec<String> = serving.flat_map(|service| service.backends.clone()).collect();
+        backends.sort();
+        backends.dedup();
+        let free: Vec<u64> = status.gpu.iter().filter_map(free_mb).collect();
+        Summary {
+            models,
+            backends,
+            free_vram_mb: free.iter().sum(),
+            max_free_vram_mb: free.iter().copied().max().unwrap_or(0),
+            gpu_busy: status
+                .gpu
+                .iter()
+                .any(|entry| entry.gpu.utilization_percent.unwrap_or(0) >= 5),
+        }
+    }
+}
+
+/// A GPU's free memory: as reported, else its own total less its use.
+fn free_mb(entry: &citadel_collector::status::GpuEntry) -> Option<u64> {
+    entry.memory_free_mb.or_else(|| {
+        entry
+            .gpu
+            .memory_total_mb
+            .zip(entry.gpu.memory_used_mb)
+            .map(|(total, used)| total.saturating_sub(used))
+    })
 }
 
 /// A node changed state.
@@ -237,20 +292,31 @@ impl Registry {
 
     fn seen(&mut self, id: &str, at_ms: u64) -> (&mut Node, Option<NodeState>) {
         let known = self.nodes.contains_key(id);
-        let node = self.nodes.entry(id.to_string()).or_insert_with(|| Node {
-            id: id.to_string(),
-            state: NodeState::Up,
-            last_seen_ms: at_ms,
-            first_seen_ms: at_ms,
-            interval_ms: SNAPSHOT_INTERVAL_MS,
-            in_flight: 0,
-            status: None,
-            status_at_ms: None,
-            stopped_at_ms: None,
-        });
+        if !known {
+            self.insert_new(id, at_ms);
+        }
+        let node = self.nodes.get_mut(id).expect("inserted above");
         let before = known.then_some(node.state);
         node.last_seen_ms = node.last_seen_ms.max(at_ms);
         (node, before)
+    }
+
+    fn insert_new(&mut self, id: &str, at_ms: u64) {
+        self.nodes.insert(
+            id.to_string(),
+            Node {
+                id: id.to_string(),
+                state: NodeState::Up,
+                last_seen_ms: at_ms,
+                first_seen_ms: at_ms,
+                interval_ms: SNAPSHOT_INTERVAL_MS,
+                in_flight: 0,
+                status: None,
+                status_at_ms: None,
+                stopped_at_ms: None,
+                summary: Summary::default(),
+            },
+        );
     }
 
     /// `id` said it is alive at `at_ms` (a heartbeat every `interval_ms`,
@@ -266,6 +332,7 @@ impl Registry {
     pub fn status(&mut self, id: &str, at_ms: u64, status: NodeStatus, stopping: bool) -> Option<Transition> {
         let (node, before) = self.seen(id, at_ms);
         node.in_flight = status.worker.in_flight;
+        node.summary = Summary::of(&status);
         node.status = Some(status);
         node.status_at_ms = Some(at_ms);
         if stopping {
@@ -335,33 +402,41 @@ impl Registry {
         now_ms.saturating_sub(node.last_seen_ms) > self.judging.stale_after_ms
     }
 
-    /// The nodes answering `query` at `now_ms`, by id.
+    /// The nodes answering `query` at `now_ms`, by id. Filters run on
+    /// each node's summary; only the answers are built into views.
     pub fn query(&self, query: &NodeQuery, now_ms: u64) -> Vec<NodeView> {
-        let mut views: Vec<NodeView> = self
+        let mut found: Vec<&Node> = self
             .nodes
             .values()
-            .filter(|node| query.include_stale || query.state.is_some() || !self.is_stale(node, now_ms))
-            .filter(|node| query.state.is_none_or(|state| node.state == state))
-            .filter(|node| {
-                query.tag.as_ref().is_none_or(|tag| {
-                    node.status
-                        .as_ref()
-                        .is_some_and(|status| status.node.tags.contains(tag))
-                })
-            })
-            .map(|node| self.view(node, now_ms))
-            .filter(|view| query.idle.is_none_or(|idle| is_idle(view) == idle))
-            .filter(|view| query.model.as_ref().is_none_or(|model| view.models.contains(model)))
-            .filter(|view| {
-                query
-                    .backend
-                    .as_ref()
-                    .is_none_or(|backend| view.backends.contains(backend))
-            })
-            .filter(|view| query.min_free_vram_mb.is_none_or(|need| view.max_free_vram_mb >= need))
+            .filter(|node| self.answers(node, query, now_ms))
             .collect();
-        views.sort_by(|a, b| a.id.cmp(&b.id));
-        views
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        found.into_iter().map(|node| self.view(node, now_ms)).collect()
+    }
+
+    fn answers(&self, node: &Node, query: &NodeQuery, now_ms: u64) -> bool {
+        let summary = &node.summary;
+        (query.include_stale || query.state.is_some() || !self.is_stale(node, now_ms))
+            && query.state.is_none_or(|state| node.state == state)
+            && query
+                .min_free_vram_mb
+                .is_none_or(|need| summary.max_free_vram_mb >= need)
+            && query
+                .model
+                .as_ref()
+                .is_none_or(|model| summary.models.binary_search(model).is_ok())
+            && query
+                .backend
+                .as_ref()
+                .is_none_or(|backend| summary.backends.binary_search(backend).is_ok())
+            && query
+                .idle
+                .is_none_or(|idle| (node.in_flight == 0 && !summary.gpu_busy) == idle)
+            && query.tag.as_ref().is_none_or(|tag| {
+                node.status
+                    .as_ref()
+                    .is_some_and(|status| status.node.tags.contains(tag))
+            })
     }
 
     /// `node` as the API shows it.
@@ -374,11 +449,6 @@ impl Registry {
                     .iter()
                     .map(|entry| {
                         let gpu = &entry.gpu;
-                        let free = entry.memory_free_mb.or_else(|| {
-                            gpu.memory_total_mb
-                                .zip(gpu.memory_used_mb)
-                                .map(|(total, used)| total.saturating_sub(used))
-                        });
                         GpuView {
                             index: gpu.index,
                             name: gpu.name.clone(),
@@ -386,7 +456,7 @@ impl Registry {
                             utilization_percent: gpu.utilization_percent,
                             memory_total_mb: gpu.memory_total_mb,
                             memory_used_mb: gpu.memory_used_mb,
-                            memory_free_mb: free,
+                            memory_free_mb: free_mb(entry),
                             temperature_celsius: gpu.temperature_celsius,
                             power_watts: gpu.power_watts,
                         }
@@ -394,19 +464,6 @@ impl Registry {
                     .collect()
             })
             .unwrap_or_default();
-        let serving = status
-            .into_iter()
-            .flat_map(|status| &status.services)
-            .filter(|service| {
-                service.status == ServiceState::Running
-                    && matches!(service.health, ServiceHealth::Ok | ServiceHealth::Degraded)
-            });
-        let mut models: Vec<String> = serving.clone().flat_map(|service| service.models.clone()).collect();
-        models.sort();
-        models.dedup();
-        let mut backends: Vec<String> = serving.flat_map(|service| service.backends.clone()).collect();
-        backends.sort();
-        backends.dedup();
         NodeView {
             id: node.id.clone(),
             name: status.map_or_else(|| node.id.clone(), |status| status.node.name.clone()),
@@ -418,11 +475,11 @@ impl Registry {
             silent_for_ms: now_ms.saturating_sub(node.last_seen_ms),
             heartbeat_interval_ms: node.interval_ms,
             in_flight: node.in_flight,
-            free_vram_mb: gpus.iter().filter_map(|gpu| gpu.memory_free_mb).sum(),
-            max_free_vram_mb: gpus.iter().filter_map(|gpu| gpu.memory_free_mb).max().unwrap_or(0),
+            free_vram_mb: node.summary.free_vram_mb,
+            max_free_vram_mb: node.summary.max_free_vram_mb,
             gpus,
-            models,
-            backends,
+            models: node.summary.models.clone(),
+            backends: node.summary.backends.clone(),
             job_types: status
                 .map(|status| status.handlers.iter().map(|handler| handler.job_type.clone()).collect())
                 .unwrap_or_default(),
@@ -437,10 +494,6 @@ fn rank(state: NodeState) -> u8 {
         NodeState::Down => 2,
         NodeState::Offline => 3,
     }
-}
-
-fn is_idle(view: &NodeView) -> bool {
-    view.in_flight == 0 && view.gpus.iter().all(|gpu| gpu.utilization_percent.unwrap_or(0) < 5)
 }
 
 #[cfg(test)]

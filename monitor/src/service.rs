@@ -170,13 +170,18 @@ impl Monitor {
         let _turn = self.turn.lock().await;
         let mut commit = Commit::default();
         let mut follow = FollowUp::default();
+        let watching = self.live.receiver_count() > 0;
         let before: Vec<(String, crate::registry::NodeState)> = {
             let mut engine = self.engine.lock().expect("engine poisoned");
-            let before = engine
-                .registry()
-                .nodes()
-                .map(|node| (node.id.clone(), node.state))
-                .collect();
+            let before = if watching {
+                engine
+                    .registry()
+                    .nodes()
+                    .map(|node| (node.id.clone(), node.state))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             judge(&mut engine, &mut commit, &mut follow);
             before
         };
@@ -189,13 +194,18 @@ impl Monitor {
         let committed = tokio::task::spawn_blocking(move || store.commit(commit))
             .await
             .expect("the store's writer panicked")?;
-        for event in &committed.events {
-            let _ = self.live.send(Live::Event(Arc::new(event.clone())));
+        // Nobody listening costs nothing.
+        if self.live.receiver_count() > 0 {
+            for event in &committed.events {
+                let _ = self.live.send(Live::Event(Arc::new(event.clone())));
+            }
+            for change in alerts {
+                let _ = self.live.send(Live::Alert(Arc::new(change)));
+            }
         }
-        for change in alerts {
-            let _ = self.live.send(Live::Alert(Arc::new(change)));
+        if watching {
+            self.announce_nodes(&before);
         }
-        self.announce_nodes(&before);
         if notifies {
             self.deliveries.notify_one();
         }

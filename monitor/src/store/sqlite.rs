@@ -278,7 +278,8 @@ impl Store for SqliteStore {
             )?;
             for new in commit.events {
                 let event = &new.event;
-                let meta = (!event.meta.is_empty()).then(|| serde_json::Value::Object(event.meta.clone()).to_string());
+                let meta = (!event.meta.is_empty())
+                    .then(|| serde_json::to_string(&event.meta).expect("a JSON map serializes"));
                 let inserted = insert.execute(params![
                     new.stream_id,
                     ms(new.at_ms),
