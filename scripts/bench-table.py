@@ -49,6 +49,14 @@ CRITERION = {
         ("native", "native: reqwest GET on a fresh connection"),
         ("citadel", "citadel: an `http-fetch` job (instantiate, egress checks, connect, GET)"),
     ]),
+    "fleet_query_1000x8": ("sqlite", [
+        ("registry", "citadel monitor: up nodes, a GPU with 20 GB free, model M — from memory (1000 nodes × 8 GPUs)"),
+        ("sqlite", "the same question as SQL over an indexed in-memory SQLite copy"),
+    ]),
+    "event_ingest_1000": ("raw_sqlite", [
+        ("raw_sqlite", "raw batched SQLite inserts of 1000 events (same table and indexes; floor)"),
+        ("http_batch", "`POST /v1/events/batch` of the same 1000 (HTTP, checks, judgement, commit)"),
+    ]),
     "gpu_sample": ("nvidia_smi", [
         ("nvml", "every GPU through NVML"),
         ("nvidia_smi", "`nvidia-smi --query-gpu` once"),
@@ -61,6 +69,7 @@ QUEUES = [
     ("rq_simple", "RQ 3.0, 2 SimpleWorkers (no fork)"),
     ("dramatiq", "Dramatiq 2.2, 2 processes × 8 threads"),
     ("citadel", "citadel work, 16 concurrent jobs, one process"),
+    ("citadel_no_events", "the same with fleet events off (`telemetry.events = false`)"),
 ]
 
 
@@ -105,6 +114,9 @@ def queue_tables(summary):
             continue
         note = "baseline" if name == "celery" else (f"{rate / celery:.3g}×" if celery else "")
         print(f"| {label} | {rate:,.0f} | {note} |")
+    if summary.get("citadel") and summary.get("citadel_no_events"):
+        cost = 1 - summary["citadel"] / summary["citadel_no_events"]
+        print(f"| cost of the job events on citadel's jobs/s (the two rows above) | {cost * 100:+.1f} % | |")
     latency = summary.get("latency")
     if latency:
         base, ours = latency["baseline"], latency["citadel"]
@@ -167,6 +179,25 @@ def fleet_table(summary):
     print(f"| (`citadel component publish` itself: local check and compile, Redis write) | {summary['publish_cli_ms']:.1f} ms | |")
 
 
+def monitor_table(summary):
+    beat = summary["heartbeat_ms"]
+    print(f"\n| fleet simulator: {summary['nodes']} nodes × {summary['gpus']} GPUs, {summary['clients']} live-stream "
+          f"clients, heartbeat {beat} ms | measured | vs baseline |")
+    print("| --- | ---: | ---: |")
+    idle, fleet = summary["rss_idle_mib"], summary["rss_fleet_mib"]
+    print(f"| monitor RSS, idle (baseline) | {idle:.1f} MiB | baseline |")
+    print(f"| monitor RSS with the fleet and the clients | {fleet:.1f} MiB | {fleet / idle:.3g}× |")
+    print(f"| crash → NODE_DOWN at a live client, p50 ({summary['down_detected']} nodes) "
+          f"| {summary['down_beats_p50']:.2f} heartbeats | {summary['down_beats_p50'] * beat / 1000:.2f} s |")
+    print(f"| crash → NODE_DOWN, p99 | {summary['down_beats_p99']:.2f} heartbeats "
+          f"| {summary['down_beats_p99'] * beat / 1000:.2f} s |")
+    print(f"| clean stop (`node.stopping`) → offline at a live client, p50 / p99 "
+          f"| {summary['offline_ms_p50']:.1f} / {summary['offline_ms_p99']:.1f} ms | |")
+    print(f"| nodes wrongly called down | {summary['false_node_down']} | |")
+    print(f"| one stored event, indexes included (baseline: its JSON, {summary['event_json_bytes']} B) "
+          f"| {summary['bytes_per_event']:.0f} B | {summary['bytes_per_event'] / summary['event_json_bytes']:.3g}× |")
+
+
 def main():
     criterion_table(pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/criterion"))
     queues = pathlib.Path(sys.argv[2] if len(sys.argv) > 2 else "target/bench/queues.json")
@@ -181,6 +212,9 @@ def main():
     fleet = pathlib.Path(sys.argv[5] if len(sys.argv) > 5 else "target/bench/fleet.json")
     if fleet.exists():
         fleet_table(json.loads(fleet.read_text()))
+    monitor = pathlib.Path(sys.argv[6] if len(sys.argv) > 6 else "target/bench/monitor.json")
+    if monitor.exists():
+        monitor_table(json.loads(monitor.read_text()))
 
 
 if __name__ == "__main__":

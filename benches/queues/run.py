@@ -96,14 +96,17 @@ def stop(procs):
             proc.kill()
 
 
-def bench_citadel(args, server, workdir):
+def bench_citadel(args, server, workdir, fleet_events=True):
+    """citadel work on the queue; `fleet_events` off runs the same node
+    without its citadel:v1:events writes (their cost, same run)."""
     r = server.client
     r.flushall()
     pipe = r.pipeline(transaction=False)
     for n in range(args.jobs):
         pipe.xadd("jobs:v1:bench", {"jobId": f"job-{n}", "type": "noop", "payload": "{}"})
     pipe.execute()
-    env = dict(os.environ, CITADEL_SANDBOX__CACHE_DIR=str(workdir / "cache"), CITADEL_LOG="warn")
+    env = dict(os.environ, CITADEL_SANDBOX__CACHE_DIR=str(workdir / "cache"), CITADEL_LOG="warn",
+               CITADEL_TELEMETRY__EVENTS="true" if fleet_events else "false")
     worker = subprocess.Popen(
         [args.citadel, "work", "--redis-url", server.url, "--queue", "bench", "--concurrency", str(args.citadel_concurrency),
          "--handler", f"noop={args.guests}/echo.wasm", "--node-id", "bench"],
@@ -253,7 +256,8 @@ def main():
     parser.add_argument("--chunks", type=int, default=2000)
     parser.add_argument("--citadel-concurrency", type=int, default=16)
     parser.add_argument("--timeout", type=int, default=300)
-    parser.add_argument("--only", nargs="*", default=["citadel", "celery", "rq", "rq_simple", "dramatiq", "latency"])
+    parser.add_argument("--only", nargs="*",
+                        default=["citadel", "citadel_no_events", "celery", "rq", "rq_simple", "dramatiq", "latency"])
     parser.add_argument("--out", help="also write the JSON summary here")
     parser.add_argument("--cpu", action="store_true", help="print citadel's CPU time per job (diagnostic)")
     args = parser.parse_args()
@@ -262,7 +266,9 @@ def main():
     results = {"jobs": args.jobs}
     try:
         rq_simple = lambda args, server, workdir: bench_rq(args, server, workdir, "rq.worker.SimpleWorker")
-        for name, bench in (("citadel", bench_citadel), ("celery", bench_celery), ("rq", bench_rq),
+        no_events = lambda args, server, workdir: bench_citadel(args, server, workdir, fleet_events=False)
+        for name, bench in (("citadel", bench_citadel), ("citadel_no_events", no_events), ("celery", bench_celery),
+                            ("rq", bench_rq),
                             ("rq_simple", rq_simple), ("dramatiq", bench_dramatiq), ("latency", bench_latency)):
             if name in args.only:
                 print(f"running {name}...", file=sys.stderr, flush=True)

@@ -200,6 +200,9 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     fn gpu(&mut self, node: &str, uuid: &str, index: u32, celsius: u32, hot: bool, at_ms: u64, commit: &mut Commit) {
         let subject = format!("gpu:{node}/{uuid}");
+        if hot && !self.wants(node, "alertOnHighTemp") {
+            return;
+        }
         if hot {
             let alert = NewAlert {
                 alert_type: AlertType::GpuHot,
@@ -415,6 +418,9 @@ impl Engine {
                     message: format!("{node} stopped beating {silent_s} s ago without saying goodbye"),
                     details: json!({ "lastSeenMs": self.registry.get(&node).map(|known| known.last_seen_ms), "orphans": [] }),
                 };
+                if !self.wants(&node, "alertOnOffline") {
+                    return;
+                }
                 if let Some(opened) = self.alerts.raise(alert, at_ms) {
                     follow.orphans_of.push(node);
                     self.changed(Some(opened), commit);
@@ -439,6 +445,22 @@ impl Engine {
                 }
             }
             NodeState::Late => {}
+        }
+    }
+
+    /// Whether `node`'s device configuration (from the control plane,
+    /// reported in its status) wants alerts of kind `key`
+    /// (`alertOnOffline`, `alertOnHighTemp`): as it says (absent: no, as
+    /// Citadel reads it); a node without one gets them all.
+    fn wants(&self, node: &str, key: &str) -> bool {
+        let device = self
+            .registry
+            .get(node)
+            .and_then(|known| known.status.as_ref())
+            .and_then(|status| status.node.device_config.as_ref());
+        match device {
+            Some(device) => device.get(key).and_then(Value::as_bool).unwrap_or(false),
+            None => true,
         }
     }
 

@@ -28,7 +28,7 @@ use crate::store::{Commit, Committed, Store, StoreError, StoredEvent};
 use crate::{api, backlog, ingest, notify, orphans};
 
 /// How often the clock ticks.
-const TICK: Duration = Duration::from_millis(250);
+const TICK: Duration = Duration::from_millis(100);
 /// How often old rows are pruned, and how many at a time.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const PRUNE_BATCH: u32 = 500;
@@ -110,6 +110,8 @@ pub struct Monitor {
     /// Whether the streams are read up to now (a monitor catching up, or
     /// cut off from Redis, does not take its own deafness for silent nodes).
     pub(crate) streams_current: std::sync::atomic::AtomicBool,
+    /// Fired when the monitor stops: live streams end so the API can close.
+    pub(crate) stopping: CancellationToken,
 }
 
 /// Now, ms since the epoch.
@@ -143,6 +145,7 @@ impl Monitor {
             redis,
             counters: Counters::default(),
             streams_current: std::sync::atomic::AtomicBool::new(false),
+            stopping: CancellationToken::new(),
         }))
     }
 
@@ -258,6 +261,12 @@ impl Monitor {
         for node in down {
             tasks.spawn(orphans::track(Arc::clone(&self), node, stop.clone()));
         }
+        let stopping = self.stopping.clone();
+        let on_stop = stop.clone();
+        tasks.spawn(async move {
+            on_stop.cancelled().await;
+            stopping.cancel();
+        });
         api::serve(Arc::clone(&self), listener, stop.clone()).await;
         stop.cancel();
         tasks.close();

@@ -255,3 +255,39 @@ fn a_silent_node_goes_down_and_recovers_with_its_next_beat() {
     assert_eq!(all.len(), 2, "one NODE_DOWN, one RECOVERY: {all:?}");
     assert_eq!(world.store.deliveries(all[1].id).unwrap().len(), 2, "firing, resolved");
 }
+
+#[test]
+fn a_device_configuration_without_alert_on_offline_silences_node_down() {
+    let mut world = World::new();
+    let mut status: serde_json::Value = serde_json::json!({
+        "version": "1.0", "timestamp": "2026-12-07T00:00:00Z", "nodeId": "a",
+        "status": {
+            "version": "0.1.0", "timestamp": "2026-12-07T00:00:00Z",
+            "node": {"name": "a", "id": "a", "tags": [], "device_config": {"alertOnOffline": false},
+                     "uptime_seconds": 1, "mode": "redis"},
+            "system": null, "gpu": [], "gpu_source": "none", "gpu_unavailable_reason": null,
+            "services": [], "worker": {"consuming": true, "in_flight": 0, "processed": 0, "failed": 0,
+                                       "last_job_consumed_at": null},
+            "handlers": [], "processes": [], "collector_errors": []
+        }
+    });
+    let entry = |status: &serde_json::Value| {
+        HashMap::from([
+            ("nodeId".to_string(), "a".to_string()),
+            ("status".to_string(), "online".to_string()),
+            ("payload".to_string(), status.to_string()),
+        ])
+    };
+    world.entry(citadel_transports::wire::NODE_STATUS_STREAM, entry(&status));
+    world.run(&Step::Beat(0));
+    world.run(&Step::Quiet(5_000));
+    assert_eq!(world.engine.registry().get("a").unwrap().state.as_str(), "down");
+    assert!(
+        world.engine.alerts().get(AlertType::NodeDown, "node:a").is_none(),
+        "the operator asked for none"
+    );
+    status["status"]["node"]["device_config"]["alertOnOffline"] = serde_json::json!(true);
+    world.entry(citadel_transports::wire::NODE_STATUS_STREAM, entry(&status));
+    world.run(&Step::Quiet(5_000));
+    assert!(world.engine.alerts().get(AlertType::NodeDown, "node:a").is_some());
+}

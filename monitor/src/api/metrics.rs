@@ -1,6 +1,7 @@
 //! `GET /metrics`: the monitor in Prometheus' text format — nodes by
 //! state, open alerts by type, stream entries applied, events posted,
-//! notifications delivered and failed, requests refused.
+//! notifications delivered and failed, requests refused, the database's
+//! size and events stored.
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -43,6 +44,18 @@ pub async fn metrics(State(monitor): State<Arc<Monitor>>) -> impl IntoResponse {
             "citadel_monitor_open_alerts{{type=\"{}\"}} {count}",
             kind.as_str()
         );
+    }
+    let store = Arc::clone(monitor.store());
+    if let Ok(Ok((bytes, events))) = tokio::task::spawn_blocking(move || store.footprint()).await {
+        let _ = writeln!(
+            text,
+            "# HELP citadel_monitor_db_bytes Size of the database (pages in use), bytes."
+        );
+        let _ = writeln!(text, "# TYPE citadel_monitor_db_bytes gauge");
+        let _ = writeln!(text, "citadel_monitor_db_bytes {bytes}");
+        let _ = writeln!(text, "# HELP citadel_monitor_events_stored Events in the database.");
+        let _ = writeln!(text, "# TYPE citadel_monitor_events_stored gauge");
+        let _ = writeln!(text, "citadel_monitor_events_stored {events}");
     }
     let counters = &monitor.counters;
     for (name, help, value) in [

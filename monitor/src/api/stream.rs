@@ -76,6 +76,7 @@ pub async fn stream(
     // broadcast (where it lags), not in memory here; a client gone ends
     // the feeder at its next send.
     let (sender, receiver) = tokio::sync::mpsc::channel::<Event>(16);
+    let stopping = monitor.stopping.clone();
     tokio::spawn(async move {
         for event in missed {
             if sender.send(of(&Live::Event(Arc::new(event)))).await.is_err() {
@@ -83,7 +84,12 @@ pub async fn stream(
             }
         }
         loop {
-            let next = match live.recv().await {
+            let received = tokio::select! {
+                // The monitor stops: the stream ends, so the server can close.
+                _ = stopping.cancelled() => return,
+                received = live.recv() => received,
+            };
+            let next = match received {
                 Ok(Live::Event(event)) if event.id <= last_sent => continue,
                 Ok(item) => {
                     if let Live::Event(event) = &item {
