@@ -298,6 +298,7 @@ async fn a_job_type_missing_its_cadence_is_missed_until_it_runs() {
         monitor.checks = vec![CheckConfig {
             job_type: "echo".into(),
             every_s: Some(1),
+            schedule: None,
             grace_s: 1,
             alert_on_failure: true,
             alert_on_miss: true,
@@ -695,4 +696,47 @@ async fn a_slow_stream_client_is_told_it_lagged_and_holds_nobody_up() {
     let slow = read_stream(slow, |records| records.iter().any(|(kind, _, _)| kind == "lagged")).await;
     let lagged = slow.iter().find(|(kind, _, _)| kind == "lagged").unwrap();
     assert!(lagged.1["skipped"].as_u64().unwrap() > 0, "{:?}", lagged.1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_moved_by_a_worker_without_events_alerts_once_and_old_ones_do_not() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dead_letter = |conn: &mut redis::Connection, job: &str| {
+        // As Citadel's own (Go) worker moves a job: no fleet event.
+        let payload = json!({"type": "render", "frame": 7}).to_string();
+        let _: String = redis::cmd("XADD")
+            .arg("dlq:v1:gpu-general")
+            .arg("*")
+            .arg(&[
+                ("original_message_id", "1-0"),
+                ("original_queue", "jobs:v1:gpu-general"),
+                ("reason", "gave up after 3 attempts: boom"),
+                ("moved_at", "2026-12-07T00:00:00Z"),
+                ("worker_id", "go-worker-77-00af"),
+                ("jobId", job),
+                ("payload", payload.as_str()),
+                ("attempts", "3"),
+            ])
+            .query(conn)
+            .unwrap();
+    };
+    dead_letter(&mut conn, "old-1");
+    let db = tempfile::tempdir().unwrap();
+    let config = monitor_config(&redis, &db.path().join("m.sqlite"), |monitor| {
+        monitor.backlog_poll_ms = 200
+    });
+    let monitor = WorkerProcess::start_with_env(&config, "monitor", &[]);
+    let base = monitor.monitor_url();
+    // Dead letters from before the monitor started are history; a new one alerts.
+    dead_letter(&mut conn, "new-1");
+    let alert = wait_alert(&base, "alertType=DEAD_LETTER&status=OPEN", |_| true).await;
+    assert_eq!(alert["subject"], "job:render");
+    assert_eq!(alert["details"]["jobId"], "new-1", "{alert}");
+    assert_eq!(alert["node"], "go-worker");
+    assert_eq!(
+        alerts(&base, "alertType=DEAD_LETTER").await.len(),
+        1,
+        "the old one did not alert"
+    );
 }

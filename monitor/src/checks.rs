@@ -1,7 +1,8 @@
 //! Chief's job checks, per job type: when it last ran, succeeded and
 //! failed, its failures in a row, and — for job types with a cadence
-//! (`[[monitor.checks]] every_s`) — whether it is `UP`, `LATE` (past its
-//! expected run) or `DOWN` (past it by more than `grace_s`).
+//! (`[[monitor.checks]] every_s`) or a cron schedule (`schedule`, UTC) —
+//! whether it is `UP`, `LATE` (past its expected run) or `DOWN` (past it
+//! by more than `grace_s`).
 
 use std::collections::BTreeMap;
 
@@ -43,6 +44,8 @@ pub struct CheckView {
     pub state: CheckState,
     /// Its expected cadence, s.
     pub every_s: Option<u64>,
+    /// Or its cron schedule (UTC).
+    pub schedule: Option<String>,
     /// Its grace, s.
     pub grace_s: u64,
     /// When it is next expected, ms since the epoch.
@@ -52,11 +55,35 @@ pub struct CheckView {
     pub row: CheckRow,
 }
 
+/// When a checked job type is expected.
+#[derive(Debug, Clone)]
+enum Expected {
+    /// At least this often, ms.
+    Every(u64),
+    /// On this schedule (UTC).
+    Schedule(Box<croner::Cron>),
+}
+
+impl Expected {
+    /// The run expected after one at `last_ms`.
+    fn after(&self, last_ms: u64) -> Option<u64> {
+        match self {
+            Expected::Every(every) => Some(last_ms + every),
+            Expected::Schedule(cron) => {
+                let last = chrono::DateTime::from_timestamp_millis(i64::try_from(last_ms).ok()?)?;
+                let next = cron.find_next_occurrence(&last, false).ok()?;
+                u64::try_from(next.timestamp_millis()).ok()
+            }
+        }
+    }
+}
+
 /// Every job type's check.
 #[derive(Debug, Clone)]
 pub struct Checks {
     rows: BTreeMap<String, CheckRow>,
     configured: BTreeMap<String, CheckConfig>,
+    expected: BTreeMap<String, Expected>,
     /// When the monitor started: a checked type that never ran is
     /// expected one cadence after it.
     started_ms: u64,
@@ -71,6 +98,18 @@ impl Checks {
                 .checks
                 .iter()
                 .map(|check| (check.job_type.clone(), check.clone()))
+                .collect(),
+            expected: config
+                .checks
+                .iter()
+                .filter_map(|check| {
+                    let expected = match (&check.schedule, check.every_s) {
+                        (Some(schedule), _) => Expected::Schedule(Box::new(schedule.parse().ok()?)),
+                        (None, Some(every)) => Expected::Every(every * 1000),
+                        (None, None) => return None,
+                    };
+                    Some((check.job_type.clone(), expected))
+                })
                 .collect(),
             started_ms,
         }
@@ -108,13 +147,13 @@ impl Checks {
 
     /// When `job_name` is next expected (types with a cadence).
     fn expected_next(&self, job_name: &str) -> Option<u64> {
-        let every = self.configured.get(job_name)?.every_s? * 1000;
+        let expected = self.expected.get(job_name)?;
         let last = self
             .rows
             .get(job_name)
             .and_then(|row| row.last_run_ms)
             .unwrap_or(self.started_ms);
-        Some(last + every)
+        expected.after(last)
     }
 
     /// The job types past their grace at `now_ms` that alert on a miss,
@@ -156,6 +195,7 @@ impl Checks {
                     job_name: name.clone(),
                     state,
                     every_s: config.and_then(|check| check.every_s),
+                    schedule: config.and_then(|check| check.schedule.clone()),
                     grace_s: config.map_or(0, |check| check.grace_s),
                     expected_next_ms: expected,
                     row,
@@ -174,6 +214,7 @@ mod tests {
             checks: vec![CheckConfig {
                 job_type: "etl".into(),
                 every_s: Some(60),
+                schedule: None,
                 grace_s: 10,
                 alert_on_failure: true,
                 alert_on_miss: true,
@@ -195,6 +236,34 @@ mod tests {
         checks.record("etl", Run::Succeeded, 70_500);
         assert_eq!(state(&checks, 71_000), CheckState::Up);
         assert!(checks.missed(71_000).is_empty());
+    }
+
+    #[test]
+    fn a_scheduled_job_type_is_expected_at_its_next_cron_time() {
+        let config = MonitorConfig {
+            checks: vec![CheckConfig {
+                job_type: "nightly".into(),
+                every_s: None,
+                schedule: Some("0 3 * * *".into()),
+                grace_s: 600,
+                alert_on_failure: true,
+                alert_on_miss: true,
+            }],
+            ..MonitorConfig::default()
+        };
+        // Started 2026-01-02T00:00:00Z: expected at 03:00, missed after 03:10.
+        let started = 1_767_312_000_000;
+        let mut checks = Checks::resume(Vec::new(), &config, started);
+        let three = started + 3 * 3_600_000;
+        assert_eq!(checks.views(started)[0].expected_next_ms, Some(three));
+        assert!(checks.missed(three + 600_000).is_empty());
+        assert_eq!(checks.missed(three + 600_001), vec![("nightly".to_string(), three)]);
+        checks.record("nightly", Run::Succeeded, three + 700_000);
+        assert_eq!(
+            checks.views(three + 700_000)[0].expected_next_ms,
+            Some(three + 86_400_000)
+        );
+        assert_eq!(checks.views(three + 700_000)[0].state, CheckState::Up);
     }
 
     #[test]

@@ -84,9 +84,13 @@ pub struct NotifyConfig {
 pub struct CheckConfig {
     /// The job type (Chief: the job's name).
     pub job_type: String,
-    /// It should run at least this often, s (no cadence: failures only).
+    /// It should run at least this often, s.
     #[serde(default)]
     pub every_s: Option<u64>,
+    /// Or on this cron schedule, UTC (`0 3 * * *`: daily at 03:00); with
+    /// neither, only failures are checked.
+    #[serde(default)]
+    pub schedule: Option<String>,
     /// How late it may be before `MISSED`, s.
     #[serde(default)]
     pub grace_s: u64,
@@ -227,6 +231,20 @@ impl MonitorConfig {
             if check.every_s == Some(0) {
                 return invalid("checks.every_s", format!("must be at least 1 ({})", check.job_type));
             }
+            if let Some(schedule) = &check.schedule {
+                if check.every_s.is_some() {
+                    return invalid(
+                        "checks.schedule",
+                        format!("{}: give every_s or schedule, not both", check.job_type),
+                    );
+                }
+                if let Err(err) = schedule.parse::<croner::Cron>() {
+                    return invalid(
+                        "checks.schedule",
+                        format!("{}: {schedule:?} is not a cron schedule: {err}", check.job_type),
+                    );
+                }
+            }
         }
         Ok(())
     }
@@ -267,6 +285,7 @@ mod tests {
                 CheckConfig {
                     job_type: "etl".into(),
                     every_s: Some(60),
+                    schedule: None,
                     grace_s: 0,
                     alert_on_failure: true,
                     alert_on_miss: true,
@@ -276,5 +295,17 @@ mod tests {
             ..valid()
         };
         assert!(twice.validate().unwrap_err().problem.contains("two checks"));
+        let cron = MonitorConfig {
+            checks: vec![CheckConfig {
+                job_type: "etl".into(),
+                every_s: None,
+                schedule: Some("every day at noon".into()),
+                grace_s: 0,
+                alert_on_failure: true,
+                alert_on_miss: true,
+            }],
+            ..valid()
+        };
+        assert_eq!(cron.validate().unwrap_err().key, "checks.schedule");
     }
 }

@@ -17,9 +17,9 @@ use citadel_transports::wire;
 use serde_json::{Value, json};
 
 use crate::alerts::{AlertChange, AlertType, Alerts, NewAlert};
-use crate::backlog::Waiting;
 use crate::checks::{Checks, Run};
 use crate::config::MonitorConfig;
+use crate::queues::Waiting;
 use crate::registry::{Judging, Node, NodeState, Registry, Summary, Transition};
 use crate::store::{Commit, GpuSample, Loaded, NewEvent, NodeRow, Sample};
 
@@ -579,6 +579,67 @@ impl Engine {
         }
     }
 
+    /// How far dead-letter queue `key` has been looked at (`None`: never).
+    pub fn dead_letter_cursor(&self, key: &str) -> Option<String> {
+        self.cursors.get(key).map(|(ms, seq)| format!("{ms}-{seq}"))
+    }
+
+    /// New entries of dead-letter queue `key` (after its cursor, or after
+    /// the monitor's start on first sight); `last` is the queue's newest.
+    /// Entries moved there by nodes that write fleet events were already
+    /// judged from their `job.dead_lettered`; the others (Citadel's own
+    /// workers, anything else) open `DEAD_LETTER` on their job type, or on
+    /// the queue when the entry does not say.
+    pub fn dead_letters(
+        &mut self,
+        key: &str,
+        entries: &[(String, HashMap<String, String>)],
+        last: &str,
+        now_ms: u64,
+        commit: &mut Commit,
+    ) {
+        for (id, fields) in entries {
+            let worker = fields.get("worker_id").map_or("", String::as_str);
+            let node = node_of_consumer(worker);
+            if self.eventful.contains(node) {
+                continue;
+            }
+            let job_type = fields
+                .get("payload")
+                .and_then(|payload| serde_json::from_str::<Value>(payload).ok())
+                .and_then(|payload| payload["type"].as_str().map(str::to_string));
+            let subject = match &job_type {
+                Some(job_type) => format!("job:{job_type}"),
+                None => format!("dlq:{key}"),
+            };
+            let reason = fields.get("reason").cloned().unwrap_or_default();
+            let alert = NewAlert {
+                alert_type: AlertType::DeadLetter,
+                subject,
+                node: (!node.is_empty()).then(|| node.to_string()),
+                job_name: job_type.clone(),
+                message: format!("a job was dead-lettered to {key}: {reason}"),
+                details: json!({
+                    "queue": key,
+                    "entryId": id,
+                    "jobId": fields.get("jobId"),
+                    "reason": reason,
+                    "workerId": worker,
+                    "attempts": fields.get("attempts"),
+                }),
+            };
+            let raised = self.alerts.raise(alert, now_ms);
+            self.changed(raised, commit);
+        }
+        let position = entries.last().map_or(last, |(id, _)| id.as_str());
+        if let Some(at) = entry_id(position)
+            && self.cursors.get(key).is_none_or(|done| at > *done)
+        {
+            self.cursors.insert(key.to_string(), at);
+            commit.cursors.push((key.to_string(), position.to_string()));
+        }
+    }
+
     /// An operator closes alert `id` with `reason`.
     pub fn close(&mut self, id: i64, reason: &str, now_ms: u64, commit: &mut Commit) -> Option<AlertChange> {
         let closed = self.alerts.close_by_id(id, reason, now_ms)?;
@@ -618,6 +679,15 @@ impl Engine {
             status_at_ms: node.status_at_ms,
             stopped_at_ms: node.stopped_at_ms,
         })
+    }
+}
+
+/// The node of a worker's consumer name (`<node>-<pid>-<tag>`).
+fn node_of_consumer(consumer: &str) -> &str {
+    let mut parts = consumer.rsplitn(3, '-');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(_tag), Some(_pid), Some(node)) => node,
+        _ => consumer,
     }
 }
 

@@ -25,7 +25,7 @@ use crate::config::MonitorConfig;
 use crate::engine::{Engine, FollowUp};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Commit, Committed, Store, StoreError, StoredEvent};
-use crate::{api, backlog, ingest, notify, orphans};
+use crate::{api, ingest, notify, orphans, queues};
 
 /// How often the clock ticks.
 const TICK: Duration = Duration::from_millis(100);
@@ -112,6 +112,8 @@ pub struct Monitor {
     pub(crate) streams_current: std::sync::atomic::AtomicBool,
     /// Fired when the monitor stops: live streams end so the API can close.
     pub(crate) stopping: CancellationToken,
+    /// When this monitor started, ms since the epoch.
+    pub(crate) started_ms: u64,
 }
 
 /// Now, ms since the epoch.
@@ -146,6 +148,7 @@ impl Monitor {
             counters: Counters::default(),
             streams_current: std::sync::atomic::AtomicBool::new(false),
             stopping: CancellationToken::new(),
+            started_ms: now_ms(),
         }))
     }
 
@@ -248,7 +251,7 @@ impl Monitor {
         tasks.spawn(ingest::run(Arc::clone(&self), tasks.clone(), stop.clone()));
         tasks.spawn(Arc::clone(&self).keep_time(tasks.clone(), stop.clone()));
         tasks.spawn(notify::run(Arc::clone(&self), stop.clone()));
-        tasks.spawn(backlog::run(Arc::clone(&self), stop.clone()));
+        tasks.spawn(queues::run(Arc::clone(&self), stop.clone()));
         // Alerts open at start whose orphans may still be moving.
         let down: Vec<String> = self.read(|engine| {
             engine

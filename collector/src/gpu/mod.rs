@@ -6,6 +6,8 @@
 //! source is looked for again now and then, so a driver that appears later
 //! is picked up (and a GPU that vanishes shows as a failing probe).
 //!
+//! XID errors are watched apart ([`xid`]): NVML hands them over as events.
+//!
 //! A process may use several GPUs (a tensor-parallel engine) and a service
 //! several processes: [`GpuUsage`] sums them, with the per-GPU breakdown.
 
@@ -13,6 +15,7 @@
 mod nvml;
 mod procfs;
 mod smi;
+pub mod xid;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -30,31 +30,31 @@ const FIELDS: [&str; 12] = [
 ];
 
 /// `value` as an event, or what is wrong with it (naming the field; `at`
-/// says where in a batch).
-pub fn event(value: &Value, at: Option<usize>) -> Result<FleetEvent, String> {
+/// says where in a batch). Takes the value apart: no field is copied.
+pub fn event(value: Value, at: Option<usize>) -> Result<FleetEvent, String> {
     let place = |field: &str| match at {
         Some(index) => format!("events[{index}].{field}"),
         None => field.to_string(),
     };
-    let Value::Object(object) = value else {
+    let Value::Object(mut object) = value else {
         return Err(format!(
             "{}: an event is a JSON object",
-            at.map_or("body".to_string(), |i| format!("events[{i}]"))
+            at.map_or("body".to_string(), |index| format!("events[{index}]"))
         ));
     };
     if let Some(unknown) = object.keys().find(|key| !FIELDS.contains(&key.as_str())) {
         let shown: String = unknown.chars().take(64).collect();
         return Err(format!("{}: unknown field", place(&shown)));
     }
-    let text = |field: &str, max: usize, required: bool| -> Result<Option<String>, String> {
-        match object.get(field) {
+    let mut text = |field: &str, max: usize, required: bool| -> Result<Option<String>, String> {
+        match object.remove(field) {
             None | Some(Value::Null) if required => Err(format!("{}: required", place(field))),
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(text)) if text.len() > max => Err(format!("{}: longer than {max} bytes", place(field))),
             Some(Value::String(text)) if required && text.trim().is_empty() => {
                 Err(format!("{}: must not be empty", place(field)))
             }
-            Some(Value::String(text)) => Ok(Some(text.clone())),
+            Some(Value::String(text)) => Ok(Some(text)),
             Some(_) => Err(format!("{}: must be a string", place(field))),
         }
     };
@@ -68,34 +68,47 @@ pub fn event(value: &Value, at: Option<usize>) -> Result<FleetEvent, String> {
     {
         return Err(format!("{}: an RFC 3339 time", place("at")));
     }
-    let meta = match object.get("meta") {
+    let source_type = text("sourceType", MAX_FIELD, false)?.unwrap_or_else(|| "http".into());
+    let message = text("message", MAX_MESSAGE, false)?.unwrap_or_default();
+    let node = text("node", MAX_FIELD, false)?;
+    let job_name = text("jobName", MAX_FIELD, false)?;
+    let run_id = text("runId", MAX_FIELD, false)?;
+    let tenant = text("tenant", MAX_FIELD, false)?;
+    let script_path = text("scriptPath", MAX_FIELD, false)?;
+    let scheduled_for = text("scheduledFor", MAX_FIELD, false)?;
+    let meta = match object.remove("meta") {
         None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(meta)) if Value::Object(meta.clone()).to_string().len() <= MAX_META => meta.clone(),
-        Some(Value::Object(_)) => return Err(format!("{}: larger than {MAX_META} bytes", place("meta"))),
+        Some(Value::Object(meta)) => {
+            let size = serde_json::to_vec(&meta).map_or(usize::MAX, |bytes| bytes.len());
+            if size > MAX_META {
+                return Err(format!("{}: larger than {MAX_META} bytes", place("meta")));
+            }
+            meta
+        }
         Some(_) => return Err(format!("{}: must be an object", place("meta"))),
     };
     Ok(FleetEvent {
-        source_type: text("sourceType", MAX_FIELD, false)?.unwrap_or_else(|| "http".into()),
+        source_type,
         event_type,
         level,
-        message: text("message", MAX_MESSAGE, false)?.unwrap_or_default(),
+        message,
         at: at_time,
-        node: text("node", MAX_FIELD, false)?,
-        job_name: text("jobName", MAX_FIELD, false)?,
-        run_id: text("runId", MAX_FIELD, false)?,
-        tenant: text("tenant", MAX_FIELD, false)?,
-        script_path: text("scriptPath", MAX_FIELD, false)?,
-        scheduled_for: text("scheduledFor", MAX_FIELD, false)?,
+        node,
+        job_name,
+        run_id,
+        tenant,
+        script_path,
+        scheduled_for,
         meta,
     })
 }
 
 /// A batch: `{"events": [...]}` or a bare array, at most `max` events,
 /// every one valid.
-pub fn batch(value: &Value, max: usize) -> Result<Vec<FleetEvent>, String> {
+pub fn batch(value: Value, max: usize) -> Result<Vec<FleetEvent>, String> {
     let events = match value {
         Value::Array(events) => events,
-        Value::Object(object) => match object.get("events") {
+        Value::Object(mut object) => match object.remove("events") {
             Some(Value::Array(events)) => events,
             _ => return Err("events: required, an array of events".into()),
         },
@@ -105,7 +118,7 @@ pub fn batch(value: &Value, max: usize) -> Result<Vec<FleetEvent>, String> {
         return Err(format!("events: {} events, at most {max} per batch", events.len()));
     }
     events
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(index, value)| event(value, Some(index)))
         .collect()
@@ -120,36 +133,36 @@ mod tests {
     #[test]
     fn chiefs_event_is_taken_and_a_bad_field_is_named() {
         let chief = json!({"sourceType":"chief","eventType":"job.started","level":"INFO","message":"Job started","jobName":"etl","runId":"demo-1"});
-        let event = event(&chief, None).unwrap();
+        let event = event(chief, None).unwrap();
         assert_eq!(event.job_name.as_deref(), Some("etl"));
         assert_eq!(
-            super::event(&json!({"level":"INFO"}), None).unwrap_err(),
+            super::event(json!({"level":"INFO"}), None).unwrap_err(),
             "eventType: required"
         );
         assert!(
-            super::event(&json!({"eventType":"x","level":"LOUD"}), None)
+            super::event(json!({"eventType":"x","level":"LOUD"}), None)
                 .unwrap_err()
                 .starts_with("level:")
         );
         assert!(
-            super::event(&json!({"eventType":"x","meta":[1]}), None)
+            super::event(json!({"eventType":"x","meta":[1]}), None)
                 .unwrap_err()
                 .starts_with("meta:")
         );
         assert!(
-            super::event(&json!({"eventType":"x","jobName":7}), None)
+            super::event(json!({"eventType":"x","jobName":7}), None)
                 .unwrap_err()
                 .starts_with("jobName:")
         );
         assert!(
-            super::event(&json!({"eventType":"x","oops":1}), None)
+            super::event(json!({"eventType":"x","oops":1}), None)
                 .unwrap_err()
                 .starts_with("oops:")
         );
-        let err = batch(&json!([{"eventType":"a"}, {"eventType":""}]), 10).unwrap_err();
+        let err = batch(json!([{"eventType":"a"}, {"eventType":""}]), 10).unwrap_err();
         assert_eq!(err, "events[1].eventType: must not be empty");
         assert!(
-            batch(&json!({"events": [{"eventType":"a"}, {"eventType":"b"}]}), 1)
+            batch(json!({"events": [{"eventType":"a"}, {"eventType":"b"}]}), 1)
                 .unwrap_err()
                 .contains("at most 1")
         );

@@ -309,12 +309,12 @@ fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
 }
 
 async fn post_event(State(monitor): State<Arc<Monitor>>, body: Bytes) -> Result<Response, ApiError> {
-    let event = ingest::event(&parse_json(&body)?, None).map_err(bad_request)?;
+    let event = ingest::event(parse_json(&body)?, None).map_err(bad_request)?;
     store_posted(&monitor, vec![event]).await
 }
 
 async fn post_batch(State(monitor): State<Arc<Monitor>>, body: Bytes) -> Result<Response, ApiError> {
-    let events = ingest::batch(&parse_json(&body)?, monitor.config.max_batch).map_err(bad_request)?;
+    let events = ingest::batch(parse_json(&body)?, monitor.config.max_batch).map_err(bad_request)?;
     store_posted(&monitor, events).await
 }
 

@@ -4,7 +4,8 @@
 //! was OOM-killed, restarted or turned unhealthy; an engine went down or
 //! came back; a GPU ran hot or cooled — each found by comparing what the
 //! telemetry reports now with what it reported before, so an event is
-//! written once per change. And between snapshots, a light heartbeat.
+//! written once per change; and NVML's XID errors (`gpu.xid`). And between
+//! snapshots, a light heartbeat.
 //!
 //! Without Redis (or with `telemetry.events` off) all of it is a no-op.
 
@@ -13,6 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use citadel_collector::GpuInfo;
+use citadel_collector::gpu::xid::XidError;
 use citadel_collector::status::{HandlerStatus, ServiceHealth, ServiceState, ServiceStatus};
 use citadel_transports::fleet::{FleetEvent, Heartbeat, Level, epoch_millis, event_type};
 use citadel_transports::redis::FleetPublisher;
@@ -125,6 +127,25 @@ impl NodeEvents {
                     .with("limitCelsius", self.hot_celsius),
             );
         }
+    }
+
+    /// Whether events go anywhere.
+    pub fn enabled(&self) -> bool {
+        self.publisher.is_some()
+    }
+
+    /// `gpu.xid`: NVML reported an XID error on a GPU.
+    pub fn gpu_xid(&self, error: &XidError) {
+        let xid = error
+            .xid
+            .map_or_else(|| "an unknown XID".to_string(), |xid| format!("XID {xid}"));
+        let message = format!("GPU {} ({}) reported {xid}", error.index, error.uuid);
+        self.emit(
+            self.event(event_type::GPU_XID, Level::Error, message)
+                .with("gpu", error.index)
+                .with("uuid", error.uuid.clone())
+                .with("xid", error.xid),
+        );
     }
 
     /// Append a heartbeat every `interval` until `stop`, saying how many

@@ -26,6 +26,7 @@ pub mod telemetry;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use citadel_collector::status::{NodeMode, ServiceHealth};
@@ -123,6 +124,29 @@ async fn watch_engines(engines: Arc<Engines>, telemetry: Arc<Telemetry>, poll: D
     }
 }
 
+/// Watch the GPUs for XID errors (NVML only, with fleet events on) and
+/// write each as `gpu.xid`; returns the watcher's stop flag.
+fn watch_xid(telemetry: &Arc<Telemetry>) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    if !telemetry.events.enabled() || telemetry.gpu_source() != "nvml" {
+        return stop;
+    }
+    match citadel_collector::gpu::xid::watch(Arc::clone(&stop)) {
+        Ok(errors) => {
+            let telemetry = Arc::clone(telemetry);
+            // Ends when the watcher does (its stop flag set).
+            std::thread::spawn(move || {
+                while let Ok(error) = errors.recv() {
+                    tracing::error!(gpu = error.index, uuid = %error.uuid, xid = ?error.xid, "GPU XID error");
+                    telemetry.events.gpu_xid(&error);
+                }
+            });
+        }
+        Err(reason) => tracing::info!(%reason, "GPU XID errors are not watched"),
+    }
+    stop
+}
+
 /// Report the supervised services (and watch their processes and cgroups)
 /// whenever one changes.
 async fn watch_services(supervisor: Arc<Supervisor>, telemetry: Arc<Telemetry>, stop: CancellationToken) {
@@ -147,6 +171,8 @@ pub struct NodeServices {
     pub status_addr: Option<SocketAddr>,
     publishing: CancellationToken,
     status_loop: tokio::task::JoinHandle<()>,
+    /// Stops the GPU XID watcher (when there is one).
+    xid_stop: Arc<AtomicBool>,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -295,6 +321,7 @@ impl NodeServices {
             tasks.spawn(server.serve(telemetry.clone(), stop.clone()));
         }
         tasks.close();
+        let xid_stop = watch_xid(&telemetry);
         telemetry.events.started(mode.as_str(), env!("CARGO_PKG_VERSION"));
         Ok(NodeServices {
             telemetry,
@@ -302,6 +329,7 @@ impl NodeServices {
             status_addr,
             publishing,
             status_loop,
+            xid_stop,
             stop,
             tasks,
         })
@@ -312,6 +340,7 @@ impl NodeServices {
     /// (`node.stopping`, then the last status entry, `stopping`), then stop
     /// serving; the HTTP backlog goes to the spool.
     pub async fn stop(self) {
+        self.xid_stop.store(true, Ordering::Relaxed);
         self.publishing.cancel();
         let _ = self.status_loop.await;
         self.supervisor.stop().await;

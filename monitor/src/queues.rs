@@ -1,4 +1,4 @@
-//! Backlogs nobody can serve: jobs waiting in a queue while no up node
+//! What waits in the job queues. Backlogs nobody can serve: jobs waiting in a queue while no up node
 //! handles their type — or, for jobs naming a `model`, serves that model.
 //! Every `backlog_poll_ms` the monitor looks at each job queue
 //! (`jobs:v1:*`, found by `SCAN`) for entries no consumer has been given
@@ -6,6 +6,10 @@
 //! the age of the oldest; the engine then weighs them against the
 //! registry: waiting longer than `backlog_grace_s` with nobody able to
 //! serve them opens `BACKLOG_STUCK`; served or drained closes it.
+//!
+//! Beside it, the dead-letter queues (`dlq:v1:*`): an entry that appears
+//! there — moved by a worker that writes no fleet events, such as
+//! Citadel's own — opens `DEAD_LETTER`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -73,6 +77,9 @@ pub async fn run(monitor: Arc<Monitor>, stop: CancellationToken) {
                 continue;
             }
         };
+        if let Err(err) = dead_letters(&monitor, &mut conn).await {
+            tracing::debug!(error = %err, "cannot look at the dead-letter queues");
+        }
         let now = crate::service::now_ms();
         let grace = monitor.config.backlog_grace_s * 1000;
         if let Err(err) = monitor
@@ -84,14 +91,56 @@ pub async fn run(monitor: Arc<Monitor>, stop: CancellationToken) {
     }
 }
 
-async fn queues(conn: &mut ConnectionManager) -> redis::RedisResult<Vec<String>> {
+/// New entries of every dead-letter queue (`dlq:v1:*`), to the engine.
+async fn dead_letters(monitor: &Arc<Monitor>, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+    for key in streams(conn, wire::DLQ_PREFIX).await? {
+        let newest: redis::streams::StreamRangeReply = conn.xrevrange_count(&key, "+", "-", 1).await?;
+        let Some(last) = newest.ids.first().map(|entry| entry.id.clone()) else {
+            continue;
+        };
+        // First sight: what was there before this monitor started is not new.
+        let cursor = monitor
+            .read(|engine| engine.dead_letter_cursor(&key))
+            .unwrap_or_else(|| format!("{}-0", monitor.started_ms));
+        if entry_id(&last) <= entry_id(&cursor) {
+            continue;
+        }
+        let found: redis::streams::StreamRangeReply =
+            conn.xrange_count(&key, format!("({cursor}"), "+", SAMPLE).await?;
+        let entries: Vec<(String, std::collections::HashMap<String, String>)> = found
+            .ids
+            .into_iter()
+            .map(|entry| {
+                let fields = entry
+                    .map
+                    .iter()
+                    .filter_map(|(name, value)| {
+                        Some((name.clone(), redis::from_redis_value::<String>(value.clone()).ok()?))
+                    })
+                    .collect();
+                (entry.id, fields)
+            })
+            .collect();
+        let now = crate::service::now_ms();
+        let applied = monitor
+            .apply(|engine, commit, _| engine.dead_letters(&key, &entries, &last, now, commit))
+            .await;
+        if let Err(err) = applied {
+            tracing::warn!(error = %err, "cannot store the dead letters' judgement");
+        }
+    }
+    Ok(())
+}
+
+/// Every stream whose key starts with `prefix`.
+async fn streams(conn: &mut ConnectionManager, prefix: &str) -> redis::RedisResult<Vec<String>> {
     let mut keys = Vec::new();
     let mut cursor: u64 = 0;
     loop {
         let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
-            .arg(format!("{}*", wire::QUEUE_PREFIX))
+            .arg(format!("{prefix}*"))
             .arg("COUNT")
             .arg(1000)
             .arg("TYPE")
@@ -109,7 +158,7 @@ async fn queues(conn: &mut ConnectionManager) -> redis::RedisResult<Vec<String>>
 /// The undelivered jobs of every queue but `ignored`, by type and model.
 async fn look(conn: &mut ConnectionManager, ignored: &[String]) -> redis::RedisResult<Vec<Waiting>> {
     let mut waiting = Vec::new();
-    for queue in queues(conn).await? {
+    for queue in streams(conn, wire::QUEUE_PREFIX).await? {
         if ignored.contains(&queue) {
             continue;
         }
