@@ -129,7 +129,22 @@ def percentile(values, q):
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+def passive_clients(port, count):
+    """Hold `count` live-stream clients open, reading, until killed (its
+    own process: their reading never takes the heartbeat driver's turn)."""
+    clients = [Stream(port) for _ in range(count)]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.connected.wait(30)
+    print("connected", flush=True)
+    threading.Event().wait()
+
+
 def main():
+    if len(sys.argv) == 4 and sys.argv[1] == "--passive-clients":
+        passive_clients(int(sys.argv[2]), int(sys.argv[3]))
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--citadel", required=True)
     parser.add_argument("--nodes", type=int, default=1000)
@@ -158,6 +173,7 @@ def main():
         stdout=subprocess.DEVNULL)
     alive = {f"sim-{index:04d}" for index in range(args.nodes)}
     stop = threading.Event()
+    passive = None
     summary = {"nodes": args.nodes, "gpus": args.gpus, "clients": args.clients, "heartbeat_ms": args.heartbeat_ms}
     try:
         for _ in range(200):
@@ -200,11 +216,11 @@ def main():
         beater = threading.Thread(target=beat, daemon=True)
         beater.start()
         recorder = Stream(api_port, record=True)
-        clients = [recorder] + [Stream(api_port) for _ in range(args.clients - 1)]
-        for client in clients:
-            client.start()
-        for client in clients:
-            client.connected.wait(30)
+        recorder.start()
+        recorder.connected.wait(30)
+        passive = subprocess.Popen([sys.executable, __file__, "--passive-clients", str(api_port), str(args.clients - 1)],
+                                   stdout=subprocess.PIPE, text=True)
+        passive.stdout.readline()
         deadline = time.time() + 120
         while time.time() < deadline:
             up = json.loads(get(api_port, "/v1/status/summary"))["nodes"].get("up", 0)
@@ -277,6 +293,9 @@ def main():
         summary["event_json_bytes"] = len(json.dumps(event))
     finally:
         stop.set()
+        if passive is not None:
+            passive.kill()
+            passive.wait()
         monitor.terminate()
         monitor.wait(timeout=30)
         server.terminate()
