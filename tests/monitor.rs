@@ -201,6 +201,35 @@ async fn a_clean_stop_is_offline_and_alerts_nothing() {
     .await;
     assert_eq!(node_state(&base, "tidy").await.as_deref(), Some("offline"));
     assert!(alerts(&base, "").await.is_empty(), "{:?}", alerts(&base, "").await);
+
+    // The same from a terminal.
+    let (code, table) = fleet_cli(&["nodes", "--stale", "--monitor", &base]);
+    assert_eq!(code, Some(0), "{table}");
+    let row = table
+        .lines()
+        .find(|line| line.starts_with("tidy"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("offline"), "{row}");
+    let (code, json) = fleet_cli(&["nodes", "--state", "offline", "--json", "--monitor", &base]);
+    assert_eq!(code, Some(0));
+    let body: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(body["nodes"][0]["id"], "tidy");
+    let (code, events) = fleet_cli(&["events", "--type", "node.stopping", "--monitor", &base]);
+    assert_eq!(code, Some(0));
+    assert!(events.contains("tidy is stopping cleanly"), "{events}");
+}
+
+/// `citadel fleet …`: exit code and stdout (stderr appended).
+fn fleet_cli(args: &[&str]) -> (Option<i32>, String) {
+    let output = std::process::Command::new(citadel_bin())
+        .arg("fleet")
+        .args(args)
+        .env_remove("CITADEL_MONITOR_API_KEY")
+        .env_remove("CITADEL_MONITOR_URL")
+        .output()
+        .expect("run citadel fleet");
+    let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code(), text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,6 +277,16 @@ async fn a_hot_gpu_alerts_and_the_alert_closes_when_it_cools() {
     let cooled = wait_alert(&base, "alertType=GPU_HOT&status=CLOSED", |_| true).await;
     assert_eq!(cooled["id"], hot["id"]);
     assert_eq!(alerts(&base, "alertType=GPU_HOT").await.len(), 1);
+    // The node's page: its latest status and its per-minute history.
+    let (status, page) = get(&base, "/v1/nodes/warm", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(page["status"]["gpu"][0]["uuid"], "GPU-fake-0");
+    let minute = &page["history"][0];
+    assert_eq!(minute["gpus"][0]["index"], 0);
+    let mean = minute["gpus"][0]["temperatureCelsius"].as_f64().unwrap();
+    assert!((60.0..=91.0).contains(&mean), "{minute}");
+    assert_eq!(minute["gpus"][0]["memoryTotalMb"], 81559.0);
+    assert_eq!(get(&base, "/v1/nodes/nobody", None).await.0, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -471,6 +510,11 @@ async fn chief_events_come_in_with_the_right_key_and_bad_input_stores_nothing() 
         401,
         "an ingest key cannot read"
     );
+    let (code, refused) = fleet_cli(&["alerts", "--monitor", &base]);
+    assert_eq!(code, Some(2));
+    assert!(refused.contains("401") && refused.contains("x-api-key"), "{refused}");
+    let (code, listed) = fleet_cli(&["alerts", "--monitor", &base, "--api-key", READ_KEY]);
+    assert_eq!(code, Some(0), "{listed}");
     let batch = json!({"events": [
         {"sourceType":"chief","eventType":"job.completed","level":"INFO","message":"done","jobName":"sample-etl-pipeline","runId":"demo-1"},
         {"sourceType":"chief","eventType":"worker.message","level":"WARN","message":"latency elevated","jobName":"sample-etl-pipeline","meta":{"duration_ms":1800}}
