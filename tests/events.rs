@@ -146,33 +146,20 @@ async fn heartbeats_come_every_interval_and_stop_with_the_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gpu_running_hot_and_cooling_is_one_event_each() {
-    // A fake nvidia-smi (CI has no GPU) whose temperature the test sets.
-    let dir = tempfile::tempdir().unwrap();
-    let temperature = dir.path().join("temperature");
-    std::fs::write(&temperature, "60").unwrap();
-    let smi = dir.path().join("nvidia-smi");
-    std::fs::write(
-        &smi,
-        format!(
-            "#!/bin/sh\necho \"0, NVIDIA H100 80GB HBM3, GPU-fake-0, 1024, 81559, 10, 5, $(cat {}), 120.5, 1980, 1980, 2619, 580.159.04\"\n",
-            temperature.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&smi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let smi = FakeSmi::new(60);
     let redis = RedisServer::start();
     let mut config = node_config(&redis);
-    config.telemetry.nvidia_smi = smi.display().to_string();
+    config.telemetry.nvidia_smi = smi.program().display().to_string();
     config.telemetry.status_interval_s = 1;
     config.telemetry.min_change_interval_ms = 100;
     let node = TestWorker::start_node(&config).await;
-    std::fs::write(&temperature, "91").unwrap();
+    smi.set_temperature(91);
     let hot = wait_event(&redis, "gpu.hot", None).await;
     assert_eq!(hot["level"], "WARN");
     assert_eq!(hot["meta"]["temperatureCelsius"], 91);
     assert_eq!(hot["meta"]["limitCelsius"], 85);
     assert_eq!(hot["meta"]["uuid"], "GPU-fake-0");
-    std::fs::write(&temperature, "70").unwrap();
+    smi.set_temperature(70);
     let cooled = wait_event(&redis, "gpu.cooled", None).await;
     assert_eq!(cooled["meta"]["temperatureCelsius"], 70);
     let hot_events = fleet_events(&redis)

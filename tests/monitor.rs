@@ -31,6 +31,31 @@ fn monitor_config(redis: &RedisServer, db: &Path, adjust: impl FnOnce(&mut Monit
     config
 }
 
+/// A `citadel monitor` process with its database in a temp dir of its own.
+struct TestMonitor {
+    /// Its API's base URL.
+    base: String,
+    _process: WorkerProcess,
+    _db: tempfile::TempDir,
+}
+
+impl TestMonitor {
+    /// A monitor on `redis`, configured as `adjust` says, ready.
+    fn start(redis: &RedisServer, adjust: impl FnOnce(&mut MonitorConfig)) -> TestMonitor {
+        let db = tempfile::tempdir().unwrap();
+        let process = WorkerProcess::start_with_env(
+            &monitor_config(redis, &db.path().join("m.sqlite"), adjust),
+            "monitor",
+            &[],
+        );
+        TestMonitor {
+            base: process.monitor_url(),
+            _process: process,
+            _db: db,
+        }
+    }
+}
+
 /// A node beating every 200 ms.
 fn node_config(redis: &RedisServer, id: &str) -> Config {
     let mut config = worker_config(redis);
@@ -103,13 +128,8 @@ fn run_ids(alert: &Value) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_is_down_naming_its_jobs_and_where_they_went_and_recovers_when_back() {
     let redis = RedisServer::start();
-    let db = tempfile::tempdir().unwrap();
-    let monitor = WorkerProcess::start_with_env(
-        &monitor_config(&redis, &db.path().join("m.sqlite"), |_| {}),
-        "monitor",
-        &[],
-    );
-    let base = monitor.monitor_url();
+    let monitor = TestMonitor::start(&redis, |_| {});
+    let base = monitor.base.clone();
     let mut doomed = WorkerProcess::start(&node_config(&redis, "doomed"));
     let mut conn = redis.conn();
     let jobs = ["orphan-1", "orphan-2", "orphan-3"];
@@ -172,13 +192,8 @@ async fn a_killed_node_is_down_naming_its_jobs_and_where_they_went_and_recovers_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_stop_is_offline_and_alerts_nothing() {
     let redis = RedisServer::start();
-    let db = tempfile::tempdir().unwrap();
-    let monitor = WorkerProcess::start_with_env(
-        &monitor_config(&redis, &db.path().join("m.sqlite"), |_| {}),
-        "monitor",
-        &[],
-    );
-    let base = monitor.monitor_url();
+    let monitor = TestMonitor::start(&redis, |_| {});
+    let base = monitor.base.clone();
     let mut node = WorkerProcess::start(&node_config(&redis, "tidy"));
     eventually_some(SETTLE, "the node up", || async {
         (node_state(&base, "tidy").await.as_deref() == Some("up")).then_some(())
@@ -234,28 +249,12 @@ fn fleet_cli(args: &[&str]) -> (Option<i32>, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_gpu_alerts_and_the_alert_closes_when_it_cools() {
-    let dir = tempfile::tempdir().unwrap();
-    let temperature = dir.path().join("temperature");
-    std::fs::write(&temperature, "60").unwrap();
-    let smi = dir.path().join("nvidia-smi");
-    std::fs::write(
-        &smi,
-        format!(
-            "#!/bin/sh\necho \"0, NVIDIA H100 80GB HBM3, GPU-fake-0, 1024, 81559, 10, 5, $(cat {}), 120.5, 1980, 1980, 2619, 580.159.04\"\n",
-            temperature.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&smi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let smi = FakeSmi::new(60);
     let redis = RedisServer::start();
-    let monitor = WorkerProcess::start_with_env(
-        &monitor_config(&redis, &dir.path().join("m.sqlite"), |_| {}),
-        "monitor",
-        &[],
-    );
-    let base = monitor.monitor_url();
+    let monitor = TestMonitor::start(&redis, |_| {});
+    let base = monitor.base.clone();
     let mut config = node_config(&redis, "warm");
-    config.telemetry.nvidia_smi = smi.display().to_string();
+    config.telemetry.nvidia_smi = smi.program().display().to_string();
     config.telemetry.status_interval_s = 1;
     let _node = WorkerProcess::start(&config);
     // The registry knows the GPU's real size and what is free on it.
@@ -269,11 +268,11 @@ async fn a_hot_gpu_alerts_and_the_alert_closes_when_it_cools() {
     let (_, none) = get(&base, "/v1/nodes?min_free_vram_mb=90000", None).await;
     assert_eq!(none["nodes"], json!([]));
 
-    std::fs::write(&temperature, "91").unwrap();
+    smi.set_temperature(91);
     let hot = wait_alert(&base, "alertType=GPU_HOT&status=OPEN", |_| true).await;
     assert_eq!(hot["node"], "warm");
     assert_eq!(hot["details"]["temperatureCelsius"], 91);
-    std::fs::write(&temperature, "70").unwrap();
+    smi.set_temperature(70);
     let cooled = wait_alert(&base, "alertType=GPU_HOT&status=CLOSED", |_| true).await;
     assert_eq!(cooled["id"], hot["id"]);
     assert_eq!(alerts(&base, "alertType=GPU_HOT").await.len(), 1);
@@ -292,13 +291,8 @@ async fn a_hot_gpu_alerts_and_the_alert_closes_when_it_cools() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_job_type_alerts_and_recovers_on_its_next_success() {
     let redis = RedisServer::start();
-    let db = tempfile::tempdir().unwrap();
-    let monitor = WorkerProcess::start_with_env(
-        &monitor_config(&redis, &db.path().join("m.sqlite"), |_| {}),
-        "monitor",
-        &[],
-    );
-    let base = monitor.monitor_url();
+    let monitor = TestMonitor::start(&redis, |_| {});
+    let base = monitor.base.clone();
     let mut config = node_config(&redis, "worker");
     config.worker.max_attempts = 1;
     let _node = WorkerProcess::start(&config);
@@ -332,8 +326,7 @@ async fn a_failing_job_type_alerts_and_recovers_on_its_next_success() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_type_missing_its_cadence_is_missed_until_it_runs() {
     let redis = RedisServer::start();
-    let db = tempfile::tempdir().unwrap();
-    let config = monitor_config(&redis, &db.path().join("m.sqlite"), |monitor| {
+    let monitor = TestMonitor::start(&redis, |monitor| {
         monitor.checks = vec![CheckConfig {
             job_type: "echo".into(),
             every_s: Some(1),
@@ -343,8 +336,7 @@ async fn a_job_type_missing_its_cadence_is_missed_until_it_runs() {
             alert_on_miss: true,
         }];
     });
-    let monitor = WorkerProcess::start_with_env(&config, "monitor", &[]);
-    let base = monitor.monitor_url();
+    let base = monitor.base.clone();
     let missed = wait_alert(&base, "alertType=MISSED&status=OPEN", |_| true).await;
     assert_eq!(missed["jobName"], "echo");
     let (_, jobs) = get(&base, "/v1/status/jobs", None).await;
@@ -430,16 +422,14 @@ async fn a_monitor_killed_mid_stream_loses_nothing_and_alerts_and_notifies_once(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_receiver_failing_then_recovering_gets_each_notification_once() {
     let redis = RedisServer::start();
-    let db = tempfile::tempdir().unwrap();
     let receiver = StatusReceiver::start(Answer::Unavailable).await;
-    let config = monitor_config(&redis, &db.path().join("m.sqlite"), |monitor| {
+    let monitor = TestMonitor::start(&redis, |monitor| {
         monitor.notify = vec![NotifyConfig {
             url: receiver.url(),
             bearer: None,
         }];
     });
-    let monitor = WorkerProcess::start_with_env(&config, "monitor", &[]);
-    let base = monitor.monitor_url();
+    let base = monitor.base.clone();
     let mut node_settings = node_config(&redis, "worker");
     node_settings.worker.max_attempts = 1;
     let _node = WorkerProcess::start(&node_settings);
@@ -484,15 +474,13 @@ async fn a_webhook_receiver_failing_then_recovering_gets_each_notification_once(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chief_events_come_in_with_the_right_key_and_bad_input_stores_nothing() {
     let redis = RedisServer::start();
-    let db = tempfile::tempdir().unwrap();
-    let config = monitor_config(&redis, &db.path().join("m.sqlite"), |monitor| {
+    let monitor = TestMonitor::start(&redis, |monitor| {
         monitor.api_keys = vec![READ_KEY.into()];
         monitor.ingest_keys = vec![INGEST_KEY.into()];
         monitor.max_body_bytes = 4096;
         monitor.max_batch = 3;
     });
-    let monitor = WorkerProcess::start_with_env(&config, "monitor", &[]);
-    let base = monitor.monitor_url();
+    let base = monitor.base.clone();
     let chief = json!({"sourceType":"chief","eventType":"job.started","level":"INFO","message":"Job started","jobName":"sample-etl-pipeline","runId":"demo-1"});
 
     assert_eq!(get(&base, "/v1/health", None).await.0, 200, "health is open");
@@ -585,13 +573,11 @@ async fn chief_events_come_in_with_the_right_key_and_bad_input_stores_nothing() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_whose_only_server_left_is_a_stuck_backlog_until_one_returns() {
     let redis = RedisServer::start();
-    let db = tempfile::tempdir().unwrap();
-    let config = monitor_config(&redis, &db.path().join("m.sqlite"), |monitor| {
+    let monitor = TestMonitor::start(&redis, |monitor| {
         monitor.backlog_grace_s = 1;
         monitor.backlog_poll_ms = 200;
     });
-    let monitor = WorkerProcess::start_with_env(&config, "monitor", &[]);
-    let base = monitor.monitor_url();
+    let base = monitor.base.clone();
     let mut conn = redis.conn();
     let mut server = WorkerProcess::start(&node_config(&redis, "only-server"));
     enqueue(&mut conn, "served", "echo", r#"{"text":"x"}"#);
@@ -649,13 +635,8 @@ async fn read_stream(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_live_stream_carries_events_alerts_and_nodes_and_resumes_where_it_left() {
     let redis = RedisServer::start();
-    let db = tempfile::tempdir().unwrap();
-    let monitor = WorkerProcess::start_with_env(
-        &monitor_config(&redis, &db.path().join("m.sqlite"), |_| {}),
-        "monitor",
-        &[],
-    );
-    let base = monitor.monitor_url();
+    let monitor = TestMonitor::start(&redis, |_| {});
+    let base = monitor.base.clone();
     let client = citadel_transports::http::client(Duration::from_secs(60)).unwrap();
     let live = client.get(format!("{base}/v1/stream")).send().await.unwrap();
     assert_eq!(live.headers()["content-type"], "text/event-stream");
@@ -706,13 +687,8 @@ async fn the_live_stream_carries_events_alerts_and_nodes_and_resumes_where_it_le
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_stream_client_is_told_it_lagged_and_holds_nobody_up() {
     let redis = RedisServer::start();
-    let db = tempfile::tempdir().unwrap();
-    let monitor = WorkerProcess::start_with_env(
-        &monitor_config(&redis, &db.path().join("m.sqlite"), |_| {}),
-        "monitor",
-        &[],
-    );
-    let base = monitor.monitor_url();
+    let monitor = TestMonitor::start(&redis, |_| {});
+    let base = monitor.base.clone();
     let client = citadel_transports::http::client(Duration::from_secs(120)).unwrap();
     // Connected, and never read until the end.
     let slow = client.get(format!("{base}/v1/stream")).send().await.unwrap();
@@ -766,12 +742,8 @@ async fn a_dead_letter_moved_by_a_worker_without_events_alerts_once_and_old_ones
             .unwrap();
     };
     dead_letter(&mut conn, "old-1");
-    let db = tempfile::tempdir().unwrap();
-    let config = monitor_config(&redis, &db.path().join("m.sqlite"), |monitor| {
-        monitor.backlog_poll_ms = 200
-    });
-    let monitor = WorkerProcess::start_with_env(&config, "monitor", &[]);
-    let base = monitor.monitor_url();
+    let monitor = TestMonitor::start(&redis, |monitor| monitor.backlog_poll_ms = 200);
+    let base = monitor.base.clone();
     // Dead letters from before the monitor started are history; a new one alerts.
     dead_letter(&mut conn, "new-1");
     let alert = wait_alert(&base, "alertType=DEAD_LETTER&status=OPEN", |_| true).await;

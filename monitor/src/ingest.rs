@@ -154,18 +154,19 @@ async fn read(
             continue;
         };
         for entry in key.ids {
-            let fields = entry
-                .map
-                .iter()
-                .filter_map(|(name, value)| {
-                    Some((name.clone(), redis::from_redis_value::<String>(value.clone()).ok()?))
-                })
-                .collect();
+            let fields = text_fields(&entry.map);
             entries.push((stream, entry.id, fields));
         }
     }
     entries.sort_by_key(|(_, id, _)| entry_id(id).unwrap_or_default());
     Ok(entries)
+}
+
+/// A stream entry's fields as text (fields that are not text are left out).
+pub(crate) fn text_fields(map: &HashMap<String, redis::Value>) -> HashMap<String, String> {
+    map.iter()
+        .filter_map(|(name, value)| Some((name.clone(), redis::from_redis_value::<String>(value.clone()).ok()?)))
+        .collect()
 }
 
 async fn acknowledge(

@@ -108,32 +108,10 @@ fn belongs_to(consumer: &str, node: &str) -> bool {
     )
 }
 
-async fn queues(conn: &mut ConnectionManager) -> redis::RedisResult<Vec<String>> {
-    let mut keys = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{}*", wire::QUEUE_PREFIX))
-            .arg("COUNT")
-            .arg(1000)
-            .arg("TYPE")
-            .arg("stream")
-            .query_async(conn)
-            .await?;
-        keys.extend(batch);
-        if next == 0 {
-            return Ok(keys);
-        }
-        cursor = next;
-    }
-}
-
 /// The entries pending on `node`'s consumers in every queue.
 async fn find(conn: &mut ConnectionManager, node: &str) -> redis::RedisResult<Vec<Orphan>> {
     let mut orphans = Vec::new();
-    for queue in queues(conn).await? {
+    for queue in crate::queues::streams(conn, wire::QUEUE_PREFIX).await? {
         let groups: redis::streams::StreamInfoGroupsReply = conn.xinfo_groups(&queue).await?;
         for group in groups.groups {
             let consumers: redis::streams::StreamInfoConsumersReply = conn.xinfo_consumers(&queue, &group.name).await?;

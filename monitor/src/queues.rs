@@ -22,6 +22,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::entry_id;
+use crate::ingest::text_fields;
 use crate::service::Monitor;
 
 /// Undelivered entries looked at per queue, at most.
@@ -111,13 +112,7 @@ async fn dead_letters(monitor: &Arc<Monitor>, conn: &mut ConnectionManager) -> r
             .ids
             .into_iter()
             .map(|entry| {
-                let fields = entry
-                    .map
-                    .iter()
-                    .filter_map(|(name, value)| {
-                        Some((name.clone(), redis::from_redis_value::<String>(value.clone()).ok()?))
-                    })
-                    .collect();
+                let fields = text_fields(&entry.map);
                 (entry.id, fields)
             })
             .collect();
@@ -133,7 +128,7 @@ async fn dead_letters(monitor: &Arc<Monitor>, conn: &mut ConnectionManager) -> r
 }
 
 /// Every stream whose key starts with `prefix`.
-async fn streams(conn: &mut ConnectionManager, prefix: &str) -> redis::RedisResult<Vec<String>> {
+pub(crate) async fn streams(conn: &mut ConnectionManager, prefix: &str) -> redis::RedisResult<Vec<String>> {
     let mut keys = Vec::new();
     let mut cursor: u64 = 0;
     loop {
