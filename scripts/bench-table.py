@@ -198,6 +198,56 @@ def monitor_table(summary):
           f"| {summary['bytes_per_event']:.0f} B | {summary['bytes_per_event'] / summary['event_json_bytes']:.3g}× |")
 
 
+def dashboard_table(summary):
+    print(f"\n| dashboard in headless Chromium: {summary['nodes']} simulated nodes × {summary['gpus']} GPUs "
+          f"| p50 | p99 | vs baseline (p50) |")
+    print("| --- | ---: | ---: | ---: |")
+    for pace, label in (("isolated", "one at a time"), ("10hz", "a steady 10 events/s")):
+        live, polled = summary[f"event_dom_{pace}"], summary[f"event_polled_{pace}"]
+        print(f"| baseline: the same events through a poller every {summary['poll_ms'] / 1000:.0f} s, {label} "
+              f"| {polled['p50']:.0f} ms | {polled['p99']:.0f} ms | baseline |")
+        print(f"| event in Redis → its row in the /events DOM, live, {label} ({live['n']} events) "
+              f"| {live['p50']:.1f} ms | {live['p99']:.1f} ms | {live['p50'] / polled['p50']:.3g}× |")
+    render = summary["nodes_render_script_ms"]
+    update = summary["nodes_update_script_ms"]
+    print(f"| /nodes: navigation → first complete render (all rows) | {summary['nodes_first_render_ms']:.0f} ms | | |")
+    print(f"| /nodes: the render's script time (baseline) | {render:.0f} ms | | baseline |")
+    print(f"| /nodes: one node's live update, script time ({update['n']} updates) "
+          f"| {update['p50']:.1f} ms | {update['p99']:.1f} ms | {update['p50'] / render:.3g}× |")
+    for page, sizes in summary["bytes"].items():
+        print(f"| bytes for a load of `{page}`: cold cache / revalidated (of which API JSON) "
+              f"| {sizes['cold'] / 1024:.0f} KiB | {sizes['warm'] / 1024:.0f} KiB ({sizes['api'] / 1024:.0f} KiB) | |")
+
+
+def soak_table(summary):
+    chaos, growth = summary["chaos"], summary["growth"]
+    faults = chaos["faults"]
+    print(f"\nChaos soak ({summary['duration_s'] / 60:.0f} min, {chaos['workers']} workers, "
+          f"{chaos['rate_per_s']} jobs/s; growth after warm-up = the first third):\n")
+    print("| measured | value |")
+    print("|---|---|")
+    print(f"| faults injected | {faults['kill9']} kill -9, {faults['sigterm']} SIGTERM, "
+          f"{faults['redis_restart']} Redis kill -9 + restart |")
+    print(f"| jobs submitted / completed / failed / dead-lettered | {chaos['submitted']} / {chaos['completed']} / "
+          f"{chaos['failed']} / {chaos['dead_lettered']} |")
+    print(f"| lost | {chaos['lost']} |")
+    print(f"| started again after their final `end` | {chaos['started_after_final_end']} |")
+    print(f"| run again after a killed worker held them | {chaos['jobs_run_more_than_once']} "
+          f"(≤ {faults['kill9']} kills × 4 slots) |")
+    print(f"| drain after the chaos stopped | {chaos['drain_s']:.1f} s |")
+    names = {"rss_kib": ("workers' RSS", 1 / 1024, "MiB"), "open_files": ("workers' open files", 1, ""),
+             "redis_bytes": ("Redis used_memory", 1 / (1024 * 1024), "MiB")}
+    for key, (label, scale, unit) in names.items():
+        entry = growth[key]
+        print(f"| {label} after warm-up → end | {entry['after_warmup'] * scale:.1f} → {entry['last'] * scale:.1f} "
+              f"{unit} ({entry['growth_pct']:+.1f} %) |")
+
+
+def fuzz_table(summary):
+    print(f"\nProperty tests: {summary['properties']} properties × {summary['cases_each']} generated inputs "
+          f"= {summary['inputs']} inputs tried, no panic, every refusal named.")
+
+
 def main():
     criterion_table(pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/criterion"))
     queues = pathlib.Path(sys.argv[2] if len(sys.argv) > 2 else "target/bench/queues.json")
@@ -215,6 +265,15 @@ def main():
     monitor = pathlib.Path(sys.argv[6] if len(sys.argv) > 6 else "target/bench/monitor.json")
     if monitor.exists():
         monitor_table(json.loads(monitor.read_text()))
+    dashboard = pathlib.Path(sys.argv[7] if len(sys.argv) > 7 else "target/bench/dashboard.json")
+    if dashboard.exists():
+        dashboard_table(json.loads(dashboard.read_text()))
+    soak = pathlib.Path(sys.argv[8] if len(sys.argv) > 8 else "target/bench/soak.json")
+    if soak.exists():
+        soak_table(json.loads(soak.read_text()))
+    fuzz = pathlib.Path(sys.argv[9] if len(sys.argv) > 9 else "target/bench/fuzz.json")
+    if fuzz.exists():
+        fuzz_table(json.loads(fuzz.read_text()))
 
 
 if __name__ == "__main__":

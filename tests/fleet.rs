@@ -180,7 +180,7 @@ async fn components_failing_a_check_are_refused_and_the_old_handler_stays() {
 
     let key = signing::read_key(&key_file).unwrap();
     let stranger = signing::generate();
-    let registry = Registry::new(&redis.client()).unwrap();
+    let registry = Registry::new(&redis.endpoint());
     let echo = std::fs::read(guest("echo")).unwrap();
     let echo_digest = Digest::of(&echo);
     let sneaky = std::fs::read(guest("bad-sneaky")).unwrap();

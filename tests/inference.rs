@@ -284,16 +284,18 @@ async fn the_deadline_and_cancellation_stop_a_generation_mid_stream() {
         "the engine kept generating for {waited:?}"
     );
 
-    // Cancellation after the first tokens.
+    // Cancellation once the first tokens are out.
     let cancel = CancellationToken::new();
+    let (first, streaming) = tokio::sync::oneshot::channel();
     let canceller = {
         let cancel = cancel.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
+            streaming.await.expect("a first chunk");
             cancel.cancel();
         })
     };
-    let (report, chunks) = run_cancellable(&executor, &component, job("acme", LONG, None), &cancel).await;
+    let (report, chunks) =
+        run_telling_first_chunk(&executor, &component, job("acme", LONG, None), &cancel, Some(first)).await;
     canceller.await.unwrap();
     assert_eq!(failure(&report).0, "cancelled");
     assert!(!chunks.is_empty());
@@ -316,12 +318,14 @@ async fn the_deadline_and_cancellation_stop_a_generation_mid_stream() {
 async fn an_engine_killed_mid_stream_fails_the_job_with_a_clear_message() {
     let mut llm = LlmEngine::start(1);
     let (executor, _) = node(vec![settings("llama", &llm.url(), &["smollm2"])]);
+    let (first, streaming) = tokio::sync::oneshot::channel();
     let run = tokio::spawn(async move {
         let component = load("llm-chat");
-        run(&executor, &component, job("acme", LONG, None)).await
+        let never = CancellationToken::new();
+        run_telling_first_chunk(&executor, &component, job("acme", LONG, None), &never, Some(first)).await
     });
-    // Let it stream a little, then kill the engine.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Once it streams, kill the engine.
+    streaming.await.expect("a first chunk");
     llm.kill();
     let (report, chunks) = tokio::time::timeout(Duration::from_secs(20), run)
         .await

@@ -56,17 +56,6 @@ impl TestMonitor {
     }
 }
 
-/// A node beating every 200 ms.
-fn node_config(redis: &RedisServer, id: &str) -> Config {
-    let mut config = worker_config(redis);
-    config.node.id = Some(id.into());
-    config.telemetry.heartbeat_ms = 200;
-    config.telemetry.status_interval_s = 600;
-    config.telemetry.min_change_interval_ms = 100;
-    config.worker.liveness_ttl_ms = 2_000;
-    config
-}
-
 async fn get(base: &str, path: &str, key: Option<&str>) -> (u16, Value) {
     let client = citadel_transports::http::client(Duration::from_secs(10)).unwrap();
     let mut request = client.get(format!("{base}{path}"));
@@ -130,7 +119,7 @@ async fn a_killed_node_is_down_naming_its_jobs_and_where_they_went_and_recovers_
     let redis = RedisServer::start();
     let monitor = TestMonitor::start(&redis, |_| {});
     let base = monitor.base.clone();
-    let mut doomed = WorkerProcess::start(&node_config(&redis, "doomed"));
+    let mut doomed = WorkerProcess::start(&fleet_node_config(&redis, "doomed"));
     let mut conn = redis.conn();
     let jobs = ["orphan-1", "orphan-2", "orphan-3"];
     for job in jobs {
@@ -162,7 +151,7 @@ async fn a_killed_node_is_down_naming_its_jobs_and_where_they_went_and_recovers_
 
     // Another node takes them over: the alert says who, then that they
     // are done.
-    let rescuer = WorkerProcess::start(&node_config(&redis, "rescuer"));
+    let rescuer = WorkerProcess::start(&fleet_node_config(&redis, "rescuer"));
     let rescuer_consumer = rescuer.consumer();
     let settled = wait_alert(&base, "alertType=NODE_DOWN", |alert| {
         alert["details"]["orphans"]
@@ -177,7 +166,7 @@ async fn a_killed_node_is_down_naming_its_jobs_and_where_they_went_and_recovers_
 
     // The node comes back: NODE_DOWN closes, RECOVERY opens (and closes
     // on its next heartbeat).
-    let _back = WorkerProcess::start(&node_config(&redis, "doomed"));
+    let _back = WorkerProcess::start(&fleet_node_config(&redis, "doomed"));
     let closed = wait_alert(&base, "alertType=NODE_DOWN&status=CLOSED", |_| true).await;
     assert_eq!(closed["id"], down["id"]);
     let recovery = wait_alert(&base, "alertType=RECOVERY", |alert| alert["node"] == "doomed").await;
@@ -194,7 +183,7 @@ async fn a_clean_stop_is_offline_and_alerts_nothing() {
     let redis = RedisServer::start();
     let monitor = TestMonitor::start(&redis, |_| {});
     let base = monitor.base.clone();
-    let mut node = WorkerProcess::start(&node_config(&redis, "tidy"));
+    let mut node = WorkerProcess::start(&fleet_node_config(&redis, "tidy"));
     eventually_some(SETTLE, "the node up", || async {
         (node_state(&base, "tidy").await.as_deref() == Some("up")).then_some(())
     })
@@ -253,7 +242,7 @@ async fn a_hot_gpu_alerts_and_the_alert_closes_when_it_cools() {
     let redis = RedisServer::start();
     let monitor = TestMonitor::start(&redis, |_| {});
     let base = monitor.base.clone();
-    let mut config = node_config(&redis, "warm");
+    let mut config = fleet_node_config(&redis, "warm");
     config.telemetry.nvidia_smi = smi.program().display().to_string();
     config.telemetry.status_interval_s = 1;
     let _node = WorkerProcess::start(&config);
@@ -293,7 +282,7 @@ async fn a_failing_job_type_alerts_and_recovers_on_its_next_success() {
     let redis = RedisServer::start();
     let monitor = TestMonitor::start(&redis, |_| {});
     let base = monitor.base.clone();
-    let mut config = node_config(&redis, "worker");
+    let mut config = fleet_node_config(&redis, "worker");
     config.worker.max_attempts = 1;
     let _node = WorkerProcess::start(&config);
     let mut conn = redis.conn();
@@ -348,7 +337,7 @@ async fn a_job_type_missing_its_cadence_is_missed_until_it_runs() {
         .unwrap()
         .clone();
     assert_eq!(echo["state"], "DOWN");
-    let _node = WorkerProcess::start(&node_config(&redis, "worker"));
+    let _node = WorkerProcess::start(&fleet_node_config(&redis, "worker"));
     enqueue(&mut redis.conn(), "on-time", "echo", r#"{"text":"x"}"#);
     wait_alert(&base, "alertType=MISSED&status=CLOSED", |alert| {
         alert["id"] == missed["id"]
@@ -371,7 +360,7 @@ async fn a_monitor_killed_mid_stream_loses_nothing_and_alerts_and_notifies_once(
     });
     let mut first = WorkerProcess::start_with_env(&config, "monitor", &[]);
     let base = first.monitor_url();
-    let _node = WorkerProcess::start(&node_config(&redis, "busy"));
+    let _node = WorkerProcess::start(&fleet_node_config(&redis, "busy"));
     let mut conn = redis.conn();
     enqueue(&mut conn, "bad-1", "trap", "{}");
     let failure = wait_alert(&base, "alertType=FAILURE&status=OPEN", |_| true).await;
@@ -430,7 +419,7 @@ async fn a_webhook_receiver_failing_then_recovering_gets_each_notification_once(
         }];
     });
     let base = monitor.base.clone();
-    let mut node_settings = node_config(&redis, "worker");
+    let mut node_settings = fleet_node_config(&redis, "worker");
     node_settings.worker.max_attempts = 1;
     let _node = WorkerProcess::start(&node_settings);
     let mut conn = redis.conn();
@@ -579,7 +568,7 @@ async fn a_queue_whose_only_server_left_is_a_stuck_backlog_until_one_returns() {
     });
     let base = monitor.base.clone();
     let mut conn = redis.conn();
-    let mut server = WorkerProcess::start(&node_config(&redis, "only-server"));
+    let mut server = WorkerProcess::start(&fleet_node_config(&redis, "only-server"));
     enqueue(&mut conn, "served", "echo", r#"{"text":"x"}"#);
     wait_status(&redis, "served", "completed", SETTLE).await;
     server.terminate();
@@ -595,7 +584,7 @@ async fn a_queue_whose_only_server_left_is_a_stuck_backlog_until_one_returns() {
     assert_eq!(stuck["subject"], "queue:jobs:v1:gpu-general/echo");
     assert_eq!(stuck["details"]["waiting"], 3);
     assert_eq!(stuck["jobName"], "echo");
-    let _back = WorkerProcess::start(&node_config(&redis, "only-server"));
+    let _back = WorkerProcess::start(&fleet_node_config(&redis, "only-server"));
     wait_status(&redis, "waiting-2", "completed", SETTLE).await;
     let closed = wait_alert(&base, "alertType=BACKLOG_STUCK&status=CLOSED", |_| true).await;
     assert_eq!(closed["id"], stuck["id"]);
@@ -640,7 +629,7 @@ async fn the_live_stream_carries_events_alerts_and_nodes_and_resumes_where_it_le
     let client = citadel_transports::http::client(Duration::from_secs(60)).unwrap();
     let live = client.get(format!("{base}/v1/stream")).send().await.unwrap();
     assert_eq!(live.headers()["content-type"], "text/event-stream");
-    let _node = WorkerProcess::start(&node_config(&redis, "live"));
+    let _node = WorkerProcess::start(&fleet_node_config(&redis, "live"));
     enqueue(&mut redis.conn(), "live-1", "trap", "{}");
     let records = read_stream(live, |records| {
         records
@@ -755,4 +744,150 @@ async fn a_dead_letter_moved_by_a_worker_without_events_alerts_once_and_old_ones
         1,
         "the old one did not alert"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_drops_slow_headers_and_bodies_and_caps_connections_per_client() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = RedisServer::start();
+    let monitor = TestMonitor::start(&redis, |monitor| {
+        monitor.api_keys = vec![READ_KEY.into()];
+        monitor.header_timeout_ms = 500;
+        monitor.body_timeout_ms = 500;
+    });
+    let addr = monitor.base.trim_start_matches("http://").to_string();
+
+    // Headers that never finish: dropped.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /v1/health HTTP/1.1\r\nhost: citadel\r\nx-slow: ")
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut slow, SETTLE).await.is_some(),
+        "slow headers are dropped"
+    );
+
+    // A body that never finishes: cut off, answered, nothing stored.
+    let mut trickle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nhost: citadel\r\nx-api-key: {READ_KEY}\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n{{\"type\":"
+    );
+    trickle.write_all(head.as_bytes()).await.unwrap();
+    let answer = closed_within(&mut trickle, SETTLE)
+        .await
+        .expect("the trickled body is cut off");
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("not received within the designated timeout"),
+        "{answer}"
+    );
+    let (code, events) = get(&monitor.base, "/v1/events", Some(READ_KEY)).await;
+    assert_eq!(code, 200);
+    assert_eq!(events["events"], json!([]), "nothing stored");
+
+    // One client holding CONNECTIONS_PER_CLIENT live streams is turned away
+    // on the next; others are not affected.
+    let mut streams = Vec::new();
+    for _ in 0..citadel_transports::http_guard::CONNECTIONS_PER_CLIENT {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let request = format!("GET /v1/stream HTTP/1.1\r\nhost: citadel\r\nx-api-key: {READ_KEY}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut buffer = [0u8; 64];
+        let n = stream.read(&mut buffer).await.unwrap();
+        assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"));
+        streams.push(stream);
+    }
+    let mut over = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let _ = over
+        .write_all(b"GET /v1/health HTTP/1.1\r\nhost: citadel\r\n\r\n")
+        .await;
+    assert_eq!(
+        closed_within(&mut over, SETTLE).await.as_deref(),
+        Some(""),
+        "over the cap: closed unanswered"
+    );
+    drop(streams.pop());
+    let mut served = None;
+    eventually(SETTLE, "a freed place to be taken", || {
+        served = std::net::TcpStream::connect(&addr)
+            .and_then(|mut stream| {
+                use std::io::{Read, Write};
+                stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+                stream.write_all(b"GET /v1/health HTTP/1.1\r\nhost: citadel\r\nconnection: close\r\n\r\n")?;
+                let mut text = String::new();
+                stream.read_to_string(&mut text)?;
+                Ok(text)
+            })
+            .ok()
+            .filter(|text| text.starts_with("HTTP/1.1 "));
+        served.is_some()
+    })
+    .await;
+}
+
+#[test]
+fn any_request_with_or_without_a_key_is_answered_never_with_a_server_error() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config as Cases, TestRunner};
+    let redis = RedisServer::start();
+    let monitor = TestMonitor::start(&redis, |monitor| {
+        monitor.api_keys = vec![READ_KEY.into()];
+        monitor.ingest_keys = vec![INGEST_KEY.into()];
+        monitor.header_timeout_ms = 2_000;
+    });
+    let addr = monitor.base.trim_start_matches("http://").to_string();
+    let json_body = prop_oneof![
+        Just(json!({"type": "job.finished", "node": "n1", "jobType": "etl", "ok": true})),
+        Just(json!([{"type": "job.finished"}, 7, null])),
+        Just(json!({"events": [{"type": "x", "timestamp": "not a time"}]})),
+        proptest::collection::btree_map("[a-zA-Z]{0,8}", "(\\PC){0,12}", 0..6).prop_map(|map| json!(map)),
+        (0usize..300).prop_map(|depth| serde_json::from_str::<Value>(&format!(
+            "{}1{}",
+            "[".repeat(depth),
+            "]".repeat(depth)
+        ))
+        .unwrap_or(Value::Null)),
+    ];
+    let route = prop_oneof![
+        Just(("POST", "/v1/events".to_string())),
+        Just(("POST", "/v1/events/batch".to_string())),
+        Just(("POST", "/v1/alerts/1/close".to_string())),
+        Just(("POST", "/login".to_string())),
+        Just(("GET", "/v1/nodes?state=sideways&limit=-1".to_string())),
+        Just(("GET", "/v1/events?since=yesterday&limit=99999999999".to_string())),
+        Just(("GET", "/v1/status/jobs/%00".to_string())),
+        Just(("GET", "/nodes/%3Cscript%3E".to_string())),
+        "/v1/[a-z/%0-9?=&]{0,30}".prop_map(|path| ("GET", path)),
+    ];
+    let key = prop_oneof![
+        Just(Some(READ_KEY)),
+        Just(Some(INGEST_KEY)),
+        Just(Some("not-a-key-at-all-000")),
+        Just(None)
+    ];
+    // 256 cases (PROPTEST_CASES in scripts/bench: many more).
+    let mut runner = TestRunner::new(Cases::default());
+    runner
+        .run(&(route, key, json_body), |((method, path), key, body)| {
+            let body = body.to_string();
+            let mut request = format!(
+                "{method} {path} HTTP/1.1\r\nhost: citadel\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+                body.len()
+            );
+            if let Some(key) = key {
+                request.push_str(&format!("x-api-key: {key}\r\n"));
+            }
+            request.push_str("\r\n");
+            request.push_str(&body);
+            let answer = raw_request(&addr, request.as_bytes(), false).expect("the monitor accepts connections");
+            prop_assert!(answer.starts_with("HTTP/1.1 "), "{method} {path}: {answer:?}");
+            prop_assert!(!answer.starts_with("HTTP/1.1 5"), "{method} {path} {body}: {answer}");
+            Ok(())
+        })
+        .unwrap();
+    let health = raw_request(
+        &addr,
+        b"GET /v1/health HTTP/1.1\r\nhost: citadel\r\nconnection: close\r\n\r\n",
+        false,
+    );
+    assert!(health.is_some_and(|health| health.starts_with("HTTP/1.1 200")));
 }

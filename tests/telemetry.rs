@@ -14,7 +14,10 @@ use citadel_collector::status::{NodeIdentity, Reported, StatusMessage, status_me
 use citadel_collector::{Collector, CollectorConfig, Hierarchy, Snapshot, Watch};
 use citadel_runtime::Config;
 use citadel_tests::*;
-use citadel_transports::status::{Health, HttpPublisher, HttpPublisherConfig, ServerEvent, StatusServer, StatusSource};
+use citadel_transports::http_guard::CONNECTIONS_PER_CLIENT;
+use citadel_transports::status::{
+    Access, Health, HttpPublisher, HttpPublisherConfig, ServerEvent, StatusServer, StatusSource,
+};
 use redis::Commands;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -657,6 +660,130 @@ async fn health_names_a_failing_probe_and_the_status_still_flows() {
     node.stop().await;
 }
 
+const STATUS_TOKEN: &str = "status-token-0123456789";
+
+/// A status server on the event feed, asking for `STATUS_TOKEN` and for
+/// request headers within `header_timeout`.
+async fn guarded_server(header_timeout: Duration) -> (std::net::SocketAddr, CancellationToken) {
+    let feed = Arc::new(Feed {
+        events: broadcast::channel(16).0,
+    });
+    let access = Access {
+        token: Some(STATUS_TOKEN.into()),
+        header_timeout,
+    };
+    let server = StatusServer::bind("127.0.0.1:0".parse().unwrap(), access)
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(server.serve(feed, stop.clone()));
+    (addr, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_server_asks_for_its_token_on_all_but_probes() {
+    let (addr, stop) = guarded_server(Duration::from_secs(10)).await;
+    let base = format!("http://{addr}");
+    for path in ["/status", "/metrics", "/events", "/nowhere"] {
+        let response = http().get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(response.status(), 401, "{path} without a token");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        let wrong = http()
+            .get(format!("{base}{path}"))
+            .bearer_auth("status-token-0123456780")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401, "{path} with a wrong token");
+    }
+    let metrics = http()
+        .get(format!("{base}/metrics"))
+        .bearer_auth(STATUS_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    let status = http()
+        .get(format!("{base}/status"))
+        .bearer_auth(STATUS_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 503, "authorized: the feed has no status yet");
+    for probe in ["/ping", "/health"] {
+        let response = http().get(format!("{base}{probe}")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{probe} is a probe: no token");
+    }
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_server_drops_slow_and_oversized_headers() {
+    let (addr, stop) = guarded_server(Duration::from_millis(500)).await;
+    // Slowloris: headers begun, never finished.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /status HTTP/1.1\r\nhost: citadel\r\nx-slow: ")
+        .await
+        .unwrap();
+    let answer = closed_within(&mut slow, Duration::from_secs(10)).await;
+    assert!(answer.is_some(), "a client that never finishes its headers is dropped");
+    // An idle connection that never sends a request goes the same way.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(closed_within(&mut idle, Duration::from_secs(10)).await.is_some());
+    // Headers over the cap: refused, not buffered without end.
+    let mut huge = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let header = format!(
+        "GET /ping HTTP/1.1\r\nhost: citadel\r\nx-big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let _ = huge.write_all(header.as_bytes()).await;
+    let answer = closed_within(&mut huge, Duration::from_secs(10)).await.expect("closed");
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 431"), "{answer}");
+    // The server still serves.
+    let ping = http().get(format!("http://{addr}/ping")).send().await.unwrap();
+    assert_eq!(ping.status(), 200);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_hold_every_connection_of_the_status_server() {
+    let (addr, stop) = guarded_server(Duration::from_secs(30)).await;
+    let mut held = Vec::new();
+    for _ in 0..CONNECTIONS_PER_CLIENT {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // The server admits in order: once the last held connection is served,
+    // every one before it counts.
+    let last = held.last_mut().unwrap();
+    last.write_all(b"GET /ping HTTP/1.1\r\nhost: citadel\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buffer = [0u8; 256];
+    let n = last.read(&mut buffer).await.unwrap();
+    assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"));
+    let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = over.write_all(b"GET /ping HTTP/1.1\r\nhost: citadel\r\n\r\n").await;
+    let answer = closed_within(&mut over, Duration::from_secs(10)).await;
+    assert_eq!(answer.as_deref(), Some(""), "over the cap: closed unanswered");
+    // A place freed is a place to take.
+    drop(held.pop());
+    eventually(SETTLE, "a new connection to be served", || {
+        std::net::TcpStream::connect(addr)
+            .and_then(|mut stream| {
+                use std::io::{Read, Write};
+                stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+                stream.write_all(b"GET /ping HTTP/1.1\r\nhost: citadel\r\nconnection: close\r\n\r\n")?;
+                let mut text = String::new();
+                stream.read_to_string(&mut text)?;
+                Ok(text.starts_with("HTTP/1.1 200"))
+            })
+            .unwrap_or(false)
+    })
+    .await;
+    stop.cancel();
+}
+
 /// Read an SSE response until `done` holds for what was read.
 async fn read_events_until(mut response: reqwest::Response, done: impl Fn(&str) -> bool) -> String {
     let mut text = String::new();
@@ -700,7 +827,9 @@ async fn a_slow_events_client_skips_ahead_and_holds_nobody_up() {
     let feed = Arc::new(Feed {
         events: broadcast::channel(16).0,
     });
-    let server = StatusServer::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let server = StatusServer::bind("127.0.0.1:0".parse().unwrap(), Access::default())
+        .await
+        .unwrap();
     let addr = server.local_addr().unwrap();
     let stop = CancellationToken::new();
     let serving = tokio::spawn(server.serve(feed.clone(), stop.clone()));
@@ -861,4 +990,39 @@ async fn a_service_spanning_two_gpus_reports_its_use_summed_with_the_breakdown()
     let mut expected = vec![main, child];
     expected.sort_unstable();
     assert_eq!(on_one, expected, "the worker counts: it is in the service's cgroup");
+}
+
+#[test]
+fn any_request_is_answered_or_dropped_and_the_status_server_keeps_serving() {
+    use proptest::test_runner::{Config as Cases, TestRunner};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (addr, stop) = runtime.block_on(guarded_server(Duration::from_secs(2)));
+    let addr = addr.to_string();
+    let mut runner = TestRunner::new(Cases::default());
+    runner
+        .run(&hostile_requests(), |request| {
+            let answer = raw_request(&addr, &request, true).expect("the server accepts connections");
+            proptest::prop_assert!(
+                answer.is_empty() || answer.starts_with("HTTP/1.1 "),
+                "not an HTTP answer: {answer:?}"
+            );
+            proptest::prop_assert!(!answer.starts_with("HTTP/1.1 5"), "a server error: {answer}");
+            let ping = raw_request(
+                &addr,
+                b"GET /ping HTTP/1.1\r\nhost: citadel\r\nconnection: close\r\n\r\n",
+                false,
+            );
+            proptest::prop_assert!(
+                ping.as_ref().is_some_and(|ping| ping.starts_with("HTTP/1.1 200")),
+                "after {:?}: {ping:?}",
+                String::from_utf8_lossy(&request)
+            );
+            Ok(())
+        })
+        .unwrap();
+    stop.cancel();
 }

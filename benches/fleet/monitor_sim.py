@@ -124,6 +124,29 @@ def metric(port, name):
     return 0.0
 
 
+def start_redis(workdir, port):
+    """A private redis-server on `port`, answering; (process, client)."""
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no", "--dir", str(workdir)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    r = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            r.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    return server, r
+
+
+def start_monitor(citadel, workdir, redis_port, api_port, *flags):
+    """`citadel monitor` on that Redis, its database in `workdir`."""
+    return subprocess.Popen(
+        [citadel, "--log", "warn", "monitor", "--redis-url", f"redis://127.0.0.1:{redis_port}",
+         "--db", str(workdir / "monitor.sqlite"), "--addr", f"127.0.0.1:{api_port}", *flags],
+        stdout=subprocess.DEVNULL)
+
+
 def percentile(values, q):
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
@@ -157,20 +180,8 @@ def main():
     args = parser.parse_args()
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="citadel-monitor-sim-"))
     redis_port, api_port = free_port(), free_port()
-    server = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no", "--dir", str(workdir)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    r = redis.Redis(port=redis_port)
-    for _ in range(100):
-        try:
-            r.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    monitor = subprocess.Popen(
-        [args.citadel, "--log", "warn", "monitor", "--redis-url", f"redis://127.0.0.1:{redis_port}",
-         "--db", str(workdir / "monitor.sqlite"), "--addr", f"127.0.0.1:{api_port}"],
-        stdout=subprocess.DEVNULL)
+    server, r = start_redis(workdir, redis_port)
+    monitor = start_monitor(args.citadel, workdir, redis_port, api_port)
     alive = {f"sim-{index:04d}" for index in range(args.nodes)}
     stop = threading.Event()
     passive = None

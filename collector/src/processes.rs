@@ -26,6 +26,63 @@ pub struct ProcessInfo {
     pub rss_bytes: u64,
 }
 
+/// `args` joined as they may be shown in status: the password of a URL
+/// (`scheme://user:password@host`) and the value of a secret-looking flag
+/// (`--password X`, `--api-key=X`, `--token X`, …) become `***`.
+pub fn shown_cmdline(args: &[String]) -> String {
+    let secret_flag = |arg: &str| {
+        let name = arg.trim_start_matches('-').to_ascii_lowercase();
+        arg.starts_with('-')
+            && ["pass", "secret", "token", "api-key", "api_key", "apikey"]
+                .iter()
+                .any(|word| name.contains(word))
+    };
+    let mut shown = Vec::with_capacity(args.len());
+    let mut hide_next = false;
+    for arg in args {
+        if std::mem::take(&mut hide_next) {
+            shown.push("***".to_string());
+        } else if secret_flag(arg) {
+            match arg.split_once('=') {
+                Some((flag, _)) => shown.push(format!("{flag}=***")),
+                None => {
+                    shown.push(arg.clone());
+                    hide_next = true;
+                }
+            }
+        } else {
+            shown.push(without_url_password(arg));
+        }
+    }
+    shown.join(" ")
+}
+
+/// `text` with the password of any `scheme://user:password@` in it hidden.
+fn without_url_password(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("://") {
+        let (before, after) = rest.split_at(start + 3);
+        out.push_str(before);
+        let authority_end = after.find(['/', '?', '#', ' ']).unwrap_or(after.len());
+        let authority = &after[..authority_end];
+        match authority
+            .rfind('@')
+            .and_then(|at| authority[..at].find(':').map(|colon| (colon, at)))
+        {
+            Some((colon, at)) => {
+                out.push_str(&authority[..=colon]);
+                out.push_str("***");
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &after[authority_end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Command lines remembered per process: pid, start time (a reused pid is
 /// another process) and `comm` (which an `exec` changes). Not reading it
 /// again saves a file read per managed process per snapshot.
@@ -145,6 +202,30 @@ mod tests {
 
     fn args(line: &str) -> Vec<String> {
         line.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn secrets_on_command_lines_are_hidden() {
+        for (line, shown) in [
+            (
+                "llama-server -m smollm2.gguf --port 8081",
+                "llama-server -m smollm2.gguf --port 8081",
+            ),
+            (
+                "citadel work --redis-url redis://citadel:s3cret@db:6379/0",
+                "citadel work --redis-url redis://citadel:***@db:6379/0",
+            ),
+            ("app --db=postgres://u:p@h/db?x=1", "app --db=postgres://u:***@h/db?x=1"),
+            (
+                "vllm serve m --api-key s3cret --port 1",
+                "vllm serve m --api-key *** --port 1",
+            ),
+            ("redis-server --requirepass s3cret", "redis-server --requirepass ***"),
+            ("svc --token=s3cret http://host/x", "svc --token=*** http://host/x"),
+            ("svc https://user@host/x", "svc https://user@host/x"),
+        ] {
+            assert_eq!(shown_cmdline(&args(line)), shown, "{line}");
+        }
     }
 
     #[test]

@@ -12,8 +12,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MonitorConfig {
-    /// The fleet's Redis (`redis://host:port/db`).
+    /// The fleet's Redis (`redis://[user:password@]host:port/db`,
+    /// `rediss://…`); the node's `redis_url` and `[redis]` when unset.
     pub redis_url: Option<String>,
+    /// How to reach `redis_url` beyond the URL (TLS files, as `[redis]`).
+    pub redis: citadel_transports::redis::RedisSettings,
     /// The SQLite database file.
     pub db: PathBuf,
     /// Where the API listens (loopback by default).
@@ -25,6 +28,9 @@ pub struct MonitorConfig {
     pub ingest_keys: Vec<String>,
     /// Serve without keys on a non-loopback address.
     pub allow_open: bool,
+    /// A dashboard session (an API key entered once on its login page)
+    /// lasts this long, s; sessions live in memory: a restart ends them.
+    pub session_ttl_s: u64,
     /// The consumer group the monitor reads the fleet's streams with.
     pub group: String,
     /// Its consumer name in that group; default: the host name.
@@ -48,6 +54,10 @@ pub struct MonitorConfig {
     pub retention_days: u32,
     /// Largest request body, bytes.
     pub max_body_bytes: usize,
+    /// A client's request headers must arrive within this, ms (slowloris).
+    pub header_timeout_ms: u64,
+    /// A request's body must arrive within this, ms.
+    pub body_timeout_ms: u64,
     /// Most events in one `POST /v1/events/batch`.
     pub max_batch: usize,
     /// Per job type: expected cadence and what to alert on.
@@ -110,11 +120,13 @@ impl Default for MonitorConfig {
     fn default() -> Self {
         MonitorConfig {
             redis_url: None,
+            redis: Default::default(),
             db: PathBuf::from("monitor.sqlite"),
             addr: SocketAddr::from(([127, 0, 0, 1], 7410)),
             api_keys: Vec::new(),
             ingest_keys: Vec::new(),
             allow_open: false,
+            session_ttl_s: 12 * 3600,
             group: "citadel-monitor".into(),
             consumer: None,
             late_after_beats: 1.5,
@@ -125,6 +137,8 @@ impl Default for MonitorConfig {
             recovery_ttl_s: 900,
             retention_days: 30,
             max_body_bytes: 1 << 20,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
             max_batch: 1000,
             checks: Vec::new(),
             notify: Vec::new(),
@@ -179,8 +193,23 @@ impl MonitorConfig {
         if self.stale_after_s == 0 {
             return invalid("stale_after_s", "must be at least 1".into());
         }
+        if self.session_ttl_s == 0 {
+            return invalid("session_ttl_s", "must be at least 1".into());
+        }
         if self.retention_days == 0 {
             return invalid("retention_days", "must be at least 1".into());
+        }
+        if !(100..=600_000).contains(&self.header_timeout_ms) {
+            return invalid(
+                "header_timeout_ms",
+                format!("must be between 100 and 600000, got {}", self.header_timeout_ms),
+            );
+        }
+        if !(100..=600_000).contains(&self.body_timeout_ms) {
+            return invalid(
+                "body_timeout_ms",
+                format!("must be between 100 and 600000, got {}", self.body_timeout_ms),
+            );
         }
         if self.max_batch == 0 || self.max_body_bytes < 1024 {
             return invalid(

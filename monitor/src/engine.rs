@@ -34,6 +34,8 @@ pub fn entry_id(id: &str) -> Option<(u64, u64)> {
 pub struct FollowUp {
     /// Nodes that went down: find the jobs they held.
     pub orphans_of: Vec<String>,
+    /// Nodes whose status was applied: live pages show their new numbers.
+    pub reported: Vec<String>,
 }
 
 /// The judgement's state.
@@ -182,6 +184,7 @@ impl Engine {
             .collect();
         let transition = self.registry.status(&node, at_ms, status, stopping);
         self.signs_of_life(&node, transition, at_ms, commit, follow);
+        follow.reported.push(node.clone());
         self.dirty.remove(&node);
         if let Some(row) = self.node_row(&node, Some(payload)) {
             commit.nodes.retain(|known| known.id != row.id);

@@ -45,7 +45,7 @@ pub async fn run(monitor: Arc<Monitor>, tasks: TaskTracker, stop: CancellationTo
             return;
         }
         let outcome = async {
-            let mut conn = citadel_transports::redis::blocking_connection(&monitor.redis, BLOCK)?;
+            let mut conn = monitor.redis.blocking_connection(BLOCK);
             if !ready {
                 create_groups(&mut conn, &group).await?;
                 ready = true;
@@ -138,7 +138,7 @@ async fn create_groups(conn: &mut impl redis::aio::ConnectionLike, group: &str) 
 /// One read of every stream from `id` (`0`: own pending; `>`: new),
 /// merged in Redis's order.
 async fn read(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut citadel_transports::redis::Connection,
     group: &str,
     consumer: &str,
     id: &str,
@@ -170,7 +170,7 @@ pub(crate) fn text_fields(map: &HashMap<String, redis::Value>) -> HashMap<String
 }
 
 async fn acknowledge(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut citadel_transports::redis::Connection,
     group: &str,
     entries: &Entries,
 ) -> redis::RedisResult<()> {

@@ -8,7 +8,8 @@
 //! Chief's rules (`alerts`) — with what waits in the queues (`queues`:
 //! stuck backlogs, dead letters) and the jobs dead nodes held
 //! (`orphans`) — stores events, rollups, alerts and deliveries (`store`),
-//! notifies webhooks (`notify`) and answers an HTTP API (`api`). Sources
+//! notifies webhooks (`notify`), answers an HTTP API (`api`) and serves
+//! the fleet dashboard on it (`web`). Sources
 //! that are not citadel nodes POST Chief-format events to the same API.
 //! `service` runs it all.
 
@@ -24,3 +25,4 @@ pub mod queues;
 pub mod registry;
 pub mod service;
 pub mod store;
+pub mod web;

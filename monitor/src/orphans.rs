@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use citadel_transports::redis::Connection;
 use citadel_transports::wire;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -54,9 +54,7 @@ pub struct Orphan {
 
 /// Find what `node` held, then follow it while its `NODE_DOWN` is open.
 pub async fn track(monitor: Arc<Monitor>, node: String, stop: CancellationToken) {
-    let Ok(mut conn) = citadel_transports::redis::command_connection(&monitor.redis) else {
-        return;
-    };
+    let mut conn = monitor.redis.command_connection();
     let mut orphans = match find(&mut conn, &node).await {
         Ok(orphans) => orphans,
         Err(err) => {
@@ -109,7 +107,7 @@ fn belongs_to(consumer: &str, node: &str) -> bool {
 }
 
 /// The entries pending on `node`'s consumers in every queue.
-async fn find(conn: &mut ConnectionManager, node: &str) -> redis::RedisResult<Vec<Orphan>> {
+async fn find(conn: &mut Connection, node: &str) -> redis::RedisResult<Vec<Orphan>> {
     let mut orphans = Vec::new();
     for queue in crate::queues::streams(conn, wire::QUEUE_PREFIX).await? {
         let groups: redis::streams::StreamInfoGroupsReply = conn.xinfo_groups(&queue).await?;
@@ -143,7 +141,7 @@ async fn find(conn: &mut ConnectionManager, node: &str) -> redis::RedisResult<Ve
 }
 
 /// Where each orphan is now.
-async fn locate(conn: &mut ConnectionManager, orphans: &mut [Orphan]) -> redis::RedisResult<()> {
+async fn locate(conn: &mut Connection, orphans: &mut [Orphan]) -> redis::RedisResult<()> {
     for orphan in orphans.iter_mut().filter(|orphan| orphan.now != "settled") {
         let pending: redis::streams::StreamPendingCountReply = conn
             .xpending_count(&orphan.queue, &orphan.group, &orphan.entry_id, &orphan.entry_id, 1)

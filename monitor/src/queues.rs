@@ -15,9 +15,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use citadel_transports::redis::Connection;
 use citadel_transports::wire;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -55,9 +55,7 @@ impl Waiting {
 
 /// Look at the backlogs every `backlog_poll_ms` until `stop`.
 pub async fn run(monitor: Arc<Monitor>, stop: CancellationToken) {
-    let Ok(mut conn) = citadel_transports::redis::command_connection(&monitor.redis) else {
-        return;
-    };
+    let mut conn = monitor.redis.command_connection();
     let mut ticks = tokio::time::interval(Duration::from_millis(monitor.config.backlog_poll_ms));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ignored: Vec<String> = monitor
@@ -93,7 +91,7 @@ pub async fn run(monitor: Arc<Monitor>, stop: CancellationToken) {
 }
 
 /// New entries of every dead-letter queue (`dlq:v1:*`), to the engine.
-async fn dead_letters(monitor: &Arc<Monitor>, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+async fn dead_letters(monitor: &Arc<Monitor>, conn: &mut Connection) -> redis::RedisResult<()> {
     for key in streams(conn, wire::DLQ_PREFIX).await? {
         let newest: redis::streams::StreamRangeReply = conn.xrevrange_count(&key, "+", "-", 1).await?;
         let Some(last) = newest.ids.first().map(|entry| entry.id.clone()) else {
@@ -128,7 +126,7 @@ async fn dead_letters(monitor: &Arc<Monitor>, conn: &mut ConnectionManager) -> r
 }
 
 /// Every stream whose key starts with `prefix`.
-pub(crate) async fn streams(conn: &mut ConnectionManager, prefix: &str) -> redis::RedisResult<Vec<String>> {
+pub(crate) async fn streams(conn: &mut Connection, prefix: &str) -> redis::RedisResult<Vec<String>> {
     let mut keys = Vec::new();
     let mut cursor: u64 = 0;
     loop {
@@ -151,7 +149,7 @@ pub(crate) async fn streams(conn: &mut ConnectionManager, prefix: &str) -> redis
 }
 
 /// The undelivered jobs of every queue but `ignored`, by type and model.
-async fn look(conn: &mut ConnectionManager, ignored: &[String]) -> redis::RedisResult<Vec<Waiting>> {
+async fn look(conn: &mut Connection, ignored: &[String]) -> redis::RedisResult<Vec<Waiting>> {
     let mut waiting = Vec::new();
     for queue in streams(conn, wire::QUEUE_PREFIX).await? {
         if ignored.contains(&queue) {

@@ -257,6 +257,20 @@ pub struct NodeView {
     pub backends: Vec<String>,
     /// Job types it handles.
     pub job_types: Vec<String>,
+    /// The services it runs, as its last status had them.
+    pub services: Vec<ServiceView>,
+}
+
+/// A service in a [`NodeView`]: what a fleet table shows of it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceView {
+    /// Its name.
+    pub name: String,
+    /// Whether it runs.
+    pub status: ServiceState,
+    /// What its health check says.
+    pub health: ServiceHealth,
 }
 
 /// The registry.
@@ -482,6 +496,19 @@ impl Registry {
             backends: node.summary.backends.clone(),
             job_types: status
                 .map(|status| status.handlers.iter().map(|handler| handler.job_type.clone()).collect())
+                .unwrap_or_default(),
+            services: status
+                .map(|status| {
+                    status
+                        .services
+                        .iter()
+                        .map(|service| ServiceView {
+                            name: service.name.clone(),
+                            status: service.status,
+                            health: service.health,
+                        })
+                        .collect()
+                })
                 .unwrap_or_default(),
         }
     }

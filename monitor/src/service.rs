@@ -9,12 +9,14 @@
 //! threads), then the live feed hears of it. Applies take turns, so
 //! commits land in the order they were judged.
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use citadel_transports::fleet::epoch_millis;
+use citadel_transports::redis::Endpoint;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
@@ -49,14 +51,9 @@ pub enum MonitorError {
         /// Why.
         source: StoreError,
     },
-    /// The Redis URL does not parse.
-    #[error("invalid monitor.redis_url {url:?}: {source}")]
-    RedisUrl {
-        /// The URL.
-        url: String,
-        /// Why.
-        source: redis::RedisError,
-    },
+    /// `monitor.redis_url` or `monitor.redis` is unusable.
+    #[error(transparent)]
+    Redis(#[from] citadel_transports::redis::EndpointError),
     /// The API address is taken or not ours.
     #[error("cannot listen on {addr} (monitor.addr, --addr): {source}")]
     Bind {
@@ -99,12 +96,14 @@ pub struct Monitor {
     turn: tokio::sync::Mutex<()>,
     store: Arc<dyn Store>,
     live: broadcast::Sender<Live>,
+    /// Dashboard sessions.
+    pub(crate) sessions: crate::web::session::Sessions,
     /// Rung after a commit that made notifications.
     pub(crate) deliveries: Notify,
     /// Its settings.
     pub config: MonitorConfig,
     /// The fleet's Redis.
-    pub(crate) redis: redis::Client,
+    pub(crate) redis: Endpoint,
     /// Counters.
     pub counters: Counters,
     /// Whether the streams are read up to now (a monitor catching up, or
@@ -122,6 +121,11 @@ pub fn now_ms() -> u64 {
 }
 
 impl Monitor {
+    /// The fleet's Redis.
+    pub fn redis(&self) -> &Endpoint {
+        &self.redis
+    }
+
     /// Open the store and resume from it.
     pub fn open(config: MonitorConfig) -> Result<Arc<Monitor>, MonitorError> {
         config.validate()?;
@@ -129,12 +133,16 @@ impl Monitor {
             path: config.db.display().to_string(),
             source,
         })?;
-        let url = config.redis_url.clone().unwrap_or_default();
-        let redis = citadel_transports::redis::client(&url).map_err(|source| MonitorError::RedisUrl { url, source })?;
+        let redis = Endpoint::open(config.redis_url.as_deref().unwrap_or_default(), &config.redis)?;
         let loaded = store.load().map_err(|source| MonitorError::Store {
             path: config.db.display().to_string(),
             source,
         })?;
+        let sessions = store.sessions(now_ms()).map_err(|source| MonitorError::Store {
+            path: config.db.display().to_string(),
+            source,
+        })?;
+        let sessions = crate::web::session::Sessions::restore(sessions);
         let receivers = config.notify.iter().map(|receiver| receiver.url.clone()).collect();
         let engine = Engine::resume(&config, loaded, receivers, now_ms());
         Ok(Arc::new(Monitor {
@@ -143,6 +151,7 @@ impl Monitor {
             store: Arc::new(store),
             live: broadcast::channel(LIVE_BUFFER).0,
             deliveries: Notify::new(),
+            sessions,
             config,
             redis,
             counters: Counters::default(),
@@ -177,7 +186,7 @@ impl Monitor {
         let mut commit = Commit::default();
         let mut follow = FollowUp::default();
         let watching = self.live.receiver_count() > 0;
-        let before: Vec<(String, crate::registry::NodeState)> = {
+        let before: HashMap<String, crate::registry::NodeState> = {
             let mut engine = self.engine.lock().expect("engine poisoned");
             let before = if watching {
                 engine
@@ -186,7 +195,7 @@ impl Monitor {
                     .map(|node| (node.id.clone(), node.state))
                     .collect()
             } else {
-                Vec::new()
+                HashMap::new()
             };
             judge(&mut engine, &mut commit, &mut follow);
             before
@@ -210,7 +219,7 @@ impl Monitor {
             }
         }
         if watching {
-            self.announce_nodes(&before);
+            self.announce_nodes(&before, &follow.reported);
         }
         if notifies {
             self.deliveries.notify_one();
@@ -218,17 +227,19 @@ impl Monitor {
         Ok((committed, follow))
     }
 
-    /// Tell live listeners of nodes whose state differs from `before`.
-    fn announce_nodes(&self, before: &[(String, crate::registry::NodeState)]) {
+    /// Tell live listeners of nodes whose state differs from `before` or
+    /// that `reported` a status.
+    fn announce_nodes(&self, before: &HashMap<String, crate::registry::NodeState>, reported: &[String]) {
         if self.live.receiver_count() == 0 {
             return;
         }
+        let reported: HashSet<&str> = reported.iter().map(String::as_str).collect();
         let now = now_ms();
         let changed: Vec<Value> = self.read(|engine| {
             engine
                 .registry()
                 .nodes()
-                .filter(|node| !before.iter().any(|(id, state)| *id == node.id && *state == node.state))
+                .filter(|node| reported.contains(node.id.as_str()) || before.get(&node.id) != Some(&node.state))
                 .map(|node| json!(engine.registry().view(node, now)))
                 .collect()
         });

@@ -6,28 +6,36 @@
 //! status messages (`receiver.rs`), and real cgroups with processes in them
 //! (`cgroup.rs`), a fake of the Nexus API (`nexus.rs`), native services in a private cgroup slice (`services.rs`),
 //! a fake of the control plane's device authorization (`control_plane.rs`),
-//! a Citadel-style Python producer (`producer.rs`),
+//! a Citadel-style Python producer (`producer.rs`), certificates for TLS
+//! (`pki.rs`), a Redis Sentinel deployment (`sentinel.rs`),
 //! and inference engines: the real llama.cpp test engine, an
 //! Ollama emulator and a misbehaving engine (`engine.rs`), and a private
-//! podman serving the Docker Engine API (`podman.rs`).
+//! podman serving the Docker Engine API (`podman.rs`), a simulated fleet for
+//! the monitor (`fleet_sim.rs`) and a real headless Chromium for its
+//! dashboard (`browser.rs`).
 //!
 //! Guests are built by `scripts/build-guests` and the binary by
 //! `cargo build`; `scripts/test` does both before running the tests.
 
+mod browser;
 mod cgroup;
 mod control_plane;
 mod engine;
 mod files;
+pub mod fleet_sim;
 mod gpu;
 mod http_server;
 mod nexus;
+mod pki;
 mod podman;
 mod producer;
 mod receiver;
 mod redis;
+mod sentinel;
 mod services;
 mod worker;
 
+pub use browser::Browser;
 pub use cgroup::TestCgroups;
 pub use control_plane::{ACCESS_TOKEN, DEVICE_CODE, FakeControlPlane, TokenAnswer, TokenPoll, USER_CODE};
 pub use engine::{LlmEngine, Misbehaviour, misbehaving_engine, ollama_emulator};
@@ -35,10 +43,12 @@ pub use files::{FileServer, Seen};
 pub use gpu::FakeSmi;
 pub use http_server::serve_loopback;
 pub use nexus::FakeNexus;
+pub use pki::TestPki;
 pub use podman::Podman;
 pub use producer::CitadelProducer;
 pub use receiver::{Answer, StatusReceiver};
-pub use redis::RedisServer;
+pub use redis::{RedisOptions, RedisServer, RedisTls};
+pub use sentinel::{SENTINEL_PASSWORD, SENTINEL_SERVICE, SentinelSet};
 pub use services::{TestSlice, shell_service};
 pub use worker::*;
 
@@ -154,10 +164,25 @@ pub async fn run_cancellable(
     job: JobSpec,
     cancel: &CancellationToken,
 ) -> (JobReport, Vec<Chunk>) {
+    run_telling_first_chunk(executor, component, job, cancel, None).await
+}
+
+/// Like [`run_cancellable`], telling `first_chunk` when the first chunk
+/// arrives (so a test can act mid-stream without guessing when that is).
+pub async fn run_telling_first_chunk(
+    executor: &Executor,
+    component: &LoadedComponent,
+    job: JobSpec,
+    cancel: &CancellationToken,
+    mut first_chunk: Option<tokio::sync::oneshot::Sender<()>>,
+) -> (JobReport, Vec<Chunk>) {
     let (sink, mut chunks) = mpsc::channel(1024);
     let collect = tokio::spawn(async move {
         let mut all = Vec::new();
         while let Some(chunk) = chunks.recv().await {
+            if let Some(first) = first_chunk.take() {
+                let _ = first.send(());
+            }
             all.push(chunk);
         }
         all
@@ -216,6 +241,110 @@ pub fn wait_until<F: FnMut() -> bool>(within: Duration, what: &str, mut conditio
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Send `request` as raw bytes to `addr` and read what comes back until the
+/// server closes (or 5 s pass): for requests no HTTP client would send.
+/// With `hang_up`, the client closes its side after the request (a server
+/// may then drop it unanswered: HTTP/1.1 does not require half-close).
+/// `None` when the connection cannot be made.
+pub fn raw_request(addr: &str, request: &[u8], hang_up: bool) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    // The server may close before reading it all: that is an answer too.
+    let _ = stream.write_all(request);
+    if hang_up {
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    Some(String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// What the server answered on `stream` before closing it (EOF or reset)
+/// within `within`; `None` when it is still open then.
+pub async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let read = async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(within, read).await.ok()?;
+    Some(String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// Random HTTP/1.1 requests, as an attacker or a broken client sends them:
+/// odd methods, paths and headers, garbage, truncation.
+pub fn hostile_requests() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    let method = prop_oneof![
+        Just("GET".to_string()),
+        Just("POST".to_string()),
+        Just("PUT".to_string()),
+        Just("DELETE".to_string()),
+        Just("OPTIONS".to_string()),
+        "[A-Z]{0,10}",
+    ];
+    let path = prop_oneof![
+        Just("/".to_string()),
+        Just("/status".to_string()),
+        Just("/metrics".to_string()),
+        Just("/events".to_string()),
+        Just("/v1/events".to_string()),
+        Just("/v1/nodes?state=up&tag=%ff".to_string()),
+        Just("/v1/alerts/%2e%2e%2f/close".to_string()),
+        Just("/login?next=//evil.example".to_string()),
+        "/[a-z0-9%./?&=_-]{0,40}",
+    ];
+    let header = (
+        prop_oneof![
+            Just("content-length".to_string()),
+            Just("transfer-encoding".to_string()),
+            Just("authorization".to_string()),
+            Just("x-api-key".to_string()),
+            Just("cookie".to_string()),
+            Just("last-event-id".to_string()),
+            "[a-z-]{1,12}",
+        ],
+        prop_oneof![
+            Just("chunked".to_string()),
+            Just("-1".to_string()),
+            Just("99999999999999999999".to_string()),
+            Just("Bearer ".to_string()),
+            "[ -~]{0,30}",
+        ],
+    );
+    let well_formed = (
+        method,
+        path,
+        proptest::collection::vec(header, 0..5),
+        proptest::collection::vec(any::<u8>(), 0..64),
+    )
+        .prop_map(|(method, path, headers, body)| {
+            let mut request = format!("{method} {path} HTTP/1.1\r\nhost: citadel\r\n");
+            for (name, value) in headers {
+                request.push_str(&format!("{name}: {value}\r\n"));
+            }
+            request.push_str("\r\n");
+            let mut bytes = request.into_bytes();
+            bytes.extend(body);
+            bytes
+        });
+    prop_oneof![
+        4 => well_formed.clone(),
+        1 => proptest::collection::vec(any::<u8>(), 0..200),
+        1 => (well_formed, any::<proptest::sample::Index>()).prop_map(|(bytes, cut)| {
+            let at = cut.index(bytes.len().max(1));
+            bytes[..at].to_vec()
+        }),
+    ]
 }
 
 /// A free loopback TCP port (for a server the test starts).

@@ -33,8 +33,13 @@ pub const NODE: &str = "test-node";
 /// polls, replayable events, handlers `echo`, `extract`, `slow`, `flaky`,
 /// `trap` (bad-trap) and `spin` (bad-spin).
 pub fn worker_config(redis: &RedisServer) -> Config {
+    worker_config_for(&redis.url())
+}
+
+/// [`worker_config`] for the Redis at `url`.
+pub fn worker_config_for(url: &str) -> Config {
     let mut config = Config {
-        redis_url: Some(redis.url()),
+        redis_url: Some(url.to_string()),
         ..Config::default()
     };
     config.node.id = Some(NODE.into());
@@ -60,6 +65,18 @@ pub fn worker_config(redis: &RedisServer) -> Config {
     ] {
         config.handlers.insert(job_type.into(), guest(name));
     }
+    config
+}
+
+/// A node for the fleet tests, named `id`: heartbeats every 200 ms, status
+/// on change (at most every 100 ms) and every 10 minutes, liveness 2 s.
+pub fn fleet_node_config(redis: &RedisServer, id: &str) -> Config {
+    let mut config = worker_config(redis);
+    config.node.id = Some(id.into());
+    config.telemetry.heartbeat_ms = 200;
+    config.telemetry.status_interval_s = 600;
+    config.telemetry.min_change_interval_ms = 100;
+    config.worker.liveness_ttl_ms = 2_000;
     config
 }
 
@@ -152,6 +169,17 @@ fn handlers_of(config: &Config) -> HandlerTable {
 pub struct WorkerProcess {
     child: Option<Child>,
     dir: tempfile::TempDir,
+    launch: Launch,
+}
+
+/// How the process was started, to start it again the same way.
+struct Launch {
+    config: Config,
+    wrapper: Vec<String>,
+    subcommand: String,
+    env: Vec<(String, String)>,
+    /// Earlier runs (their logs are kept as `worker.log.<n>`).
+    runs: u32,
 }
 
 impl WorkerProcess {
@@ -179,43 +207,52 @@ impl WorkerProcess {
         Self::launch(config, &[], subcommand, env)
     }
 
-    fn launch(config: &Config, wrapper: &[&str], subcommand: &str, env: &[(&str, &str)]) -> WorkerProcess {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut config = config.clone();
-        config.sandbox = sandbox_config(Some(&dir.path().join("cache")));
-        config.node.state_dir.get_or_insert_with(|| dir.path().join("state"));
-        let file = dir.path().join("citadel.toml");
-        std::fs::write(&file, toml::to_string(&config).expect("config serializes")).expect("write config");
-        let log = std::fs::File::create(dir.path().join("worker.log")).expect("worker log");
-        let stdout = std::fs::File::create(dir.path().join("worker.stdout")).expect("worker stdout");
-        if !wrapper.is_empty() {
-            use std::os::unix::fs::PermissionsExt;
-            for path in [dir.path().to_path_buf(), dir.path().join("worker.log")] {
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    /// Run `citadel --config <file> <subcommand>` with `env`, expecting it
+    /// to exit within `within` (it refuses to start): its exit code (`None`
+    /// when it was still running, then killed) and log.
+    pub fn run_to_exit(
+        config: &Config,
+        subcommand: &str,
+        env: &[(&str, &str)],
+        within: Duration,
+    ) -> (Option<i32>, String) {
+        let mut process = Self::spawn(config, &[], subcommand, env);
+        let deadline = std::time::Instant::now() + within;
+        let child = process.child.as_mut().expect("running");
+        let code = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                process.child = None;
+                break status.code();
             }
-        }
-        let (program, prefix) = match wrapper.split_first() {
-            Some((program, rest)) => (std::path::PathBuf::from(program), rest.to_vec()),
-            None => (citadel_bin(), Vec::new()),
+            if std::time::Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         };
-        let mut command = Command::new(program);
-        if !wrapper.is_empty() {
-            command.args(prefix).arg(citadel_bin());
-        }
-        let child = command
-            .arg("--config")
-            .arg(&file)
-            .args(["--log", "info", subcommand])
-            .env_remove("CITADEL_CONFIG")
-            .envs(env.iter().copied())
-            .stdout(stdout)
-            .stderr(log)
-            .spawn()
-            .expect("spawn citadel work");
-        let process = WorkerProcess {
-            child: Some(child),
-            dir,
-        };
+        (code, process.log())
+    }
+
+    fn launch(config: &Config, wrapper: &[&str], subcommand: &str, env: &[(&str, &str)]) -> WorkerProcess {
+        let process = Self::spawn(config, wrapper, subcommand, env);
+        process.wait_ready();
+        process
+    }
+
+    /// Start it again after it was killed or exited (SIGKILL first if it
+    /// still runs), in the same directory with the same configuration (so
+    /// its compiled cache is reused), and wait until it is ready. The log
+    /// of the run before is kept as `worker.log.<n>`.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.launch.runs += 1;
+        let log = self.dir.path().join("worker.log");
+        std::fs::rename(&log, self.dir.path().join(format!("worker.log.{}", self.launch.runs))).expect("keep the log");
+        self.child = Some(Self::start_child(self.dir.path(), &self.launch));
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        let (config, subcommand) = (&self.launch.config, self.launch.subcommand.as_str());
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         // Ready: reading jobs, and (its group created) device configuration.
         let ready = |log: &str| match subcommand {
@@ -228,15 +265,68 @@ impl WorkerProcess {
                     && (config.worker.config_queue.is_empty() || log.contains("reading device configuration"))
             }
         };
-        while !ready(&process.log()) {
+        while !ready(&self.log()) {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the worker process was not ready within 60 s; its log:\n{}",
-                process.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        process
+    }
+
+    fn spawn(config: &Config, wrapper: &[&str], subcommand: &str, env: &[(&str, &str)]) -> WorkerProcess {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = config.clone();
+        config.sandbox = sandbox_config(Some(&dir.path().join("cache")));
+        config.node.state_dir.get_or_insert_with(|| dir.path().join("state"));
+        let file = dir.path().join("citadel.toml");
+        std::fs::write(&file, toml::to_string(&config).expect("config serializes")).expect("write config");
+        let launch = Launch {
+            config,
+            wrapper: wrapper.iter().map(|word| word.to_string()).collect(),
+            subcommand: subcommand.to_string(),
+            env: env
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
+            runs: 0,
+        };
+        let child = Self::start_child(dir.path(), &launch);
+        WorkerProcess {
+            child: Some(child),
+            dir,
+            launch,
+        }
+    }
+
+    fn start_child(dir: &std::path::Path, launch: &Launch) -> Child {
+        let log = std::fs::File::create(dir.join("worker.log")).expect("worker log");
+        let stdout = std::fs::File::create(dir.join("worker.stdout")).expect("worker stdout");
+        if !launch.wrapper.is_empty() {
+            use std::os::unix::fs::PermissionsExt;
+            for path in [dir.to_path_buf(), dir.join("worker.log")] {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+            }
+        }
+        let (program, prefix) = match launch.wrapper.split_first() {
+            Some((program, rest)) => (std::path::PathBuf::from(program), rest.to_vec()),
+            None => (citadel_bin(), Vec::new()),
+        };
+        let mut command = Command::new(program);
+        if !launch.wrapper.is_empty() {
+            command.args(prefix).arg(citadel_bin());
+        }
+        command
+            .arg("--config")
+            .arg(dir.join("citadel.toml"))
+            .args(["--log", "info", &launch.subcommand])
+            .env_remove("CITADEL_CONFIG")
+            .envs(launch.env.iter().map(|(key, value)| (key, value)))
+            .stdout(stdout)
+            .stderr(log)
+            .spawn()
+            .expect("spawn citadel")
     }
 
     /// The process id.

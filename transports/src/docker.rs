@@ -588,3 +588,60 @@ mod tests {
         assert!(text.contains("/run/docker.sock") && text.contains("is the Docker or podman API service running"));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Whatever a Docker or podman API answers, any JSON with the fields we
+    //! read holding values of any type: decoded or refused, never a panic.
+
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|number| json!(number)),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("Id".to_string()),
+                        Just("Name".to_string()),
+                        Just("Names".to_string()),
+                        Just("State".to_string()),
+                        Just("Status".to_string()),
+                        Just("Health".to_string()),
+                        Just("Config".to_string()),
+                        Just("Labels".to_string()),
+                        Just("ExitCode".to_string()),
+                        Just("StartedAt".to_string()),
+                        Just("RestartCount".to_string()),
+                        ".{0,6}",
+                    ],
+                    inner,
+                    0..6,
+                )
+                .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_container_list_or_inspection_decodes_or_is_refused(body in any_json()) {
+            if let Ok(listed) = serde_json::from_value::<Vec<Listed>>(body.clone()) {
+                let _: Vec<ContainerSummary> = listed.into_iter().map(Listed::into_summary).collect();
+            }
+            if let Ok(inspected) = serde_json::from_value::<Inspected>(body) {
+                let _ = inspected.into_details();
+            }
+        }
+    }
+}

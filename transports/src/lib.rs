@@ -10,6 +10,8 @@
 //! - [`status`]: the node's status pushed to Redis and HTTP (with a spool),
 //!   and served by the status server (`/health`, `/metrics`, `/events`…);
 //! - [`http`]: the outbound HTTP client;
+//! - [`http_guard`]: caps and deadlines every HTTP server here applies to
+//!   its clients (connections per client, header timeout and size);
 //! - [`engines`]: clients of local inference engines (OpenAI-compatible,
 //!   Ollama), streaming tokens;
 //! - [`docker`]: the Docker Engine API client (Docker or podman, unix
@@ -25,6 +27,7 @@ pub mod docker;
 pub mod engines;
 pub mod fleet;
 pub mod http;
+pub mod http_guard;
 pub mod nexus;
 pub mod redis;
 pub mod status;

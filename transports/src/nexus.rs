@@ -282,3 +282,46 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Whatever a Nexus API answers for a job: a job or a named refusal.
+
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn any_body_is_a_job_or_an_error(body in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Err(err) = NexusJob::parse(&body) {
+                prop_assert!(!err.is_empty());
+            }
+        }
+
+        #[test]
+        fn any_job_shaped_object_is_a_job_or_an_error(
+            id in proptest::option::of(".{0,12}"),
+            job_type in proptest::option::of(".{0,12}"),
+            payload in prop_oneof![
+                Just(json!(null)),
+                ".{0,40}".prop_map(Value::from),
+                proptest::collection::btree_map(".{0,6}", ".{0,6}", 0..4).prop_map(|map| json!(map)),
+                any::<i64>().prop_map(Value::from),
+            ],
+        ) {
+            let mut object = json!({"payload": payload});
+            if let Some(id) = id {
+                object["id"] = json!(id);
+            }
+            if let Some(job_type) = job_type {
+                object["type"] = json!(job_type);
+            }
+            let body = serde_json::to_vec(&object).unwrap();
+            if let Ok(job) = NexusJob::parse(&body) {
+                prop_assert!(serde_json::from_str::<Value>(&job.payload).is_ok());
+            }
+        }
+    }
+}

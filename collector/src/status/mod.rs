@@ -156,7 +156,7 @@ fn process_entry(watched: &Watched) -> ProcessEntry {
     ProcessEntry {
         name: watched.name.clone(),
         pid: process.map(|process| process.pid),
-        cmdline: process.map(|process| process.cmdline.join(" ")),
+        cmdline: process.map(|process| crate::processes::shown_cmdline(&process.cmdline)),
         model: process.and_then(|process| process.model.clone()),
         uptime_seconds: process.map(|process| process.uptime_seconds),
         rss_mb: process.map(|process| process.rss_bytes / MIB),

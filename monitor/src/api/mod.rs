@@ -12,7 +12,7 @@
 //! ingest keys may only POST events. Bodies are capped, bad input is a 400
 //! naming the field, and nothing of a refused request is stored.
 
-mod auth;
+pub(crate) mod auth;
 mod ingest;
 mod metrics;
 mod params;
@@ -21,6 +21,7 @@ mod stream;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -28,8 +29,11 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
+use citadel_transports::http_guard;
+use hyper_util::service::TowerToHyperService;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::alerts::{AlertStatus, AlertType};
 use crate::registry::{NodeQuery, NodeState};
@@ -85,6 +89,7 @@ async fn stored<T: Send + 'static>(
 /// The API's routes over `monitor`.
 pub fn router(monitor: Arc<Monitor>) -> Router {
     let limit = monitor.config.max_body_bytes;
+    let body_timeout = Duration::from_millis(monitor.config.body_timeout_ms);
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/status/summary", get(summary))
@@ -98,25 +103,37 @@ pub fn router(monitor: Arc<Monitor>) -> Router {
         .route("/v1/alerts/{id}/close", post(close_alert))
         .route("/v1/stream", get(stream::stream))
         .route("/metrics", get(metrics::metrics))
+        .merge(crate::web::router())
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&monitor), auth::check))
+        .layer(axum::middleware::from_fn(crate::web::harden))
+        // Gzip when the client takes it; Server-Sent Events are never held
+        // back in a compressor.
+        .layer(tower_http::compression::CompressionLayer::new())
         .layer(DefaultBodyLimit::max(limit))
+        // A body that trickles in is cut off (`400`, "not received within the
+        // designated timeout"), not waited on forever.
+        .layer(RequestBodyTimeoutLayer::new(body_timeout))
         .with_state(monitor)
 }
 
-/// Serve the API on `listener` until `stop`.
+/// Serve the API on `listener` until `stop`: connections capped per client
+/// and in all, request headers due within `monitor.header_timeout_ms`
+/// (`citadel_transports::http_guard`).
 pub async fn serve(monitor: Arc<Monitor>, listener: tokio::net::TcpListener, stop: CancellationToken) {
+    let header_timeout = Duration::from_millis(monitor.config.header_timeout_ms);
     let app = router(monitor);
-    if let Err(err) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-    {
-        tracing::error!(error = %err, "the API server failed");
-    }
+    let service = move || TowerToHyperService::new(app.clone());
+    http_guard::serve(listener, header_timeout, "the API server", service, stop).await;
 }
 
 async fn health(State(monitor): State<Arc<Monitor>>) -> Json<Value> {
     let (nodes, open) = monitor.read(|engine| (engine.registry().nodes().count(), engine.alerts().open().count()));
-    Json(json!({ "status": "ok", "nodes": nodes, "openAlerts": open }))
+    Json(json!({
+        "status": "ok",
+        "nodes": nodes,
+        "openAlerts": open,
+        "highTempCelsius": monitor.config.high_temp_celsius,
+    }))
 }
 
 async fn summary(State(monitor): State<Arc<Monitor>>) -> ApiResult {

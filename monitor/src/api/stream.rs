@@ -1,7 +1,8 @@
 //! `GET /v1/stream`: what changes, live, as Server-Sent Events — `event`
 //! (a stored event, its id the event's id), `alert` (an alert opened,
 //! updated or closed), `node` (a node changed state). A client that
-//! reconnects with `Last-Event-ID` first gets the events it missed, from
+//! reconnects with `Last-Event-ID` (or, opening a new stream, the
+//! `lastEventId` query parameter) first gets the events it missed, from
 //! the store. A client too slow to keep up gets a `lagged` marker and
 //! skips ahead: it never holds the monitor or another client up. Nobody
 //! listening costs nothing.
@@ -9,7 +10,9 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::State;
+use std::collections::HashMap;
+
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
@@ -46,12 +49,14 @@ fn of(live: &Live) -> Event {
 pub async fn stream(
     State(monitor): State<Arc<Monitor>>,
     headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     // Subscribe before reading the store, so nothing falls in between.
     let mut live = monitor.subscribe();
     let after: Option<i64> = headers
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())
+        .or(query.get("lastEventId").map(String::as_str))
         .and_then(|value| value.parse().ok());
     let missed = match after {
         Some(after) => {

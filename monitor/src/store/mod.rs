@@ -319,4 +319,10 @@ pub trait Store: Send + Sync + 'static {
     fn prune(&self, before_ms: u64, batch: u32) -> Result<u64, StoreError>;
     /// Size of the database on disk, bytes, and events stored.
     fn footprint(&self) -> Result<(u64, u64), StoreError>;
+    /// Keep a dashboard session (its token's digest) until `expires_ms`.
+    fn session_opened(&self, digest: &[u8; 32], expires_ms: u64) -> Result<(), StoreError>;
+    /// Forget a dashboard session.
+    fn session_closed(&self, digest: &[u8; 32]) -> Result<(), StoreError>;
+    /// The dashboard sessions live at `now_ms`: (digest, expires).
+    fn sessions(&self, now_ms: u64) -> Result<Vec<([u8; 32], u64)>, StoreError>;
 }

@@ -106,6 +106,10 @@ CREATE TABLE IF NOT EXISTS cursors (
     stream TEXT PRIMARY KEY,
     entry_id TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sessions (
+    digest BLOB PRIMARY KEY,
+    expires_ms INTEGER NOT NULL
+);
 ";
 
 /// The SQLite store.
@@ -692,7 +696,39 @@ impl Store for SqliteStore {
         ] {
             gone += conn.execute(sql, params![ms(before_ms), batch])? as u64;
         }
+        let now = crate::service::now_ms();
+        conn.execute("DELETE FROM sessions WHERE expires_ms <= ?1", params![ms(now)])?;
         Ok(gone)
+    }
+
+    fn session_opened(&self, digest: &[u8; 32], expires_ms: u64) -> Result<(), StoreError> {
+        let conn = self.writer.lock().expect("writer poisoned");
+        conn.execute(
+            "INSERT OR REPLACE INTO sessions (digest, expires_ms) VALUES (?1, ?2)",
+            params![&digest[..], ms(expires_ms)],
+        )?;
+        Ok(())
+    }
+
+    fn session_closed(&self, digest: &[u8; 32]) -> Result<(), StoreError> {
+        let conn = self.writer.lock().expect("writer poisoned");
+        conn.execute("DELETE FROM sessions WHERE digest = ?1", params![&digest[..]])?;
+        Ok(())
+    }
+
+    fn sessions(&self, now_ms: u64) -> Result<Vec<([u8; 32], u64)>, StoreError> {
+        self.read(|conn| {
+            let rows = conn
+                .prepare_cached("SELECT digest, expires_ms FROM sessions WHERE expires_ms > ?1")?
+                .query_map(params![ms(now_ms)], |row| {
+                    Ok((row.get::<_, Vec<u8>>(0)?, unms(row.get(1)?)))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|(digest, expires)| Some((<[u8; 32]>::try_from(digest).ok()?, expires)))
+                .collect())
+        })
     }
 
     fn footprint(&self) -> Result<(u64, u64), StoreError> {

@@ -18,7 +18,7 @@ use citadel_transports::wire;
 use clap::Args;
 use serde::Serialize;
 
-use super::{Failure, output, redis_client};
+use super::{Failure, output};
 use crate::config::{Config, Credential, CredentialStore};
 
 /// Arguments of `citadel init`.
@@ -182,7 +182,7 @@ fn show(code: &DeviceCode) {
 
 /// The node's first status, with its device code, wherever it reports.
 async fn publish_first_status(config: &Config) -> Result<(), Failure> {
-    let redis = config.redis_url.as_deref();
+    let redis = config.redis().map_err(|err| Failure::input(err.to_string()))?;
     let endpoint = config.telemetry.http_endpoint_for(&config.node_id());
     if redis.is_none() && endpoint.is_none() {
         output::line(
@@ -192,12 +192,9 @@ async fn publish_first_status(config: &Config) -> Result<(), Failure> {
     }
     let snapshot = super::status::local_snapshot(config, NodeMode::Init).await;
     let status = serde_json::to_string(&snapshot).expect("a status message serializes");
-    if let Some(url) = redis {
-        let client = redis_client(url)?;
-        let conn = citadel_transports::redis::command_connection(&client)
-            .map_err(|err| Failure::input(format!("invalid redis_url {url:?}: {err}")))?;
+    if let Some(redis) = redis {
         let publisher = RedisStatusPublisher::new(
-            conn,
+            redis.command_connection(),
             &config.node_id(),
             config.device_code.clone(),
             config.telemetry.status_stream_maxlen,
@@ -207,7 +204,8 @@ async fn publish_first_status(config: &Config) -> Result<(), Failure> {
             .await
             .map_err(|err| {
                 Failure::job(format!(
-                    "cannot publish the node's first status on Redis ({url}): {err}"
+                    "cannot publish the node's first status: {}",
+                    redis.explain(&err)
                 ))
             })?;
         output::line(format!(

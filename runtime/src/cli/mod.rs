@@ -265,18 +265,13 @@ impl RedisArgs {
     }
 }
 
-/// The configured Redis URL, or a failure saying how to give one.
-fn required_redis_url(config: &Config) -> Result<&str, Failure> {
+/// The configured Redis (no connection yet), or a failure saying how to
+/// give one or what is wrong with it.
+fn required_redis(config: &Config) -> Result<citadel_transports::redis::Endpoint, Failure> {
     config
-        .redis_url
-        .as_deref()
+        .redis()
+        .map_err(|err| Failure::input(err.to_string()))?
         .ok_or_else(|| Failure::input("no Redis URL: give --redis-url or set redis_url"))
-}
-
-/// A Redis client for `url` (no connection yet); a malformed URL is a
-/// failure naming it.
-fn redis_client(url: &str) -> Result<citadel_transports::redis::Client, Failure> {
-    citadel_transports::redis::client(url).map_err(|err| Failure::input(format!("invalid redis_url {url:?}: {err}")))
 }
 
 /// Exit code for a result of [`Cli::execute`], printing the reason.

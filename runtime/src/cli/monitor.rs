@@ -60,9 +60,13 @@ pub async fn monitor(config: &Config) -> Result<(), Failure> {
     let mut settings = config.monitor.clone();
     if settings.redis_url.is_none() {
         settings.redis_url = config.redis_url.clone();
+        settings.redis = config.redis.clone();
     }
     let addr = settings.addr;
     let monitor = citadel_monitor::service::Monitor::open(settings).map_err(Failure::input)?;
+    if let Err(err) = monitor.redis().check().await.map_err(Failure::input)? {
+        tracing::warn!(redis = %monitor.redis().shown_url(), error = %err, "Redis does not answer yet; the monitor keeps trying");
+    }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| Failure::input(citadel_monitor::service::MonitorError::Bind { addr, source }))?;

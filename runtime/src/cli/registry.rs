@@ -10,7 +10,7 @@ use citadel_transports::redis::registry::{HandlerRecord, Registry};
 use citadel_transports::wire;
 use clap::Args;
 
-use super::{Failure, RedisArgs, redis_client, required_redis_url};
+use super::{Failure, RedisArgs, required_redis};
 use crate::components::{ComponentStore, signing};
 use crate::config::Config;
 use crate::handlers::admission;
@@ -81,8 +81,7 @@ pub(super) fn keygen(args: KeygenArgs) -> Result<(), Failure> {
 }
 
 fn registry(config: &Config) -> Result<Registry, Failure> {
-    let url = required_redis_url(config)?;
-    Registry::new(&redis_client(url)?).map_err(|err| Failure::input(format!("invalid redis_url {url:?}: {err}")))
+    Ok(Registry::new(&required_redis(config)?))
 }
 
 fn unreachable(err: transport::RedisError) -> Failure {

@@ -60,7 +60,10 @@ impl StatusArgs {
 
 pub(super) async fn status(args: StatusArgs, config: &Config) -> Result<(), Failure> {
     let addr = config.telemetry.status_addr;
-    let (message, source) = match (args.local, fetch_status(addr, ASK_NODE_TIMEOUT).await) {
+    let (message, source) = match (
+        args.local,
+        fetch_status(addr, config.telemetry.status_token.as_deref(), ASK_NODE_TIMEOUT).await,
+    ) {
         (false, Ok(text)) => {
             let message: StatusMessage = serde_json::from_str(&text).map_err(|err| {
                 Failure::job(format!(

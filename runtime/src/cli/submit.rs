@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Failure, RedisArgs, output, redis_client, required_redis_url};
+use super::{Failure, RedisArgs, output, required_redis};
 use crate::config::Config;
 
 /// Arguments of `citadel submit`.
@@ -59,15 +59,14 @@ pub(super) async fn submit(args: SubmitArgs, config: &Config) -> Result<(), Fail
         Ok(_) => return Err(Failure::input("--payload must be a JSON object")),
         Err(err) => return Err(Failure::input(format!("--payload is not valid JSON: {err}"))),
     }
-    let url = required_redis_url(config)?;
-    let client = redis_client(url)?;
+    let redis = required_redis(config)?;
     let job_id = args
         .job_id
         .clone()
         .unwrap_or_else(|| format!("job-{:016x}", rand::random::<u64>()));
-    let unreachable = |err: transport::RedisError| Failure::job(format!("cannot reach Redis at {url}: {err}"));
+    let unreachable = |err: transport::RedisError| Failure::job(redis.explain(&err));
     let subscription = if args.follow {
-        Some(subscribe_events(&client, &job_id).await.map_err(unreachable)?)
+        Some(subscribe_events(&redis, &job_id).await.map_err(unreachable)?)
     } else {
         None
     };
@@ -83,7 +82,7 @@ pub(super) async fn submit(args: SubmitArgs, config: &Config) -> Result<(), Fail
     if let Some(ray_id) = &args.ray_id {
         fields.push(("rayId", ray_id));
     }
-    let mut conn = transport::command_connection(&client).map_err(unreachable)?;
+    let mut conn = redis.command_connection();
     let entry = enqueue(&mut conn, &queue, &fields).await.map_err(unreachable)?;
     eprintln!("submitted job {job_id} to {queue} (entry {entry})");
     let Some(subscription) = subscription else {

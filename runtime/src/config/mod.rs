@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use citadel_transports::redis::{Endpoint, EndpointError, RedisSettings};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -83,8 +84,11 @@ pub struct NoOverrides {}
 pub struct Config {
     /// Tenant policy file (see `policy.rs`); the built-in default policy when absent.
     pub policy: Option<PathBuf>,
-    /// Redis (`redis://host:port/db`, `rediss://…`, `redis+unix:///path`).
+    /// Redis (`redis://[user:password@]host:port/db`, `rediss://…` for
+    /// TLS, `redis+unix:///path`).
     pub redis_url: Option<String>,
+    /// How to reach it beyond the URL: TLS files (`[redis]`).
+    pub redis: RedisSettings,
     /// The device code of the node's device authorization (Citadel's
     /// `CITADEL_DEVICE_CODE`; else the one `citadel init` stored), carried
     /// as `deviceCode` in status so the control plane can match the node to
@@ -301,6 +305,15 @@ impl Config {
         if id.is_empty() { "citadel-node".into() } else { id }
     }
 
+    /// The configured Redis (`redis_url` with `[redis]`); `None` when no
+    /// URL is set. Reads the TLS files; connects to nothing.
+    pub fn redis(&self) -> Result<Option<Endpoint>, EndpointError> {
+        self.redis_url
+            .as_deref()
+            .map(|url| Endpoint::open(url, &self.redis))
+            .transpose()
+    }
+
     /// Whether handlers can arrive while the node runs: published to the
     /// fleet (followed when Redis is configured) or put in `components.dir`.
     pub fn handlers_can_arrive(&self) -> bool {
@@ -484,6 +497,29 @@ mod tests {
     }
 
     #[test]
+    fn a_status_server_beyond_loopback_needs_a_token() {
+        let mut config = Config::default();
+        config.telemetry.status_addr = "0.0.0.0:9330".parse().unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("telemetry.status_token") && err.contains("0.0.0.0:9330"),
+            "{err}"
+        );
+        config.telemetry.status_token = Some("short".into());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("at least 16"), "{err}");
+        config.telemetry.status_token = Some("a-token-of-24-characters".into());
+        config.validate().unwrap();
+        // Off, or on loopback, it needs none.
+        config.telemetry.status_token = None;
+        config.telemetry.status_server = false;
+        config.validate().unwrap();
+        config.telemetry.status_server = true;
+        config.telemetry.status_addr = "[::1]:9330".parse().unwrap();
+        config.validate().unwrap();
+    }
+
+    #[test]
     fn tenant_memory_must_fit_a_slot() {
         let dir = tempfile::tempdir().unwrap();
         let policy = dir.path().join("policy.toml");
@@ -495,5 +531,74 @@ mod tests {
         config.sandbox.max_memory_mib = 256;
         let err = config.load_policy().unwrap_err().to_string();
         assert!(err.contains("tenants.big.memory_mib"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    //! Whatever the node's TOML file says: a configuration or an error
+    //! naming what is wrong, never a panic.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|number| number.to_string()),
+            any::<bool>().prop_map(|flag| flag.to_string()),
+            "[a-z0-9_:/.@ -]{0,24}".prop_map(|text| format!("{text:?}")),
+            proptest::collection::vec("[a-z0-9_.]{0,8}", 0..3).prop_map(|items| format!("{items:?}")),
+            Just("\"redis://user:pw@[::1\"".to_string()),
+            Just("\"rediss+sentinel://,/\"".to_string()),
+        ]
+    }
+
+    fn key() -> impl Strategy<Value = &'static str> {
+        proptest::sample::select(vec![
+            "redis_url",
+            "policy",
+            "worker.concurrency",
+            "worker.queues",
+            "worker.block_ms",
+            "worker.max_attempts",
+            "sandbox.epoch_tick_ms",
+            "sandbox.max_memory_mib",
+            "telemetry.status_addr",
+            "telemetry.status_token",
+            "telemetry.heartbeat_ms",
+            "redis.ca_file",
+            "redis.client_cert_file",
+            "monitor.addr",
+            "monitor.api_keys",
+            "node.id",
+            "handlers.echo",
+            "nonsense",
+        ])
+    }
+
+    proptest! {
+        #[test]
+        fn any_config_file_is_a_config_or_a_named_error(
+            text in prop_oneof![
+                "(\\PC|\n){0,200}",
+                proptest::collection::vec((key(), value()), 0..8).prop_map(|entries| {
+                    entries.iter().map(|(key, value)| format!("{key} = {value}\n")).collect::<String>()
+                }),
+            ],
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("citadel.toml");
+            std::fs::write(&file, &text).unwrap();
+            match Config::load(Some(&file), NoOverrides {}) {
+                // What loads is usable as far as Redis goes, or says why not.
+                Ok(config) => {
+                    if let Err(err) = config.redis() {
+                        prop_assert!(err.to_string().contains("redis"), "{err}");
+                    }
+                }
+                Err(err) => prop_assert!(err.to_string().starts_with("invalid"), "{err}"),
+            }
+        }
     }
 }

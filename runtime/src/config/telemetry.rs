@@ -58,6 +58,11 @@ pub struct TelemetryConfig {
     pub status_server: bool,
     /// Where it listens (loopback by default; port 0: any free port).
     pub status_addr: SocketAddr,
+    /// Bearer token the status server asks for on every route but
+    /// `/health` and `/ping`; required when `status_addr` is not loopback.
+    pub status_token: Option<String>,
+    /// A client's request headers must arrive within this, ms (slowloris).
+    pub status_header_timeout_ms: u64,
     /// A light heartbeat (`citadel:v1:heartbeats`) this often between full
     /// status snapshots, ms, so `citadel monitor` notices a dead node in
     /// seconds.
@@ -96,6 +101,8 @@ impl Default for TelemetryConfig {
             spool_max_bytes: 64 << 20,
             status_server: true,
             status_addr: SocketAddr::from(([127, 0, 0, 1], 9330)),
+            status_token: None,
+            status_header_timeout_ms: 10_000,
             heartbeat_ms: 5_000,
             events: true,
             events_stream_maxlen: citadel_transports::fleet::EVENTS_STREAM_MAXLEN,
@@ -198,6 +205,32 @@ impl TelemetryConfig {
                     format!("must be between 0.0 and 1.0, got {rate} (tenant {tenant})"),
                 );
             }
+        }
+        if !(100..=600_000).contains(&self.status_header_timeout_ms) {
+            return invalid(
+                "telemetry.status_header_timeout_ms",
+                format!("must be between 100 and 600000, got {}", self.status_header_timeout_ms),
+            );
+        }
+        match &self.status_token {
+            Some(token) if token.len() < 16 => {
+                return invalid(
+                    "telemetry.status_token",
+                    format!("must be at least 16 characters, got {}", token.len()),
+                );
+            }
+            None if self.status_server && !self.status_addr.ip().is_loopback() => {
+                return invalid(
+                    "telemetry.status_token",
+                    format!(
+                        "is required when the status server listens beyond loopback (telemetry.status_addr = {}): \
+                         its /status, /metrics and /events name tenants' job types, services and handlers; \
+                         set a token (CITADEL_TELEMETRY__STATUS_TOKEN) or listen on 127.0.0.1",
+                        self.status_addr
+                    ),
+                );
+            }
+            _ => {}
         }
         if self.nvidia_smi.trim().is_empty() {
             return invalid("telemetry.nvidia_smi", "must name a program".into());

@@ -181,8 +181,8 @@ mod tests {
 
     async fn events(config: TelemetryConfig) -> JobEvents {
         // A publisher that never connects: these tests only build events.
-        let client = citadel_transports::redis::client("redis://127.0.0.1:1").unwrap();
-        let conn = citadel_transports::redis::command_connection(&client).unwrap();
+        let redis = citadel_transports::redis::Endpoint::open("redis://127.0.0.1:1", &Default::default()).unwrap();
+        let conn = redis.command_connection();
         JobEvents::new(FleetPublisher::start(conn, 1000), "gpu-7", &config)
     }
 

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use citadel_transports::backoff::{Backoff, worth_logging};
 use citadel_transports::redis::registry::{HandlerRecord, Registry, listen_for_changes};
-use citadel_transports::redis::{Client, RedisResult};
+use citadel_transports::redis::{Endpoint, RedisResult};
 use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -231,9 +231,9 @@ impl FleetHandlers {
     /// Sync on every announcement and reconnect (and every
     /// [`RESYNC_INTERVAL`]) until `stop`, retrying failed reads with the
     /// shared backoff.
-    pub async fn follow(self: Arc<Self>, client: Client, stop: CancellationToken) {
+    pub async fn follow(self: Arc<Self>, redis: Endpoint, stop: CancellationToken) {
         let changed = Arc::new(Notify::new());
-        tokio::spawn(listen_for_changes(client, Arc::clone(&changed), stop.clone()));
+        tokio::spawn(listen_for_changes(redis, Arc::clone(&changed), stop.clone()));
         let mut waits = Backoff::DEFAULT.start();
         loop {
             tokio::select! {

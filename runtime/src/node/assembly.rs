@@ -68,6 +68,9 @@ pub enum BuildError {
     /// The Redis source cannot be made.
     #[error(transparent)]
     Worker(#[from] WorkerError),
+    /// Redis refused the node's credentials or certificates.
+    #[error(transparent)]
+    RedisRefused(#[from] transport::Refused),
     /// The Nexus source cannot be made.
     #[error(transparent)]
     Agent(#[from] AgentError),
@@ -84,13 +87,13 @@ struct NexusSource {
     /// Rung by a `wake:v1:node:{id}` message.
     wake: Arc<Notify>,
     /// Where wake-up messages come from (with Redis).
-    wake_from: Option<transport::Client>,
+    wake_from: Option<transport::Endpoint>,
 }
 
 /// The handlers that can change while the node runs.
 struct Followed {
     dir: Option<Arc<HandlerDir>>,
-    fleet: Option<(Arc<FleetHandlers>, transport::Client)>,
+    fleet: Option<(Arc<FleetHandlers>, transport::Endpoint)>,
 }
 
 /// The node, assembled.
@@ -115,6 +118,7 @@ impl Node {
     /// [`Node::build`] on an executor of the caller's (one whose component
     /// store is shared, as the tests do).
     pub async fn build_on(config: &Config, sources: Sources, executor: Executor) -> Result<Node, BuildError> {
+        check_redis(config).await?;
         let dispatch = Arc::new(dispatcher(config, executor)?);
         // Handlers may also arrive while the node runs (published to the
         // fleet, or dropped in the watched directory).
@@ -132,13 +136,7 @@ impl Node {
                 let (source, following) = watch::channel(initial);
                 let wake = Arc::new(Notify::new());
                 let agent = Agent::new(Arc::clone(&dispatch), config)?.switched_by(following, Arc::clone(&wake));
-                let wake_from = match config.redis_url.as_deref() {
-                    Some(url) => Some(transport::client(url).map_err(|source| WorkerError::RedisUrl {
-                        url: url.to_string(),
-                        source,
-                    })?),
-                    None => None,
-                };
+                let wake_from = config.redis().map_err(WorkerError::from)?;
                 Some(NexusSource {
                     agent: Arc::new(agent),
                     source,
@@ -292,6 +290,23 @@ fn dispatcher(config: &Config, executor: Executor) -> Result<Dispatcher, BuildEr
 
 /// The watched directory (`components.dir`) and the fleet's published
 /// handlers (`components.fleet`, with Redis), prepared.
+/// Stop at once when Redis refuses the node (a wrong password or CA: no
+/// retry will fix it); go on when it is only not up yet (every connection
+/// keeps trying).
+async fn check_redis(config: &Config) -> Result<(), BuildError> {
+    let Some(redis) = config.redis().map_err(WorkerError::from)? else {
+        return Ok(());
+    };
+    if let Err(err) = redis.check().await? {
+        tracing::warn!(
+            redis = %redis.shown_url(),
+            error = %err,
+            "Redis does not answer yet; the node starts and keeps trying"
+        );
+    }
+    Ok(())
+}
+
 fn followed(config: &Config, dispatch: &Dispatcher) -> Result<Followed, BuildError> {
     let (executor, handlers) = (dispatch.executor(), dispatch.handlers());
     let dir = config.components.dir.as_ref().map(|dir| {
@@ -303,14 +318,13 @@ fn followed(config: &Config, dispatch: &Dispatcher) -> Result<Followed, BuildErr
             handlers.clone(),
         ))
     });
-    let fleet = match config.redis_url.as_deref().filter(|_| config.components.fleet) {
-        Some(url) => {
-            let invalid = |source| WorkerError::RedisUrl {
-                url: url.to_string(),
-                source,
-            };
-            let client = transport::client(url).map_err(invalid)?;
-            let registry = Registry::new(&client).map_err(invalid)?;
+    let fleet = match config
+        .redis()
+        .map_err(WorkerError::from)?
+        .filter(|_| config.components.fleet)
+    {
+        Some(redis) => {
+            let registry = Registry::new(&redis);
             let fleet = Arc::new(FleetHandlers::new(
                 registry,
                 Arc::clone(executor.components()),
@@ -318,7 +332,7 @@ fn followed(config: &Config, dispatch: &Dispatcher) -> Result<Followed, BuildErr
                 config.components.trusted(),
                 handlers.clone(),
             ));
-            Some((fleet, client))
+            Some((fleet, redis))
         }
         None => None,
     };

@@ -32,7 +32,7 @@ use std::time::Duration;
 use citadel_collector::status::{NodeMode, ServiceHealth};
 use citadel_collector::{Collector, CollectorConfig};
 use citadel_transports::redis as transport;
-use citadel_transports::status::{HttpPublisher, HttpPublisherConfig, RedisStatusPublisher, StatusServer};
+use citadel_transports::status::{Access, HttpPublisher, HttpPublisherConfig, RedisStatusPublisher, StatusServer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -73,14 +73,9 @@ pub enum NodeError {
     /// The services cannot be supervised.
     #[error("cannot run [[services]]: {0}")]
     Services(String),
-    /// `redis_url` does not parse.
-    #[error("invalid redis_url {url:?}: {source}")]
-    RedisUrl {
-        /// The URL.
-        url: String,
-        /// Why.
-        source: transport::RedisError,
-    },
+    /// `redis_url` or `[redis]` is unusable.
+    #[error(transparent)]
+    Redis(#[from] transport::EndpointError),
 }
 
 /// The collector set up as `[telemetry]` says.
@@ -190,23 +185,14 @@ impl NodeServices {
         let engines = Arc::clone(dispatch.executor().engines());
         let settings = &config.telemetry;
         let node_id = config.node_id();
-        let redis = match &config.redis_url {
-            Some(url) => {
-                let invalid = |source| NodeError::RedisUrl {
-                    url: url.clone(),
-                    source,
-                };
-                let client = transport::client(url).map_err(invalid)?;
-                let conn = transport::command_connection(&client).map_err(invalid)?;
-                Some(RedisStatusPublisher::new(
-                    conn,
-                    &node_id,
-                    config.device_code.clone(),
-                    settings.status_stream_maxlen,
-                ))
-            }
-            None => None,
-        };
+        let redis = config.redis()?.map(|redis| {
+            RedisStatusPublisher::new(
+                redis.command_connection(),
+                &node_id,
+                config.device_code.clone(),
+                settings.status_stream_maxlen,
+            )
+        });
         let http = match (settings.http_endpoint_for(&node_id), settings.spool_file()) {
             (Some(endpoint), Some(spool)) => {
                 let publisher = HttpPublisher::start(HttpPublisherConfig {
@@ -225,9 +211,15 @@ impl NodeServices {
         let server = if settings.status_server {
             let addr = settings.status_addr;
             Some(
-                StatusServer::bind(addr)
-                    .await
-                    .map_err(|source| NodeError::Bind { addr, source })?,
+                StatusServer::bind(
+                    addr,
+                    Access {
+                        token: settings.status_token.clone(),
+                        header_timeout: Duration::from_millis(settings.status_header_timeout_ms),
+                    },
+                )
+                .await
+                .map_err(|source| NodeError::Bind { addr, source })?,
             )
         } else {
             None

@@ -490,3 +490,77 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Whatever an operator (or a template gone wrong) writes: any text and
+    //! any TOML made of the policy's own keys with values of any type is a
+    //! policy or an error naming the file, never a panic.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|number| number.to_string()),
+            any::<u64>().prop_map(|number| number.to_string()),
+            any::<bool>().prop_map(|flag| flag.to_string()),
+            "[a-z_*.:/ -]{0,16}".prop_map(|text| format!("{text:?}")),
+            proptest::collection::vec("[a-z_*.:/-]{0,10}", 0..4).prop_map(|items| format!("{items:?}")),
+            Just("{ }".to_string()),
+            Just("1e999".to_string()),
+            Just("-0".to_string()),
+        ]
+    }
+
+    fn key() -> impl Strategy<Value = &'static str> {
+        proptest::sample::select(vec![
+            "capabilities",
+            "memory_mib",
+            "timeout_ms",
+            "max_output_bytes",
+            "max_chunk_bytes",
+            "max_chunks_per_second",
+            "max_log_bytes",
+            "max_in_flight",
+            "allow_pin",
+            "inference.models",
+            "inference.max_tokens",
+            "http.allow",
+            "http.deny",
+            "docker.actions",
+            "docker.containers",
+            "shell.run_as",
+            "unknown_key",
+        ])
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_is_a_policy_or_a_named_error(text in "(\\PC|\n){0,300}") {
+            if let Err(err) = Policy::from_toml(&text, "fuzz.toml") {
+                prop_assert!(err.to_string().contains("fuzz.toml"), "{err}");
+            }
+        }
+
+        #[test]
+        fn any_policy_shaped_toml_is_a_policy_or_a_named_error(
+            tenants in proptest::collection::vec(
+                ("[a-z*]{0,8}", proptest::collection::vec((key(), value()), 0..6)),
+                0..4,
+            ),
+        ) {
+            let mut text = String::new();
+            for (tenant, entries) in &tenants {
+                text.push_str(&format!("[tenants.{tenant:?}]\n"));
+                for (key, value) in entries {
+                    text.push_str(&format!("{key} = {value}\n"));
+                }
+            }
+            if let Err(err) = Policy::from_toml(&text, "fuzz.toml") {
+                prop_assert!(err.to_string().contains("fuzz.toml"), "{err}");
+            }
+        }
+    }
+}

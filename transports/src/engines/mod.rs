@@ -511,6 +511,33 @@ enum ByteFault {
     Flood(usize),
 }
 
+/// Frames of `body` cut into pieces at `cuts` (test helper for the
+/// parsers' properties: where a body is split must not change its frames).
+#[cfg(test)]
+fn frames_of_pieces<F, S>(frames: F, body: &[u8], cuts: &[usize]) -> Vec<Result<Vec<Frame>, String>>
+where
+    F: FnOnce(futures_util::stream::Iter<std::vec::IntoIter<Result<Bytes, ByteFault>>>) -> S,
+    S: Stream<Item = Result<Vec<Frame>, String>>,
+{
+    use futures_util::StreamExt;
+    let mut points: Vec<usize> = cuts.iter().map(|cut| cut % (body.len() + 1)).collect();
+    points.sort_unstable();
+    points.dedup();
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    for point in points.into_iter().chain([body.len()]) {
+        if point > start {
+            pieces.push(Ok(Bytes::copy_from_slice(&body[start..point])));
+            start = point;
+        }
+    }
+    let stream = frames(futures_util::stream::iter(pieces));
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime")
+        .block_on(stream.collect())
+}
+
 /// The frame error for a fault below the parser.
 fn fault_error(fault: ByteFault) -> String {
     match fault {

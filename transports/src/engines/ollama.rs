@@ -154,3 +154,44 @@ mod tests {
         assert_eq!(body["stream"], true);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Whatever an Ollama sends: any line parses to frames or a named error,
+    //! never a panic; where the body is cut never changes the frames, even
+    //! inside a multi-byte character.
+
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+    use crate::engines::frames_of_pieces;
+
+    proptest! {
+        #[test]
+        fn any_line_is_frames_or_an_error(line in ".{0,200}") {
+            match parse(&line) {
+                Ok(_) => {}
+                Err(err) => prop_assert!(!err.is_empty()),
+            }
+        }
+
+        #[test]
+        fn where_the_body_is_cut_never_changes_the_frames(
+            tokens in proptest::collection::vec("[a-zA-Z é漢🙂\\\"]{0,8}", 1..12),
+            cuts in proptest::collection::vec(any::<usize>(), 0..16),
+        ) {
+            let mut body = String::new();
+            for token in &tokens {
+                body.push_str(&json!({"message": {"role": "assistant", "content": token}, "done": false}).to_string());
+                body.push('\n');
+            }
+            body.push_str(&json!({"done": true, "done_reason": "stop"}).to_string());
+            body.push('\n');
+            let whole = frames_of_pieces(frames, body.as_bytes(), &[]);
+            let cut = frames_of_pieces(frames, body.as_bytes(), &cuts);
+            prop_assert_eq!(&whole, &cut);
+            prop_assert!(whole.iter().all(Result::is_ok), "{:?}", whole);
+        }
+    }
+}

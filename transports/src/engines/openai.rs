@@ -155,3 +155,55 @@ mod tests {
         assert!((body["top_p"].as_f64().unwrap() - 0.9).abs() < 1e-6);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Whatever an engine sends: any `data:` payload parses to frames or a
+    //! named error, never a panic; and where the body is cut into network
+    //! reads never changes the frames.
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::engines::frames_of_pieces;
+
+    fn chunk(token: &str) -> String {
+        format!(
+            "data: {}\n\n",
+            json!({"choices": [{"index": 0, "delta": {"content": token}, "finish_reason": null}]})
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn any_data_payload_is_frames_or_an_error(data in ".{0,200}") {
+            match parse(&data) {
+                Ok(_) => {}
+                Err(err) => prop_assert!(!err.is_empty()),
+            }
+        }
+
+        #[test]
+        fn any_json_value_is_frames_or_an_error(keys in proptest::collection::vec(".{0,6}", 0..5), depth in 0usize..200) {
+            let mut value = json!({});
+            for key in &keys {
+                value = json!({ key.clone(): value, "choices": [{"delta": {"content": key}}] });
+            }
+            let nested = format!("{}{}{}", "[".repeat(depth), value, "]".repeat(depth));
+            let _ = parse(&nested);
+        }
+
+        #[test]
+        fn where_the_body_is_cut_never_changes_the_frames(
+            tokens in proptest::collection::vec("[a-zA-Z é漢🙂\\\"]{0,8}", 1..12),
+            cuts in proptest::collection::vec(any::<usize>(), 0..16),
+        ) {
+            let mut body: String = tokens.iter().map(|token| chunk(token)).collect();
+            body.push_str("data: [DONE]\n\n");
+            let whole = frames_of_pieces(frames, body.as_bytes(), &[]);
+            let cut = frames_of_pieces(frames, body.as_bytes(), &cuts);
+            prop_assert_eq!(&whole, &cut);
+            prop_assert_eq!(whole.last(), Some(&Ok(vec![Frame::Done])));
+        }
+    }
+}

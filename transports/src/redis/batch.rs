@@ -8,7 +8,7 @@
 //! instead of one each, which is most of a busy worker's cost. Each batch
 //! still gets its own result.
 
-use redis::aio::ConnectionManager;
+use super::Connection;
 use redis::{Cmd, RedisResult, Value};
 use tokio::sync::{mpsc, oneshot};
 
@@ -89,7 +89,7 @@ impl Batch {
     }
 
     /// Send this batch on its own; the replies of its commands.
-    pub async fn send(&self, conn: &ConnectionManager) -> RedisResult<Vec<Value>> {
+    pub async fn send(&self, conn: &Connection) -> RedisResult<Vec<Value>> {
         let mut pipe = redis::pipe();
         self.append_to(&mut pipe);
         let mut conn = conn.clone();
@@ -109,7 +109,7 @@ pub struct Committer {
 impl Committer {
     /// Start the committer task on the current tokio runtime; it ends when
     /// the last clone of the committer is dropped.
-    pub fn start(conn: ConnectionManager) -> Committer {
+    pub fn start(conn: Connection) -> Committer {
         let (requests, queue) = mpsc::unbounded_channel();
         tokio::spawn(commit_loop(conn, queue));
         Committer { requests }
@@ -130,7 +130,7 @@ fn closed() -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Client, "committer stopped"))
 }
 
-async fn commit_loop(conn: ConnectionManager, mut queue: mpsc::UnboundedReceiver<Request>) {
+async fn commit_loop(conn: Connection, mut queue: mpsc::UnboundedReceiver<Request>) {
     while let Some(first) = queue.recv().await {
         // Let the other jobs that are ready run up to their own send, so
         // their batches join this write.

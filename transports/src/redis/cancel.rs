@@ -2,19 +2,19 @@
 //! Workers check the flag before starting a job and poll it for running
 //! ones, all running jobs in one pipelined round trip.
 
-use redis::aio::ConnectionManager;
+use super::Connection;
 
 use crate::wire::cancel_key;
 
 /// Reads cancel flags.
 #[derive(Clone)]
 pub struct CancelFlags {
-    conn: ConnectionManager,
+    conn: Connection,
 }
 
 impl CancelFlags {
     /// Flags read over `conn`.
-    pub fn new(conn: ConnectionManager) -> CancelFlags {
+    pub fn new(conn: Connection) -> CancelFlags {
         CancelFlags { conn }
     }
 

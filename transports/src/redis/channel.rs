@@ -4,6 +4,7 @@
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use super::Endpoint;
 use crate::backoff::{Backoff, worth_logging};
 
 /// What a subscription saw.
@@ -18,7 +19,7 @@ pub(crate) enum ChannelEvent {
 /// Follow `channel` until `stop`, telling `on_event` of every
 /// (re)subscription and message.
 pub(crate) async fn follow_channel(
-    client: redis::Client,
+    endpoint: Endpoint,
     channel: &str,
     mut on_event: impl FnMut(ChannelEvent),
     stop: CancellationToken,
@@ -26,7 +27,7 @@ pub(crate) async fn follow_channel(
     let mut waits = Backoff::DEFAULT.start();
     loop {
         let subscribed = async {
-            let mut pubsub = client.get_async_pubsub().await?;
+            let mut pubsub = endpoint.pubsub().await?;
             pubsub.subscribe(channel).await?;
             redis::RedisResult::Ok(pubsub)
         };

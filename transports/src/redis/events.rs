@@ -12,9 +12,11 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use redis::Value;
-use redis::aio::{ConnectionManager, PubSub};
+use redis::aio::PubSub;
 
-use super::{Batch, Committer, FleetPublisher};
+use super::Connection;
+
+use super::{Batch, Committer, Endpoint, FleetPublisher};
 use crate::fleet::{self, FleetEvent};
 use crate::wire::{self, EventKind, JobEvent, JobStatus, NodeMeta};
 
@@ -68,7 +70,7 @@ pub struct JobCheck {
 /// Publishes job events and status.
 #[derive(Clone)]
 pub struct EventPublisher {
-    conn: ConnectionManager,
+    conn: Connection,
     committer: Committer,
     /// Shared by the publisher's clones: a rename reaches them all. Events
     /// take the `Arc` (no string copies per chunk).
@@ -82,7 +84,7 @@ impl EventPublisher {
     /// A publisher stamping events with `meta`: chunks go straight out on
     /// `conn` (lowest latency), batches through `committer`.
     pub fn new(
-        conn: ConnectionManager,
+        conn: Connection,
         committer: Committer,
         meta: NodeMeta,
         replay: Option<ReplayConfig>,
@@ -305,8 +307,8 @@ pub(crate) fn status_fields(status: JobStatus, message_id: &str, worker_id: &str
 }
 
 /// Subscribe to a job's events (before enqueueing it, so none is missed).
-pub async fn subscribe_events(client: &redis::Client, job_id: &str) -> redis::RedisResult<PubSub> {
-    let mut pubsub = client.get_async_pubsub().await?;
+pub async fn subscribe_events(endpoint: &Endpoint, job_id: &str) -> redis::RedisResult<PubSub> {
+    let mut pubsub = endpoint.pubsub().await?;
     pubsub.subscribe(wire::events_channel(job_id)).await?;
     Ok(pubsub)
 }

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use redis::aio::ConnectionManager;
+use super::Connection;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -38,7 +38,7 @@ enum Item {
 /// Writes one node's fleet events and heartbeats.
 #[derive(Clone)]
 pub struct FleetPublisher {
-    conn: ConnectionManager,
+    conn: Connection,
     maxlen: usize,
     queue: mpsc::Sender<Item>,
     dropped: Arc<AtomicU64>,
@@ -48,7 +48,7 @@ impl FleetPublisher {
     /// A publisher over `conn` keeping about `maxlen` events in the stream;
     /// starts the writer of what [`emit`](Self::emit) queues on the current
     /// tokio runtime (it ends with the last clone of the publisher).
-    pub fn start(conn: ConnectionManager, maxlen: usize) -> FleetPublisher {
+    pub fn start(conn: Connection, maxlen: usize) -> FleetPublisher {
         let (queue, receiver) = mpsc::channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         tokio::spawn(write_loop(conn.clone(), maxlen, receiver, Arc::clone(&dropped)));
@@ -127,7 +127,7 @@ fn xadd(maxlen: usize, event: &FleetEvent) -> redis::Cmd {
 /// Send what has queued, in one pipeline per round, until every publisher
 /// is gone. A failed write is retried with the shared backoff; while it is,
 /// new events queue (and overflow into the dropped count).
-async fn write_loop(conn: ConnectionManager, maxlen: usize, mut queue: mpsc::Receiver<Item>, dropped: Arc<AtomicU64>) {
+async fn write_loop(conn: Connection, maxlen: usize, mut queue: mpsc::Receiver<Item>, dropped: Arc<AtomicU64>) {
     // Nothing cancels the writer's retries but a flush that times out: a
     // process exits without waiting for it.
     let never = CancellationToken::new();

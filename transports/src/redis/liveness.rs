@@ -6,15 +6,15 @@
 
 use std::time::Duration;
 
+use super::Connection;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 
 use crate::wire::liveness_key;
 
 /// One consumer's liveness key, and lookups of other consumers' keys.
 #[derive(Clone)]
 pub struct Liveness {
-    conn: ConnectionManager,
+    conn: Connection,
     group: String,
     consumer: String,
     ttl: Duration,
@@ -22,7 +22,7 @@ pub struct Liveness {
 
 impl Liveness {
     /// Liveness of `consumer` in `group`, expiring `ttl` after each beat.
-    pub fn new(conn: ConnectionManager, group: &str, consumer: &str, ttl: Duration) -> Liveness {
+    pub fn new(conn: Connection, group: &str, consumer: &str, ttl: Duration) -> Liveness {
         Liveness {
             conn,
             group: group.to_string(),

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use redis::aio::ConnectionManager;
+use super::Connection;
 use redis::streams::{StreamPendingCountReply, StreamReadReply};
 use redis::{RedisResult, Value};
 
@@ -69,8 +69,8 @@ pub struct PendingEntry {
 /// The job queues of one consumer.
 #[derive(Clone)]
 pub struct JobQueues {
-    conn: ConnectionManager,
-    reader: ConnectionManager,
+    conn: Connection,
+    reader: Connection,
     committer: Committer,
     config: QueueConfig,
 }
@@ -78,12 +78,7 @@ pub struct JobQueues {
 impl JobQueues {
     /// Queues using `conn` for commands, `reader` for blocking reads and
     /// `committer` for settlements.
-    pub fn new(
-        conn: ConnectionManager,
-        reader: ConnectionManager,
-        committer: Committer,
-        config: QueueConfig,
-    ) -> JobQueues {
+    pub fn new(conn: Connection, reader: Connection, committer: Committer, config: QueueConfig) -> JobQueues {
         JobQueues {
             conn,
             reader,
@@ -298,7 +293,7 @@ impl JobQueues {
 
 /// `XADD` a job entry (the producer side, used by `citadel submit` and the
 /// tests); returns the entry id.
-pub async fn enqueue(conn: &mut ConnectionManager, queue_key: &str, fields: &[(&str, &str)]) -> RedisResult<String> {
+pub async fn enqueue(conn: &mut Connection, queue_key: &str, fields: &[(&str, &str)]) -> RedisResult<String> {
     redis::cmd("XADD")
         .arg(queue_key)
         .arg("*")
@@ -320,4 +315,83 @@ fn texts(map: HashMap<String, Value>) -> Fields {
             (name, text)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod properties {
+    //! Entries as a producer — or anyone with write access to the queue —
+    //! may write them: any field names, binary values, invalid UTF-8, huge
+    //! and deeply nested payloads. Decoding and parsing never panic, stay
+    //! within the size cap before any JSON is parsed, and say what is wrong.
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::wire::{EntryError, JobEntry};
+
+    const LIMIT: usize = 64 * 1024;
+
+    fn field_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("jobId".to_string()),
+            Just("type".to_string()),
+            Just("payload".to_string()),
+            Just("rayId".to_string()),
+            Just("enqueuedAt".to_string()),
+            ".{0,12}",
+        ]
+    }
+
+    fn payload() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            // Arbitrary bytes, invalid UTF-8 included.
+            proptest::collection::vec(any::<u8>(), 0..256),
+            // JSON objects with random keys and values.
+            proptest::collection::btree_map(".{0,8}", ".{0,16}", 0..8)
+                .prop_map(|map| serde_json::to_vec(&map).unwrap()),
+            // Deep nesting (serde_json's recursion limit, not the stack).
+            (1usize..5000)
+                .prop_map(|depth| format!("{{\"a\":{}1{}}}", "[".repeat(depth), "]".repeat(depth)).into_bytes()),
+            // Over the cap.
+            (LIMIT..LIMIT * 4).prop_map(|size| {
+                let mut text = b"{\"pad\":\"".to_vec();
+                text.resize(size, b'x');
+                text.extend_from_slice(b"\"}");
+                text
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_entry_is_a_job_or_a_named_refusal(
+            extra in proptest::collection::vec((field_name(), proptest::collection::vec(any::<u8>(), 0..64)), 0..6),
+            job_id in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
+            job_type in proptest::option::of(".{0,20}"),
+            body in proptest::option::of(payload()),
+        ) {
+            let mut map: HashMap<String, Value> = extra
+                .into_iter()
+                .map(|(name, bytes)| (name, Value::BulkString(bytes)))
+                .collect();
+            if let Some(id) = job_id {
+                map.insert("jobId".into(), Value::BulkString(id));
+            }
+            if let Some(job_type) = job_type {
+                map.insert("type".into(), Value::SimpleString(job_type));
+            }
+            if let Some(body) = &body {
+                map.insert("payload".into(), Value::BulkString(body.clone()));
+            }
+            let fields = texts(map);
+            match JobEntry::parse(&fields, LIMIT) {
+                Ok(job) => {
+                    prop_assert!(!job.job_id.is_empty());
+                    prop_assert!(fields["payload"].len() <= LIMIT);
+                }
+                Err(EntryError::TooLarge { size, limit }) => prop_assert!(size > limit),
+                Err(err) => prop_assert!(!err.to_string().is_empty()),
+            }
+        }
+    }
 }

@@ -13,12 +13,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::Connection;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::Endpoint;
 use super::channel::follow_channel;
 
 /// The HASH job type → [`HandlerRecord`] (JSON).
@@ -93,15 +94,15 @@ pub struct BadRecord {
 /// The registry, through one reconnecting connection.
 #[derive(Clone)]
 pub struct Registry {
-    conn: ConnectionManager,
+    conn: Connection,
 }
 
 impl Registry {
-    /// The registry on `client`'s Redis.
-    pub fn new(client: &redis::Client) -> redis::RedisResult<Registry> {
-        Ok(Registry {
-            conn: super::command_connection(client)?,
-        })
+    /// The registry on `endpoint`'s Redis.
+    pub fn new(endpoint: &Endpoint) -> Registry {
+        Registry {
+            conn: endpoint.command_connection(),
+        }
     }
 
     /// Store `bytes`, point `job_type` at `record`, keep it in the history
@@ -177,6 +178,6 @@ impl Registry {
 /// Notify `changed` on every announcement, and on every (re)subscription
 /// (a message may have been missed while unsubscribed); resubscribes with
 /// the shared backoff after Redis goes away.
-pub async fn listen_for_changes(client: redis::Client, changed: Arc<Notify>, stop: CancellationToken) {
-    follow_channel(client, CHANGED_CHANNEL, |_| changed.notify_one(), stop).await;
+pub async fn listen_for_changes(endpoint: Endpoint, changed: Arc<Notify>, stop: CancellationToken) {
+    follow_channel(endpoint, CHANGED_CHANNEL, |_| changed.notify_one(), stop).await;
 }

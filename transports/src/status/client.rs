@@ -4,11 +4,16 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// `GET http://{addr}/status`: the node's latest StatusMessage (JSON text).
-pub async fn fetch_status(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
+/// `GET http://{addr}/status` (with `token` as bearer, when the node asks
+/// for one): the node's latest StatusMessage (JSON text).
+pub async fn fetch_status(addr: SocketAddr, token: Option<&str>, timeout: Duration) -> Result<String, String> {
     let client = crate::http::client(timeout)?;
     let url = format!("http://{addr}/status");
-    let response = client.get(&url).send().await.map_err(|err| format!("{url}: {err}"))?;
+    let mut request = client.get(&url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.map_err(|err| format!("{url}: {err}"))?;
     let status = response.status();
     let body = response.text().await.map_err(|err| format!("{url}: {err}"))?;
     if status.is_success() {

@@ -16,5 +16,5 @@ mod spool;
 pub use self::client::fetch_status;
 pub use self::http::{HttpPublisher, HttpPublisherConfig, HttpPublisherStats};
 pub use self::redis::{NodeState, RedisStatusPublisher};
-pub use self::server::{Health, ServerEvent, StatusServer, StatusSource};
+pub use self::server::{Access, Health, ServerEvent, StatusServer, StatusSource};
 pub use self::spool::Spool;

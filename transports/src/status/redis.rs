@@ -5,7 +5,7 @@
 
 use std::time::SystemTime;
 
-use ::redis::aio::ConnectionManager;
+use crate::redis::Connection;
 
 use crate::wire;
 
@@ -34,7 +34,7 @@ impl NodeState {
 /// Publishes one node's status.
 #[derive(Clone)]
 pub struct RedisStatusPublisher {
-    conn: ConnectionManager,
+    conn: Connection,
     node_id: String,
     device_code: Option<String>,
     maxlen: usize,
@@ -43,12 +43,7 @@ pub struct RedisStatusPublisher {
 impl RedisStatusPublisher {
     /// A publisher for `node_id` over `conn`, keeping about `maxlen` entries
     /// in the stream; entries carry `device_code` as `deviceCode` when given.
-    pub fn new(
-        conn: ConnectionManager,
-        node_id: &str,
-        device_code: Option<String>,
-        maxlen: usize,
-    ) -> RedisStatusPublisher {
+    pub fn new(conn: Connection, node_id: &str, device_code: Option<String>, maxlen: usize) -> RedisStatusPublisher {
         RedisStatusPublisher {
             conn,
             node_id: node_id.to_string(),

@@ -9,6 +9,12 @@
 //! | `GET /events` | Server-Sent Events: `status` snapshots and `job` lifecycle events as they happen |
 //!
 //! Anything else is a `404`, another method a `405`, both with a JSON body.
+//! With a token ([`Access::token`]: required when it listens beyond
+//! loopback) every route but `/health` and `/ping` (probes) asks for
+//! `Authorization: Bearer <token>` and answers `401` without it: status,
+//! metrics and events name tenants' job types, services and handlers.
+//! Connections are capped per client and in all, and a client that does
+//! not finish its request headers in time is dropped (`crate::http_guard`).
 //! An `/events` client too slow to keep up is not disconnected and holds
 //! nobody up: it gets a `lagged` event saying how many events it missed and
 //! continues from the newest. Idle streams get a comment every 15 s.
@@ -22,22 +28,20 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
+
+use crate::http_guard;
 
 /// Frames buffered per `/events` client before it counts as slow.
 const SSE_BUFFER: usize = 32;
 /// Comment sent on idle `/events` streams.
 const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
-/// How long open connections get to finish on shutdown.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Whether the node is healthy, and if not, why.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -69,16 +73,36 @@ pub trait StatusSource: Send + Sync + 'static {
 
 type Body = BoxBody<Bytes, Infallible>;
 
+/// Who may ask, and how long a request's headers may take.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// The bearer token every route but `/health` and `/ping` requires.
+    pub token: Option<String>,
+    /// Request headers must arrive within this.
+    pub header_timeout: Duration,
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Access {
+            token: None,
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// A bound status server.
 pub struct StatusServer {
     listener: TcpListener,
+    access: Access,
 }
 
 impl StatusServer {
-    /// Bind `addr` (port 0: any free port).
-    pub async fn bind(addr: SocketAddr) -> std::io::Result<StatusServer> {
+    /// Bind `addr` (port 0: any free port), served as `access` says.
+    pub async fn bind(addr: SocketAddr, access: Access) -> std::io::Result<StatusServer> {
         Ok(StatusServer {
             listener: TcpListener::bind(addr).await?,
+            access,
         })
     }
 
@@ -89,34 +113,48 @@ impl StatusServer {
 
     /// Serve `source` until `stop` fires.
     pub async fn serve(self, source: Arc<dyn StatusSource>, stop: CancellationToken) {
-        let graceful = GracefulShutdown::new();
-        loop {
-            let (stream, _) = tokio::select! {
-                _ = stop.cancelled() => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "status server: accept failed");
-                        continue;
-                    }
-                },
-            };
-            let source = Arc::clone(&source);
+        let token: Option<Arc<str>> = self.access.token.as_deref().map(Arc::from);
+        let service = {
             let stop = stop.clone();
-            let service = service_fn(move |request| respond(request, Arc::clone(&source), stop.clone()));
-            let connection = graceful.watch(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
-            tokio::spawn(async move {
-                if let Err(err) = connection.await {
-                    tracing::debug!(error = %err, "status server connection ended with an error");
-                }
-            });
-        }
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
+            move || {
+                let (source, stop, token) = (Arc::clone(&source), stop.clone(), token.clone());
+                service_fn(move |request| {
+                    let allowed = allowed(&request, token.as_deref());
+                    respond(request, allowed, Arc::clone(&source), stop.clone())
+                })
+            }
+        };
+        http_guard::serve(
+            self.listener,
+            self.access.header_timeout,
+            "status server",
+            service,
+            stop,
+        )
+        .await;
     }
+}
+
+/// Whether `request` may be answered: probes always, the rest with the
+/// token when there is one (compared in constant time).
+fn allowed(request: &Request<Incoming>, token: Option<&str>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    if matches!(request.uri().path(), "/health" | "/ping") {
+        return true;
+    }
+    request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .is_some_and(|given| bool::from(given.as_bytes().ct_eq(token.as_bytes())))
 }
 
 async fn respond(
     request: Request<Incoming>,
+    allowed: bool,
     source: Arc<dyn StatusSource>,
     stop: CancellationToken,
 ) -> Result<Response<Body>, Infallible> {
@@ -125,6 +163,17 @@ async fn respond(
             StatusCode::METHOD_NOT_ALLOWED,
             json!({"error": "only GET is served"}),
         ));
+    }
+    if !allowed {
+        let mut response = json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "this status server needs Authorization: Bearer <telemetry.status_token>"}),
+        );
+        response.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Bearer"),
+        );
+        return Ok(response);
     }
     Ok(match request.uri().path() {
         "/health" => {

@@ -72,14 +72,9 @@ pub enum WorkerError {
     /// No Redis URL is configured.
     #[error("no Redis URL: give --redis-url or set redis_url in the config")]
     NoRedisUrl,
-    /// The Redis URL is malformed.
-    #[error("invalid redis_url {url:?}: {source}")]
-    RedisUrl {
-        /// The URL.
-        url: String,
-        /// Why.
-        source: transport::RedisError,
-    },
+    /// `redis_url` or `[redis]` is unusable.
+    #[error(transparent)]
+    Redis(#[from] transport::EndpointError),
     /// Redis refused to create the consumer groups (not a connection problem).
     #[error("cannot create consumer groups: {0}")]
     Groups(transport::RedisError),
@@ -216,15 +211,10 @@ impl Worker {
         consumer: String,
         device_config: bool,
     ) -> Result<Worker, WorkerError> {
-        let url = config.redis_url.as_deref().ok_or(WorkerError::NoRedisUrl)?;
-        let invalid = |source| WorkerError::RedisUrl {
-            url: url.to_string(),
-            source,
-        };
-        let client = transport::client(url).map_err(invalid)?;
-        let conn = transport::command_connection(&client).map_err(invalid)?;
+        let redis = config.redis()?.ok_or(WorkerError::NoRedisUrl)?;
+        let conn = redis.command_connection();
         let block = Duration::from_millis(config.worker.block_ms);
-        let reader = transport::blocking_connection(&client, block).map_err(invalid)?;
+        let reader = redis.blocking_connection(block);
         let node_id = config.node_id();
         let meta = NodeMeta {
             node_id: node_id.clone(),
