@@ -83,7 +83,7 @@ fn per_job(c: &mut Criterion) {
         &BTreeMap::from([("echo".to_string(), guest("echo"))]),
     )
     .unwrap();
-    let dispatch = Dispatcher::new(Arc::clone(&pooled), handlers);
+    let dispatch = Dispatcher::new(Arc::clone(&pooled), handlers, 1);
     let control = JobControl {
         cancel: &cancel,
         interrupt: &cancel,

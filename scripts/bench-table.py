@@ -248,6 +248,35 @@ def fuzz_table(summary):
           f"= {summary['inputs']} inputs tried, no panic, every refusal named.")
 
 
+def hostile_table(summary):
+    solo, attacked = summary["victim_solo"], summary["victim_under_attack"]
+    classes = {}
+    for attack in summary["classes"]:
+        classes.setdefault(attack["class"], []).append(attack["guest"])
+    print(f"\nHostile guests: {summary['attacks']} attacks at once on one node, each failing its own job once "
+          f"(never retried, never `host_error`); another tenant's trivial jobs meanwhile:\n")
+    print("| another tenant's trivial job, enqueue → `end` | p50 | p99 | p99 vs alone |")
+    print("|---|---:|---:|---:|")
+    print(f"| alone (baseline, {solo['jobs']} jobs) | {solo['p50_ms']:.1f} ms | {solo['p99_ms']:.1f} ms | baseline |")
+    print(f"| during the attacks ({attacked['jobs']} jobs) | {attacked['p50_ms']:.1f} ms | "
+          f"{attacked['p99_ms']:.1f} ms | {attacked['p99_ms'] / solo['p99_ms']:.2f}× |")
+    print(f"\nNode peak RSS through it all: {summary['node_peak_rss_mib']} MiB. Classes: "
+          + "; ".join(f"`{name}` ({', '.join(sorted(set(guests)))})" for name, guests in sorted(classes.items())) + ".")
+
+
+def neighbours_table(summary):
+    solo = summary["solo"]
+    print(f"\nNoisy neighbours (`concurrency = {summary['concurrency']}`, 2 cores; the flooding tenant has no "
+          f"`max_in_flight`):\n")
+    print("| another tenant's trivial job, enqueue → `end` | p50 | p99 | p99 vs alone |")
+    print("|---|---:|---:|---:|")
+    print(f"| alone (baseline, {solo['jobs']} jobs) | {solo['p50_ms']:.1f} ms | {solo['p99_ms']:.1f} ms | baseline |")
+    for spinners in (4, 8):
+        phase = summary[f"spinners_{spinners}"]
+        print(f"| beside {spinners} spinning jobs ({phase['jobs']} jobs) | {phase['p50_ms']:.1f} ms | "
+              f"{phase['p99_ms']:.1f} ms | {summary[f'p99_ratio_{spinners}']:.2f}× |")
+
+
 def main():
     criterion_table(pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/criterion"))
     queues = pathlib.Path(sys.argv[2] if len(sys.argv) > 2 else "target/bench/queues.json")
@@ -274,6 +303,12 @@ def main():
     fuzz = pathlib.Path(sys.argv[9] if len(sys.argv) > 9 else "target/bench/fuzz.json")
     if fuzz.exists():
         fuzz_table(json.loads(fuzz.read_text()))
+    hostile = pathlib.Path(sys.argv[10] if len(sys.argv) > 10 else "target/bench/hostile.json")
+    if hostile.exists():
+        hostile_table(json.loads(hostile.read_text()))
+    neighbours = pathlib.Path(sys.argv[11] if len(sys.argv) > 11 else "target/bench/neighbours.json")
+    if neighbours.exists():
+        neighbours_table(json.loads(neighbours.read_text()))
 
 
 if __name__ == "__main__":

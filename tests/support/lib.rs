@@ -12,7 +12,8 @@
 //! Ollama emulator and a misbehaving engine (`engine.rs`), and a private
 //! podman serving the Docker Engine API (`podman.rs`), a simulated fleet for
 //! the monitor (`fleet_sim.rs`) and a real headless Chromium for its
-//! dashboard (`browser.rs`).
+//! dashboard (`browser.rs`), and another tenant timing its jobs on a node
+//! under attack (`latency.rs`).
 //!
 //! Guests are built by `scripts/build-guests` and the binary by
 //! `cargo build`; `scripts/test` does both before running the tests.
@@ -25,6 +26,7 @@ mod files;
 pub mod fleet_sim;
 mod gpu;
 mod http_server;
+mod latency;
 mod nexus;
 mod pki;
 mod podman;
@@ -42,6 +44,7 @@ pub use engine::{LlmEngine, Misbehaviour, misbehaving_engine, ollama_emulator};
 pub use files::{FileServer, Seen};
 pub use gpu::FakeSmi;
 pub use http_server::serve_loopback;
+pub use latency::{Victim, latency_summary, percentile, save_report};
 pub use nexus::FakeNexus;
 pub use pki::TestPki;
 pub use podman::Podman;

@@ -98,7 +98,11 @@ pub struct TestWorker {
 impl TestWorker {
     /// Start a worker for `config`.
     pub fn start(config: &Config) -> TestWorker {
-        let dispatch = Arc::new(Dispatcher::new(Arc::new(executor_for(config)), handlers_of(config)));
+        let dispatch = Arc::new(Dispatcher::new(
+            Arc::new(executor_for(config)),
+            handlers_of(config),
+            config.worker.concurrency as usize,
+        ));
         let worker = Arc::new(Worker::new(dispatch, config).expect("worker"));
         let stop = CancellationToken::new();
         let task = tokio::spawn({

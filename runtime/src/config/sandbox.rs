@@ -27,7 +27,7 @@ pub struct SandboxConfig {
 impl Default for SandboxConfig {
     fn default() -> Self {
         SandboxConfig {
-            epoch_tick_ms: 5,
+            epoch_tick_ms: 1,
             max_instances: 64,
             max_memory_mib: 512,
             max_wasm_stack_kib: 512,

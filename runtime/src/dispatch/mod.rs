@@ -4,7 +4,7 @@
 //!
 //! 1. [`Dispatcher::admit`]: the job type's handler, or [`Unsupported`]
 //!    naming what this node handles; then a slot of the job's tenant
-//!    (`max_in_flight`), waited for;
+//!    (`max_in_flight`, or a fair share of the node: [`tenants`]), waited for;
 //! 2. the source does what it must before the run (Redis: `claimed` and
 //!    `start` in one round trip, honouring a cancel flag set meanwhile);
 //! 3. [`Dispatcher::run`]: the component the job pins (checked against the
@@ -17,16 +17,16 @@
 
 pub mod fleet;
 mod outcome;
-mod tenants;
+pub mod tenants;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use outcome::{JobOutcome, Recovery};
-use tenants::TenantSlots;
+use tenants::{TenantSlot, TenantSlots};
 
 use crate::handlers::{Handler, HandlerTable, NativeJob};
 use crate::job::{Chunk, JobReport, JobSpec};
@@ -94,8 +94,11 @@ pub struct Unsupported {
 /// A job cleared to run: its handler and its tenant's slot.
 pub struct Admitted {
     handler: Handler,
-    _tenant_slot: OwnedSemaphorePermit,
+    _tenant_slot: TenantSlot,
 }
+
+/// The job's tenant has no slot free now (its handler, kept for the wait).
+pub struct Busy(Handler);
 
 /// Whether a job may run.
 pub enum Admission {
@@ -138,12 +141,13 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Jobs run on `executor` by `handlers`.
-    pub fn new(executor: Arc<Executor>, handlers: HandlerTable) -> Dispatcher {
+    /// Jobs run on `executor` by `handlers`, on a node with `node_slots`
+    /// job slots (`worker.concurrency`) that tenants share.
+    pub fn new(executor: Arc<Executor>, handlers: HandlerTable, node_slots: usize) -> Dispatcher {
         Dispatcher {
             executor,
             handlers,
-            tenants: TenantSlots::default(),
+            tenants: TenantSlots::new(node_slots),
             observer: OnceLock::new(),
         }
     }
@@ -171,19 +175,37 @@ impl Dispatcher {
     /// Whether `spec` may run: its handler, then a slot of its tenant
     /// (waited for until `stop`).
     pub async fn admit(&self, spec: &JobSpec, stop: &CancellationToken) -> Admission {
+        match self.try_admit(spec) {
+            Ok(admission) => admission,
+            Err(Busy(handler)) => {
+                let limit = self.executor.policy().tenant(&spec.tenant).1.max_in_flight;
+                match self.tenants.take(&spec.tenant, limit, stop).await {
+                    Some(slot) => Admission::Admitted(Admitted {
+                        handler,
+                        _tenant_slot: slot,
+                    }),
+                    None => Admission::Stopped,
+                }
+            }
+        }
+    }
+
+    /// [`Dispatcher::admit`] without waiting: [`Busy`] when the job's
+    /// tenant has no slot free now.
+    pub fn try_admit(&self, spec: &JobSpec) -> Result<Admission, Busy> {
         let Some(handler) = self.handlers.get(&spec.job_type) else {
-            return Admission::Unsupported(Unsupported {
+            return Ok(Admission::Unsupported(Unsupported {
                 job_type: spec.job_type.clone(),
                 supported: self.handlers.types(),
-            });
+            }));
         };
         let limit = self.executor.policy().tenant(&spec.tenant).1.max_in_flight;
-        match self.tenants.take(&spec.tenant, limit, stop).await {
-            Some(slot) => Admission::Admitted(Admitted {
+        match self.tenants.try_take(&spec.tenant, limit) {
+            Some(slot) => Ok(Admission::Admitted(Admitted {
                 handler,
                 _tenant_slot: slot,
-            }),
-            None => Admission::Stopped,
+            })),
+            None => Err(Busy(handler)),
         }
     }
 

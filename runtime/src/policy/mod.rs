@@ -93,9 +93,10 @@ pub struct TenantPolicy {
     /// Bytes of log (log records and captured stdout/stderr) kept per job.
     #[serde(default = "default_max_log_bytes")]
     pub max_log_bytes: u32,
-    /// Jobs of this tenant running at once on one node.
-    #[serde(default = "default_max_in_flight")]
-    pub max_in_flight: u32,
+    /// Jobs of this tenant running at once on one node; unset, a fair
+    /// share of the node's slots (`crate::dispatch::tenants`).
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
     /// Whether the tenant's jobs may pin a published component
     /// (`"component": "sha256:…"` in the payload) instead of the job
     /// type's current one.
@@ -133,9 +134,6 @@ fn default_max_chunks_per_second() -> u32 {
 fn default_max_log_bytes() -> u32 {
     64 << 10
 }
-fn default_max_in_flight() -> u32 {
-    4
-}
 
 impl Default for TenantPolicy {
     /// The built-in default tenant: `log` and `stream`, default limits.
@@ -148,7 +146,7 @@ impl Default for TenantPolicy {
             max_chunk_bytes: default_max_chunk_bytes(),
             max_chunks_per_second: default_max_chunks_per_second(),
             max_log_bytes: default_max_log_bytes(),
-            max_in_flight: default_max_in_flight(),
+            max_in_flight: None,
             allow_pin: false,
             inference: InferencePolicy::default(),
             docker: DockerPolicy::default(),
@@ -194,7 +192,7 @@ impl TenantPolicy {
         if self.max_chunks_per_second == 0 {
             return Err(invalid("max_chunks_per_second", "must be at least 1".into()));
         }
-        if self.max_in_flight == 0 {
+        if self.max_in_flight == Some(0) {
             return Err(invalid("max_in_flight", "must be at least 1".into()));
         }
         for (key, patterns) in [

@@ -1,9 +1,12 @@
 //! The guest's stdout and stderr, captured line by line into the job's log
 //! (`joblog.rs`) instead of reaching the node's own output.
 //!
-//! Writes always succeed: a guest printing more than the log keeps is cut,
-//! not failed (a Rust guest panics when a print fails, which would turn
-//! chattiness into a crash).
+//! Writes within the stream's permit always succeed: a guest printing more
+//! than the log keeps is cut, not failed (a Rust guest panics when a print
+//! fails, which would turn chattiness into a crash). A single write past
+//! the permit `check-write` gave breaks the WASI stream contract and traps
+//! the job. Splitting into lines is linear in what was written, so no write
+//! can hold the host's thread for long.
 
 use std::io;
 use std::pin::Pin;
@@ -13,7 +16,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
 use crate::sandbox::joblog::{JobLog, Level, LogRecord, Source};
 
@@ -65,14 +68,22 @@ impl Captured {
     fn write_bytes(&self, bytes: &[u8]) {
         let mut pending = self.pending.lock().expect("capture poisoned");
         pending.extend_from_slice(bytes);
-        while let Some(newline) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=newline).collect();
-            self.record(&line[..line.len() - 1]);
+        let mut start = 0;
+        while start < pending.len() {
+            let window = &pending[start..pending.len().min(start + MAX_LINE_BYTES)];
+            match window.iter().position(|byte| *byte == b'\n') {
+                Some(newline) => {
+                    self.record(&window[..newline]);
+                    start += newline + 1;
+                }
+                None if window.len() == MAX_LINE_BYTES => {
+                    self.record(window);
+                    start += MAX_LINE_BYTES;
+                }
+                None => break,
+            }
         }
-        while pending.len() >= MAX_LINE_BYTES {
-            let line: Vec<u8> = pending.drain(..MAX_LINE_BYTES).collect();
-            self.record(&line);
-        }
+        pending.drain(..start);
     }
 
     /// Record a final line that had no newline.
@@ -108,6 +119,13 @@ impl Pollable for Captured {
 #[wasmtime_wasi::async_trait]
 impl OutputStream for Captured {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        if bytes.len() > WRITE_PERMIT {
+            return Err(StreamError::trap(&format!(
+                "the guest wrote {} bytes in one call to {}; check-write permits {WRITE_PERMIT}",
+                bytes.len(),
+                self.source.as_str()
+            )));
+        }
         self.write_bytes(&bytes);
         Ok(())
     }
@@ -151,5 +169,25 @@ mod tests {
         assert_eq!(records.len(), 2);
         assert_eq!(records[0].message, "panicked at src/lib.rs:1:");
         assert_eq!(records[1].message, "bad-trap was asked to fail");
+    }
+
+    #[test]
+    fn long_lines_are_split_and_lines_keep_their_order() {
+        let log = JobLog::new(1 << 20);
+        let captured = Captured::new(log.clone(), Source::Stdout);
+        let mut written = vec![b'a'; MAX_LINE_BYTES + 10];
+        written.extend_from_slice(b"\nshort\n");
+        written.extend(std::iter::repeat_n(b'b', 2 * MAX_LINE_BYTES));
+        captured.write_bytes(&written);
+        let messages: Vec<usize> = log.snapshot().iter().map(|record| record.message.len()).collect();
+        assert_eq!(messages, [MAX_LINE_BYTES, 10, 5, MAX_LINE_BYTES, MAX_LINE_BYTES]);
+        assert!(captured.pending.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_write_past_the_permit_is_refused() {
+        let mut captured = Captured::new(JobLog::new(1 << 20), Source::Stdout);
+        assert!(OutputStream::write(&mut captured, Bytes::from(vec![b'x'; WRITE_PERMIT])).is_ok());
+        assert!(OutputStream::write(&mut captured, Bytes::from(vec![b'x'; WRITE_PERMIT + 1])).is_err());
     }
 }

@@ -5,10 +5,19 @@
 //!
 //! Deadlines and cancellation: the engine's epoch ticker interrupts the
 //! guest every tick; the store's epoch callback then either traps (deadline
-//! passed, job cancelled) or yields to the async executor, so a spinning
-//! guest never holds a thread. The whole call additionally races the
+//! passed, job cancelled) or yields, so a spinning guest never holds a
+//! thread for longer than a tick, and one that keeps spinning moves to a
+//! thread of its own ([`offload`]). The whole call additionally races the
 //! deadline and the cancellation token, which covers time spent in host
 //! calls. Either way the store is dropped: that is the cancel.
+//!
+//! Whose fault: our limits and interrupts are typed and classed first.
+//! Host calls report the node's own faults (an engine down, Docker gone) as
+//! their result, never as an error, so any other error raised while the
+//! guest runs is the guest's doing — a trap, an exit, a handle it does not
+//! own, data the canonical ABI forbids — and fails its job without a retry.
+//! Only a failure to instantiate, before any of the job's code ran, is the
+//! node's (`host_error`, retried).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,8 +28,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use wasmtime::component::ResourceTableError;
-use wasmtime::{PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
-use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime::{Engine, PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
 use crate::bindings::{HandlerError, HandlerPre, JobRecord};
 use crate::capabilities::Capabilities;
@@ -38,6 +47,7 @@ use crate::sandbox::capture::Captured;
 use crate::sandbox::engine::{Allocation, SandboxEngine};
 use crate::sandbox::joblog::{JobLog, Source};
 use crate::sandbox::limits::JobLimits;
+use crate::sandbox::offload;
 use crate::sandbox::output::OutputLimitExceeded;
 use crate::sandbox::state::JobState;
 
@@ -62,7 +72,11 @@ struct Admission {
 
 /// How the call ended, before classification.
 enum Ended {
-    Returned(wasmtime::Result<Result<String, HandlerError>>),
+    Returned(Result<String, HandlerError>),
+    /// wasmtime could not instantiate the component for this job.
+    Instantiation(wasmtime::Error),
+    /// The guest's code (or a host call it made) raised an error.
+    Call(wasmtime::Error),
     Deadline,
     Cancelled,
 }
@@ -211,7 +225,12 @@ impl Executor {
             log,
             started,
         };
-        self.execute(admission, job, chunks, cancel).instrument(span).await
+        let engine = self.components.engine().engine().clone();
+        // Whatever ends this call (a dropped job included) ends the guest.
+        let stop = cancel.child_token();
+        let _stop_when_dropped = stop.clone().drop_guard();
+        let guest = execute(engine, self.resources.clone(), admission, job, chunks, stop);
+        offload::run(guest.instrument(span)).await
     }
 
     /// Check the component's imports against the grant and what the node
@@ -254,91 +273,106 @@ impl Executor {
             .insert(key, pre.clone());
         Ok(pre)
     }
+}
 
-    /// Instantiate and call the admitted component in a fresh store.
-    async fn execute(
-        &self,
-        admission: Admission,
-        job: JobSpec,
-        chunks: Option<mpsc::Sender<Chunk>>,
-        cancel: &CancellationToken,
-    ) -> JobReport {
-        let Admission {
-            pre,
-            grant,
-            limits,
-            log,
-            started,
-        } = admission;
-        let deadline = started + limits.timeout;
-        let stdout = Captured::new(log.clone(), Source::Stdout);
-        let stderr = Captured::new(log.clone(), Source::Stderr);
-        // Nothing inherited: no env, args, preopened dirs or network; stdin
-        // closed; stdout/stderr into the job's log.
-        let wasi = WasiCtxBuilder::new()
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .max_random_size(limits.max_random_bytes)
-            .build();
-        let state = JobState::new(
-            Arc::from(job.id.as_str()),
-            grant,
-            &limits,
-            log.clone(),
-            chunks,
-            self.resources.clone(),
-            wasi,
-        );
-        let mut store = Store::new(self.components.engine().engine(), state);
-        store.limiter(|state| &mut state.limiter);
-        let interrupt = cancel.clone();
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if interrupt.is_cancelled() {
-                return Err(Interrupted::Cancelled.into());
-            }
-            if Instant::now() >= deadline {
-                return Err(Interrupted::Deadline.into());
-            }
-            Ok(UpdateDeadline::Yield(1))
-        });
-        let record = JobRecord {
-            id: job.id,
-            job_type: job.job_type,
-            tenant: job.tenant,
-            payload: job.payload,
-            ray_id: job.ray_id,
-            attempt: job.attempt,
-            deadline_ms: limits.timeout.as_millis() as u64,
-        };
-        let ended = {
-            let call = async {
-                let handler = pre.instantiate_async(&mut store).await?;
-                handler.call_handle(&mut store, &record).await
+/// Instantiate and call the admitted component in a fresh store (owning
+/// everything it uses, so that it can move to a thread of its own:
+/// [`offload`]).
+async fn execute(
+    engine: Engine,
+    resources: NodeResources,
+    admission: Admission,
+    job: JobSpec,
+    chunks: Option<mpsc::Sender<Chunk>>,
+    cancel: CancellationToken,
+) -> JobReport {
+    let cancel = &cancel;
+    let Admission {
+        pre,
+        grant,
+        limits,
+        log,
+        started,
+    } = admission;
+    let deadline = started + limits.timeout;
+    let stdout = Captured::new(log.clone(), Source::Stdout);
+    let stderr = Captured::new(log.clone(), Source::Stderr);
+    // Nothing inherited: no env, args, preopened dirs or network; stdin
+    // closed; stdout/stderr into the job's log.
+    let wasi = WasiCtxBuilder::new()
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .max_random_size(limits.max_random_bytes)
+        .build();
+    let state = JobState::new(
+        Arc::from(job.id.as_str()),
+        grant,
+        &limits,
+        log.clone(),
+        chunks,
+        resources,
+        wasi,
+    );
+    let mut store = Store::new(&engine, state);
+    store.limiter(|state| &mut state.limiter);
+    let interrupt = cancel.clone();
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if interrupt.is_cancelled() {
+            return Err(Interrupted::Cancelled.into());
+        }
+        if Instant::now() >= deadline {
+            return Err(Interrupted::Deadline.into());
+        }
+        Ok(UpdateDeadline::Yield(1))
+    });
+    let record = JobRecord {
+        id: job.id,
+        job_type: job.job_type,
+        tenant: job.tenant,
+        payload: job.payload,
+        ray_id: job.ray_id,
+        attempt: job.attempt,
+        deadline_ms: limits.timeout.as_millis() as u64,
+    };
+    // A host call copies at most as much from the guest as the guest's
+    // memory may hold (wasmtime's default is 128 MiB a call): a list of
+    // entries all pointing at one buffer cannot make the node allocate
+    // more than that.
+    store.set_hostcall_fuel(limits.memory_bytes.max(MIN_HOSTCALL_FUEL));
+    let ended = {
+        let call = async {
+            let handler = match pre.instantiate_async(&mut store).await {
+                Ok(handler) => handler,
+                Err(error) => return Ended::Instantiation(error),
             };
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => Ended::Cancelled,
-                _ = tokio::time::sleep_until(deadline.into()) => Ended::Deadline,
-                returned = call => Ended::Returned(returned),
+            match handler.call_handle(&mut store, &record).await {
+                Ok(returned) => Ended::Returned(returned),
+                Err(error) => Ended::Call(error),
             }
         };
-        stdout.flush_partial();
-        stderr.flush_partial();
-        let state = store.data_mut();
-        let outcome = classify(ended, state, &limits);
-        if let Err(err) = &outcome {
-            tracing::debug!(class = err.class(), error = %err, "job failed");
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Ended::Cancelled,
+            _ = tokio::time::sleep_until(deadline.into()) => Ended::Deadline,
+            ended = call => ended,
         }
-        JobReport {
-            outcome,
-            chunks: state.stream.chunks(),
-            streamed_bytes: state.stream.bytes(),
-            elapsed: started.elapsed(),
-            log: log.snapshot(),
-        }
+    };
+    stdout.flush_partial();
+    stderr.flush_partial();
+    let state = store.data_mut();
+    let outcome = classify(ended, state, &limits);
+    if let Err(err) = &outcome {
+        tracing::debug!(class = err.class(), error = %err, "job failed");
+    }
+    JobReport {
+        outcome,
+        chunks: state.stream.chunks(),
+        streamed_bytes: state.stream.bytes(),
+        elapsed: started.elapsed(),
+        log: log.snapshot(),
     }
 }
 
@@ -353,10 +387,29 @@ fn resource_limit(error: &wasmtime::Error, limits: &JobLimits) -> Option<JobErro
             ),
         });
     }
-    // wasmtime-wasi refuses an oversized `wasi:random` call with an untyped
-    // error, the one host-call refusal without a type to downcast to; its
-    // wording is matched here, next to the limit we configure for it.
-    let refused = error.chain().map(ToString::to_string).find(|message| {
+    // wasmtime and wasmtime-wasi refuse these without a public type to
+    // downcast to; their wording is matched here, next to the limits we set.
+    let messages: Vec<String> = error.chain().map(ToString::to_string).collect();
+    if messages
+        .iter()
+        .any(|message| message.contains("fuel allocated for hostcalls has been exhausted"))
+    {
+        return Some(JobError::ResourceLimit {
+            reason: format!(
+                "one host call would have copied more than {} MiB out of the guest (the job's memory limit)",
+                limits.memory_bytes.max(MIN_HOSTCALL_FUEL) >> 20
+            ),
+        });
+    }
+    if messages
+        .iter()
+        .any(|message| message.contains("store handle limit exceeded"))
+    {
+        return Some(JobError::ResourceLimit {
+            reason: "the guest held more component handles at once than wasmtime allows a store".into(),
+        });
+    }
+    let refused = messages.iter().find(|message| {
         message.starts_with("requested len") && message.ends_with(&format!("exceeds limit {}", limits.max_random_bytes))
     })?;
     let asked = refused.split_whitespace().nth(2).unwrap_or("?");
@@ -377,14 +430,19 @@ fn classify(ended: Ended, state: &mut JobState, limits: &JobLimits) -> Result<se
         Ended::Deadline => Err(JobError::Deadline {
             timeout: limits.timeout,
         }),
-        Ended::Returned(Ok(Ok(result))) => {
+        Ended::Returned(Ok(result)) => {
             state.output.spend(result.len()).map_err(output_limit)?;
             serde_json::from_str(&result).map_err(|err| JobError::BadOutput {
                 reason: err.to_string(),
             })
         }
-        Ended::Returned(Ok(Err(error))) => Err(handler_error(error)),
-        Ended::Returned(Err(error)) => Err(classify_trap(&error, state, limits)),
+        Ended::Returned(Err(error)) => Err(handler_error(error)),
+        Ended::Instantiation(error) => Err(classify_trap(&error, state, limits).unwrap_or_else(|| {
+            // Nothing of the guest's ran yet that could explain it: the
+            // node could not set the job up (retried elsewhere).
+            JobError::Host(format!("{error:#}"))
+        })),
+        Ended::Call(error) => Err(classify_trap(&error, state, limits).unwrap_or_else(|| broke_the_abi(&error))),
     }
 }
 
@@ -395,6 +453,13 @@ fn output_limit(exceeded: OutputLimitExceeded) -> JobError {
     }
 }
 
+/// A handler's own error message is kept up to this many bytes: it travels
+/// in the job's status, its `error` event and the node's log.
+const MAX_HANDLER_MESSAGE_BYTES: usize = 4096;
+
+/// The least a host call may copy from the guest, however small its memory.
+const MIN_HOSTCALL_FUEL: usize = 1 << 20;
+
 fn handler_error(error: HandlerError) -> JobError {
     let (kind, message) = match error {
         HandlerError::InvalidInput(message) => (HandlerErrorKind::InvalidInput, message),
@@ -402,45 +467,72 @@ fn handler_error(error: HandlerError) -> JobError {
         HandlerError::Denied(message) => (HandlerErrorKind::Denied, message),
         HandlerError::Unavailable(message) => (HandlerErrorKind::Unavailable, message),
     };
-    JobError::Handler { kind, message }
+    JobError::Handler {
+        kind,
+        message: capabilities::truncate(message, MAX_HANDLER_MESSAGE_BYTES),
+    }
 }
 
 /// Classify an error raised while instantiating or running the guest: our
-/// own interrupts and limits first, then what wasmtime reports.
-fn classify_trap(error: &wasmtime::Error, state: &JobState, limits: &JobLimits) -> JobError {
+/// own interrupts and limits first, then what wasmtime and WASI report.
+/// `None`: nothing says whose fault it was (the caller decides by when it
+/// happened).
+fn classify_trap(error: &wasmtime::Error, state: &JobState, limits: &JobLimits) -> Option<JobError> {
     let timeout = limits.timeout;
     if let Some(interrupted) = error.downcast_ref::<Interrupted>() {
-        return match interrupted {
+        return Some(match interrupted {
             Interrupted::Deadline => JobError::Deadline { timeout },
             Interrupted::Cancelled => JobError::Cancelled {
                 reason: "cancel requested".into(),
             },
-        };
+        });
     }
     if let Some(exceeded) = error.downcast_ref::<OutputLimitExceeded>() {
-        return output_limit(*exceeded);
+        return Some(output_limit(*exceeded));
     }
     if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
-        return JobError::Capacity(format!("{error:#}"));
+        return Some(JobError::Capacity(format!("{error:#}")));
     }
     if state.limiter.memory_hit() {
-        return JobError::MemoryLimit {
+        return Some(JobError::MemoryLimit {
             limit_mib: (state.limiter.memory_bytes() >> 20) as u64,
-        };
+        });
     }
     if let Some(exceeded) = resource_limit(error, limits) {
-        return exceeded;
+        return Some(exceeded);
     }
-    match error.downcast_ref::<Trap>() {
-        Some(Trap::StackOverflow) => JobError::StackOverflow,
-        Some(Trap::Interrupt) => JobError::Deadline { timeout },
-        Some(trap) => {
+    if let Some(I32Exit(status)) = error.downcast_ref::<I32Exit>() {
+        return Some(JobError::Trap {
+            message: format!("the guest called wasi:cli/exit (status {status}) instead of returning a result"),
+        });
+    }
+    if let Some(misused) = error.downcast_ref::<ResourceTableError>() {
+        return Some(JobError::Trap {
+            message: format!("the guest misused a host resource handle: {misused}"),
+        });
+    }
+    match error.downcast_ref::<Trap>()? {
+        Trap::StackOverflow => Some(JobError::StackOverflow),
+        Trap::Interrupt => Some(JobError::Deadline { timeout }),
+        trap => {
             let message = match state.log.stderr_summary() {
                 Some(said) => format!("{trap} ({said})"),
                 None => trap.to_string(),
             };
-            JobError::Trap { message }
+            Some(JobError::Trap { message })
         }
-        None => JobError::Host(format!("{error:#}")),
+    }
+}
+
+/// An error raised during the guest's call that is none of the above:
+/// wasmtime refusing what the guest handed it (a string that is not UTF-8,
+/// a pointer outside its memory, an enum case that does not exist, a handle
+/// it does not own) or a WASI call the guest made in a way WASI defines as
+/// a trap. Host calls report the node's own faults as the call's result
+/// (`unavailable`, never an error), so this is the guest's doing.
+fn broke_the_abi(error: &wasmtime::Error) -> JobError {
+    let first_line = format!("{error:#}").lines().next().unwrap_or_default().to_string();
+    JobError::Trap {
+        message: format!("the guest broke the component model's rules: {first_line}"),
     }
 }

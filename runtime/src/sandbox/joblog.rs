@@ -76,9 +76,14 @@ pub struct LogRecord {
     pub fields: Vec<(String, String)>,
 }
 
+/// What a record costs the log beyond its text (its level, source and the
+/// space the node keeps it in), so that empty records are not free.
+const RECORD_OVERHEAD_BYTES: usize = 64;
+
 impl LogRecord {
     fn size(&self) -> usize {
-        self.message.len()
+        RECORD_OVERHEAD_BYTES
+            + self.message.len()
             + self
                 .fields
                 .iter()
@@ -186,7 +191,7 @@ mod tests {
 
     #[test]
     fn keeps_what_fits_and_reports_the_rest() {
-        let log = JobLog::new(10);
+        let log = JobLog::new(2 * RECORD_OVERHEAD_BYTES + 10);
         log.push(record("12345"));
         log.push(record("1234567"));
         log.push(record("123"));
@@ -195,10 +200,23 @@ mod tests {
         assert_eq!(records[1].message, "123");
         assert_eq!(records[2].source, Source::Node);
         assert!(
-            records[2].message.contains("1 records (7 bytes)"),
+            records[2]
+                .message
+                .contains(&format!("1 records ({} bytes)", RECORD_OVERHEAD_BYTES + 7)),
             "{}",
             records[2].message
         );
+    }
+
+    #[test]
+    fn empty_records_are_not_free() {
+        let log = JobLog::new(10 * RECORD_OVERHEAD_BYTES);
+        for _ in 0..1_000 {
+            log.push(record(""));
+        }
+        let records = log.snapshot();
+        assert_eq!(records.len(), 11, "ten kept and the note");
+        assert!(records[10].message.contains("990 records"), "{}", records[10].message);
     }
 
     #[test]

@@ -65,18 +65,52 @@ impl Shared {
                 cancel: cancel.clone(),
             },
         );
-        let permit = match permit {
+        let mut permit = match permit {
             Some(permit) => Some(permit),
             None => self.slots.reserve(&lifecycle.abort).await,
         };
         if permit.is_some() {
-            self.process(delivery, &cancel, &lifecycle).await;
+            self.process(delivery, &mut permit, &cancel, &lifecycle).await;
         }
         self.held.lock().expect("held jobs poisoned").remove(&entry_id);
         drop(permit);
     }
 
-    async fn process(&self, delivery: Delivery, cancel: &CancellationToken, lifecycle: &Lifecycle) {
+    /// Admit `spec`: at once when its tenant has a slot free. Otherwise it
+    /// waits parked: its node slot is given back meanwhile (when the parking,
+    /// as large as the node, has room), so the node goes on reading and
+    /// running other tenants' jobs instead of filling up with one tenant's
+    /// waiting ones; once admitted it takes a node slot again.
+    async fn admit(
+        &self,
+        spec: &JobSpec,
+        node_slot: &mut Option<OwnedSemaphorePermit>,
+        cancel: &CancellationToken,
+    ) -> Admission {
+        if let Ok(admission) = self.dispatch.try_admit(spec) {
+            return admission;
+        }
+        let parked = self.slots.try_park();
+        if parked.is_some() {
+            *node_slot = None;
+        }
+        let admission = self.dispatch.admit(spec, cancel).await;
+        if parked.is_some() && matches!(admission, Admission::Admitted(_)) {
+            match self.slots.reserve(cancel).await {
+                Some(permit) => *node_slot = Some(permit),
+                None => return Admission::Stopped,
+            }
+        }
+        admission
+    }
+
+    async fn process(
+        &self,
+        delivery: Delivery,
+        node_slot: &mut Option<OwnedSemaphorePermit>,
+        cancel: &CancellationToken,
+        lifecycle: &Lifecycle,
+    ) {
         let entry = match JobEntry::parse(&delivery.fields, self.settings.max_payload_bytes) {
             Ok(entry) => entry,
             Err(err) => {
@@ -141,7 +175,7 @@ impl Shared {
             attempt,
             timeout: entry.timeout_ms.map(Duration::from_millis),
         };
-        let admitted = match self.dispatch.admit(&spec, cancel).await {
+        let admitted = match self.admit(&spec, node_slot, cancel).await {
             Admission::Admitted(admitted) => admitted,
             Admission::Unsupported(unsupported) => {
                 let reason = unsupported.to_string();

@@ -3,6 +3,12 @@
 //! of its tenant's slots: `crate::dispatch`). The reader asks Redis only for as
 //! many entries as there are free node slots; when none is free it does not
 //! read at all and the backlog stays in Redis, where other workers can take it.
+//!
+//! A job whose tenant has no slot free waits *parked*: it gives its node
+//! slot back, so one tenant's waiting jobs cannot fill the node while other
+//! tenants' could run. At most `worker.concurrency` jobs park at once (past
+//! that, a waiting job keeps its node slot and reading slows down), so a
+//! node never takes far more entries from Redis than it can run.
 
 use std::sync::Arc;
 
@@ -12,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 /// The node's job slots.
 pub struct Slots {
     node: Arc<Semaphore>,
+    parking: Arc<Semaphore>,
 }
 
 impl Slots {
@@ -19,6 +26,7 @@ impl Slots {
     pub fn new(capacity: usize) -> Slots {
         Slots {
             node: Arc::new(Semaphore::new(capacity)),
+            parking: Arc::new(Semaphore::new(capacity)),
         }
     }
 
@@ -41,6 +49,11 @@ impl Slots {
             _ = stop.cancelled() => None,
             permit = Arc::clone(&self.node).acquire_owned() => Some(permit.expect("slot semaphore is never closed")),
         }
+    }
+
+    /// A place to wait parked (without a node slot), if there is one now.
+    pub fn try_park(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.parking).try_acquire_owned().ok()
     }
 
     /// A free node slot, if there is one now.
