@@ -112,34 +112,27 @@ fn there_are_at_least_twenty_classes_of_attack() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_attack_fails_its_own_job_with_its_class() {
     let executor = executor(POLICY);
+    let mut wrong = Vec::new();
     for attack in ATTACKS {
         let (report, _) = run(&executor, &load(attack.guest), job("mallory", attack.payload, None)).await;
+        let name = format!("{} {}", attack.guest, attack.payload);
         let error = match &report.outcome {
-            Ok(value) => panic!("{} {}: succeeded with {value}", attack.guest, attack.payload),
+            Ok(value) => {
+                wrong.push(format!("{name}: succeeded with {value}"));
+                continue;
+            }
             Err(error) => error,
         };
         let message = error.to_string();
-        assert_eq!(
-            (error.class(), error.recoverable()),
-            (attack.class, false),
-            "{} {}: {message}",
-            attack.guest,
-            attack.payload
-        );
-        assert!(
-            message.contains(attack.says),
-            "{} {}: `{message}` does not say `{}`",
-            attack.guest,
-            attack.payload,
-            attack.says
-        );
-        assert!(
-            !message.contains('\n') && message.len() <= MAX_HANDLER_MESSAGE_BYTES + 256,
-            "{}: one bounded line, got {} bytes",
-            attack.guest,
-            message.len()
-        );
+        if (error.class(), error.recoverable()) != (attack.class, false) {
+            wrong.push(format!("{name}: {} (want {}): {message}", error.class(), attack.class));
+        } else if !message.contains(attack.says) {
+            wrong.push(format!("{name}: `{message}` does not say `{}`", attack.says));
+        } else if message.contains('\n') || message.len() > MAX_HANDLER_MESSAGE_BYTES + 256 {
+            wrong.push(format!("{name}: not one bounded line ({} bytes)", message.len()));
+        }
     }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     // The node carries on.
     let (report, _) = run(&executor, &load("echo"), job("alice", r#"{"text":"after"}"#, None)).await;
     assert_eq!(class(&report), "ok");
@@ -156,7 +149,7 @@ async fn empty_log_records_are_counted_against_the_log_budget() {
         .count();
     assert!(
         (1..2_000).contains(&guest_records),
-        "64 KiB of log holds some empty records, not two million: {guest_records}"
+        "64 KiB of log holds some empty records, not 200 000: {guest_records}"
     );
     let note = report.log.last().unwrap();
     assert!(note.message.starts_with("log cut:"), "{}", note.message);
@@ -225,8 +218,10 @@ async fn on_a_node_every_attack_fails_once_while_another_tenant_keeps_running() 
     for (job_id, attack) in &hostile {
         let state = wait_status(&redis, job_id, "failed", Duration::from_secs(10)).await;
         assert_eq!(state["error_class"], attack.class, "{job_id}: {state:?}");
+        let mut types = event_types(&mut conn, job_id);
+        types.retain(|kind| kind != "chunk");
         assert_eq!(
-            event_types(&mut conn, job_id),
+            types,
             ["claimed", "start", "error"],
             "{job_id} ran once: a guest's own fault is never retried"
         );

@@ -90,12 +90,11 @@ async fn a_flooding_tenant_leaves_another_one_its_share_and_its_latency() {
         report[format!("spinners_{spinners}")] = latency_summary(&during);
         all_end(&mut conn, &flooding).await;
     }
-    let ratio = |phase: &str| {
-        let p99 = |value: &Value| value["p99_ms"].as_f64().unwrap();
-        p99(&report[phase]) / p99(&report["solo"])
-    };
-    report["p99_ratio_4"] = json!((ratio("spinners_4") * 100.0).round() / 100.0);
-    report["p99_ratio_8"] = json!((ratio("spinners_8") * 100.0).round() / 100.0);
+    let p99 = |phase: &Value| phase["p99_ms"].as_f64().unwrap();
+    for spinners in [4, 8] {
+        let ratio = p99(&report[format!("spinners_{spinners}")]) / p99(&report["solo"]);
+        report[format!("p99_ratio_{spinners}")] = json!((ratio * 100.0).round() / 100.0);
+    }
     println!("noisy neighbours: {report}");
     save_report("CITADEL_NEIGHBOURS_REPORT", "neighbours", &report);
     drop(worker);

@@ -505,7 +505,10 @@ async fn cancel_stops_a_running_job_mid_run_and_a_queued_one_before_it_starts() 
     println!("running job cancelled {:?} after its flag was set", flagged.elapsed());
     let types = event_types(&mut conn, "job-cancel");
     let chunks = types.iter().filter(|kind| *kind == "chunk").count();
-    assert!(chunks < 200, "stopped mid-run, not run to its end ({chunks} of 200 chunks)");
+    assert!(
+        chunks < 200,
+        "stopped mid-run, not run to its end ({chunks} of 200 chunks)"
+    );
     let last = events(&mut conn, "job-cancel").pop().unwrap();
     assert_eq!(last["type"], "cancelled");
     assert_eq!(keys_of(&last["data"]), ["meta", "reason"]);

@@ -1,10 +1,10 @@
-//! `bad-bigalloc`: asks for 3 GiB in a single allocation (one `memory.grow`
+//! `bad-bigalloc`: asks for 1 GiB in a single allocation (one `memory.grow`
 //! far past its tenant's limit, where `bad-hog` creeps up). The job fails as
 //! `memory_limit`; the node never commits the memory.
 
 use citadel_guest::{Guest, HandlerError, Job};
 
-const BYTES: usize = 3 << 30;
+const BYTES: usize = 1 << 30;
 
 struct BigAlloc;
 

@@ -2,15 +2,18 @@
 //! each tenant's jobs may hold at once, whatever source they came from.
 //!
 //! A tenant whose policy sets `max_in_flight` gets exactly that. One that
-//! does not gets a fair share: never the node's last slot (jobs are not
-//! pre-empted, so a tenant that took them all would shut every other one
-//! out for as long as its jobs run), and while other tenants have jobs
-//! running or waiting here, no new start past its share — the node's slots
-//! divided by the tenants that want them. A job holds its tenant's slot
-//! while it runs; every release wakes the waiters to look again.
+//! does not gets a fair share: while other tenants have jobs running or
+//! waiting here, no new start past its share — the node's slots divided by
+//! the tenants that want them — and, once another tenant has had a job here
+//! in the last [`RECENT`], never the node's last slot (jobs are not
+//! pre-empted, so a tenant that took them all would shut the others out for
+//! as long as its jobs run). A node that only ever serves one tenant keeps
+//! every slot for it. A job holds its tenant's slot while it runs; every
+//! release wakes the waiters to look again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -28,9 +31,17 @@ impl Usage {
     }
 }
 
+/// How long a tenant that had a job here counts as one of the node's.
+pub const RECENT: Duration = Duration::from_secs(60);
+
+/// Tenants remembered as recent at most (the oldest are forgotten first).
+const MAX_RECENT: usize = 64;
+
 struct Shared {
     node_slots: usize,
     tenants: Mutex<HashMap<String, Usage>>,
+    /// When each tenant last asked for a slot.
+    seen: Mutex<HashMap<String, Instant>>,
     changed: Notify,
 }
 
@@ -49,8 +60,33 @@ impl Shared {
         self.changed.notify_waiters();
     }
 
-    /// How many jobs `tenant` may have running now.
-    fn limit(&self, tenants: &HashMap<String, Usage>, tenant: &str, configured: Option<u32>) -> usize {
+    /// Note that `tenant` asks for a slot now; whether another tenant did
+    /// within [`RECENT`].
+    fn seen(&self, tenant: &str) -> bool {
+        let now = Instant::now();
+        let mut seen = self.seen.lock().expect("tenant slots poisoned");
+        if !seen.contains_key(tenant) && seen.len() >= MAX_RECENT {
+            seen.retain(|_, at| now.duration_since(*at) < RECENT);
+            if seen.len() >= MAX_RECENT
+                && let Some(oldest) = seen.iter().min_by_key(|(_, at)| **at).map(|(name, _)| name.clone())
+            {
+                seen.remove(&oldest);
+            }
+        }
+        seen.insert(tenant.to_string(), now);
+        seen.iter()
+            .any(|(name, at)| name != tenant && now.duration_since(*at) < RECENT)
+    }
+
+    /// How many jobs `tenant` may have running now; `others_recent`:
+    /// whether another tenant had a job here lately.
+    fn limit(
+        &self,
+        tenants: &HashMap<String, Usage>,
+        tenant: &str,
+        configured: Option<u32>,
+        others_recent: bool,
+    ) -> usize {
         if let Some(configured) = configured {
             return configured as usize;
         }
@@ -59,7 +95,12 @@ impl Shared {
             .filter(|(name, usage)| name.as_str() != tenant && !usage.idle())
             .count();
         let share = self.node_slots.div_ceil(others + 1);
-        share.min(self.node_slots.saturating_sub(1)).max(1)
+        let most = if others_recent {
+            self.node_slots - 1
+        } else {
+            self.node_slots
+        };
+        share.min(most).max(1)
     }
 }
 
@@ -97,6 +138,7 @@ impl TenantSlots {
         TenantSlots(Arc::new(Shared {
             node_slots: node_slots.max(1),
             tenants: Mutex::default(),
+            seen: Mutex::default(),
             changed: Notify::new(),
         }))
     }
@@ -104,8 +146,9 @@ impl TenantSlots {
     /// A slot of `tenant` now, if its share has room (`configured`: its
     /// policy's `max_in_flight`, if set).
     pub fn try_take(&self, tenant: &str, configured: Option<u32>) -> Option<TenantSlot> {
+        let others_recent = self.0.seen(tenant);
         let mut tenants = self.0.tenants.lock().expect("tenant slots poisoned");
-        let limit = self.0.limit(&tenants, tenant, configured);
+        let limit = self.0.limit(&tenants, tenant, configured, others_recent);
         let usage = tenants.entry(tenant.to_string()).or_default();
         if usage.running >= limit {
             if usage.idle() {
@@ -181,19 +224,35 @@ mod tests {
             slots.0.tenants.lock().unwrap().len() <= 2,
             "idle tenants are forgotten: the map stays bounded"
         );
+        assert!(slots.0.seen.lock().unwrap().len() <= MAX_RECENT, "so are the ones seen");
         let held = slots.take("acme", Some(1), &stop).await;
         stop.cancel();
         assert!(slots.take("acme", Some(1), &stop).await.is_none(), "stop ends the wait");
         drop(held);
         drop(other);
-        assert!(slots.0.tenants.lock().unwrap().is_empty(), "a stopped wait is not left counted");
+        assert!(
+            slots.0.tenants.lock().unwrap().is_empty(),
+            "a stopped wait is not left counted"
+        );
     }
 
     #[tokio::test]
-    async fn an_unconfigured_tenant_alone_never_takes_the_last_slot() {
+    async fn a_tenant_alone_on_its_node_may_use_every_slot() {
+        let slots = TenantSlots::new(2);
+        let held: Vec<TenantSlot> = (0..2).map(|_| slots.try_take("solo", None).unwrap()).collect();
+        assert!(slots.try_take("solo", None).is_none());
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn with_other_tenants_about_an_unconfigured_one_never_takes_the_last_slot() {
         let slots = TenantSlots::new(8);
+        drop(slots.try_take("victim", None));
         let held: Vec<TenantSlot> = (0..7).map(|_| slots.try_take("spinner", None).unwrap()).collect();
-        assert!(slots.try_take("spinner", None).is_none(), "the eighth slot is kept back");
+        assert!(
+            slots.try_take("spinner", None).is_none(),
+            "the eighth slot is kept back"
+        );
         let victim = slots.try_take("victim", None);
         assert!(victim.is_some(), "another tenant gets the slot kept back");
         assert_eq!(slots.running("spinner"), 7);
@@ -205,6 +264,7 @@ mod tests {
     async fn while_others_want_slots_a_tenant_starts_no_more_than_its_share() {
         let slots = TenantSlots::new(8);
         let stop = CancellationToken::new();
+        drop(slots.try_take("victim", None));
         let mut spinner: Vec<TenantSlot> = (0..6).map(|_| slots.try_take("spinner", None).unwrap()).collect();
         let victim = slots.try_take("victim", None).unwrap();
         assert!(
@@ -228,6 +288,7 @@ mod tests {
     async fn a_waiter_is_woken_when_a_slot_is_given_back() {
         let slots = TenantSlots::new(2);
         let stop = CancellationToken::new();
+        drop(slots.try_take("other", None));
         let only = slots.try_take("solo", None).unwrap();
         assert!(slots.try_take("solo", None).is_none(), "two slots: one kept back");
         let waiter = tokio::spawn({

@@ -285,7 +285,11 @@ fn dispatcher(config: &Config, executor: Executor) -> Result<Dispatcher, BuildEr
             );
         }
     }
-    Ok(Dispatcher::new(Arc::new(executor), handlers, config.worker.concurrency as usize))
+    Ok(Dispatcher::new(
+        Arc::new(executor),
+        handlers,
+        config.worker.concurrency as usize,
+    ))
 }
 
 /// The watched directory (`components.dir`) and the fleet's published

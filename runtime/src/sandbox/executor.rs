@@ -531,7 +531,10 @@ fn classify_trap(error: &wasmtime::Error, state: &JobState, limits: &JobLimits) 
 /// a trap. Host calls report the node's own faults as the call's result
 /// (`unavailable`, never an error), so this is the guest's doing.
 fn broke_the_abi(error: &wasmtime::Error) -> JobError {
-    let first_line = format!("{error:#}").lines().next().unwrap_or_default().to_string();
+    // The root cause says what was refused; the contexts above it are
+    // wasmtime's backtrace.
+    let cause = error.root_cause().to_string();
+    let first_line = cause.lines().next().unwrap_or_default();
     JobError::Trap {
         message: format!("the guest broke the component model's rules: {first_line}"),
     }

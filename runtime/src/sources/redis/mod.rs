@@ -289,7 +289,11 @@ impl Worker {
         worker.group = worker.config_group.clone();
         worker.group_mode = GroupMode::PerNode;
         worker.concurrency = 1;
-        let dispatch = Arc::new(Dispatcher::new(Arc::clone(self.shared.dispatch.executor()), handlers, 1));
+        let dispatch = Arc::new(Dispatcher::new(
+            Arc::clone(self.shared.dispatch.executor()),
+            handlers,
+            1,
+        ));
         Worker::build(dispatch, &config, self.shared.consumer.clone(), true).map(Some)
     }
 
