@@ -181,8 +181,8 @@ async fn on_a_node_every_attack_fails_once_while_another_tenant_keeps_running() 
     let mut conn = redis.conn();
     let mut victim = Victim::new(&redis, "alice").await;
 
-    // The victim alone: its baseline in this run (after one warm-up job).
-    victim.round_trip().await;
+    // The victim alone, warmed up: its baseline in this run.
+    victim.round_trips(50).await;
     let solo = victim.round_trips(60).await;
 
     // Every attack at once, then the victim's jobs one after another until

@@ -326,6 +326,11 @@ async fn execute(
         if Instant::now() >= deadline {
             return Err(Interrupted::Deadline.into());
         }
+        if offload::on_own_thread() {
+            // Nothing else runs on this thread: no need to yield, only to
+            // check again at the next tick.
+            return Ok(UpdateDeadline::Continue(1));
+        }
         Ok(UpdateDeadline::Yield(1))
     });
     let record = JobRecord {

@@ -3,15 +3,17 @@
 //! A job's guest starts on the task that took the job: most jobs are short,
 //! and a short job pays for no hand-off and no thread. Each poll of the
 //! guest is timed; once it has spent [`INLINE_CPU`] in polls, the rest of
-//! its run moves to a thread of its own at the lowest CPU priority (nice
-//! 19). There the kernel time-slices it: every thread that wakes to do a
-//! short piece of work — the node's I/O threads reading, starting and
-//! settling jobs, another tenant's short job running inline, Redis, the
-//! node's engines — runs ahead of it at once, while CPU-bound guests share
-//! what is left evenly among themselves. A short job thus goes first, as in
+//! its run moves to a thread of its own under the kernel's idle scheduling
+//! policy (`SCHED_IDLE`). Every thread that wakes to do a short piece of
+//! work — the node's I/O threads reading, starting and settling jobs,
+//! another tenant's short job running inline, Redis, the node's engines —
+//! then pre-empts it at once, while CPU-bound guests share what is left
+//! evenly among themselves. A short job thus goes first, as in
 //! a multilevel feedback queue, and a spinning guest cannot delay it.
 //! Deadlines and cancellation work the same on either side (the epoch
-//! callback traps the guest; the store goes with the future).
+//! callback traps the guest; the store goes with the future); on its own
+//! thread a guest no longer yields at each tick, there being nothing to
+//! yield to.
 
 use std::pin::{Pin, pin};
 use std::task::Poll;
@@ -20,8 +22,16 @@ use std::time::{Duration, Instant};
 /// CPU a guest may spend on the calling task before it moves to its own thread.
 pub const INLINE_CPU: Duration = Duration::from_millis(2);
 
-/// The nice value of a thread running a CPU-bound guest.
-const GUEST_NICE: i32 = 19;
+thread_local! {
+    /// Whether this thread is a guest's own.
+    static OWN_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread runs one guest and nothing else (so the
+/// guest need not yield at each epoch tick: it only checks its deadline).
+pub fn on_own_thread() -> bool {
+    OWN_THREAD.with(std::cell::Cell::get)
+}
 
 /// Run `guest` to completion: inline while it is cheap, then on a thread of
 /// its own.
@@ -45,7 +55,7 @@ where
     if let Some(output) = pin!(inline).await {
         return output;
     }
-    match on_own_thread(guest) {
+    match move_to_own_thread(guest) {
         Ok(finished) => match finished.await {
             Ok(Ok(output)) => output,
             Ok(Err(panic)) => std::panic::resume_unwind(panic),
@@ -59,9 +69,9 @@ where
 /// What a guest's thread sends back: its output, or its panic.
 type Finished<T> = tokio::sync::oneshot::Receiver<std::thread::Result<T>>;
 
-/// Start a thread at [`GUEST_NICE`] that drives `guest` to its end on the
-/// current runtime; the guest back when no thread can be started.
-fn on_own_thread<F>(guest: Pin<Box<F>>) -> Result<Finished<F::Output>, Pin<Box<F>>>
+/// Start a thread at the idle scheduling policy that drives `guest` to its
+/// end on the current runtime; the guest back when no thread can be started.
+fn move_to_own_thread<F>(guest: Pin<Box<F>>) -> Result<Finished<F::Output>, Pin<Box<F>>>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
@@ -73,10 +83,11 @@ where
         let Ok(guest) = take_over.recv() else {
             return;
         };
+        OWN_THREAD.with(|own| own.set(true));
         // Lowering one's own priority needs no privilege; if it fails
         // the guest still runs, only without yielding to the rest.
-        if let Err(err) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), GUEST_NICE) {
-            tracing::debug!(error = %err, "cannot lower a guest thread's priority");
+        if let Err(err) = lowest_priority() {
+            tracing::debug!(error = ?err, "cannot lower a guest thread's priority");
         }
         let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(guest)));
         let _ = report.send(output);
@@ -89,6 +100,18 @@ where
         Ok(()) => Ok(finished),
         Err(returned) => Err(returned.0),
     }
+}
+
+/// Put the calling thread under `SCHED_IDLE`.
+fn lowest_priority() -> Result<(), thread_priority::Error> {
+    use thread_priority::unix::{
+        NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy, thread_native_id,
+    };
+    set_thread_priority_and_policy(
+        thread_native_id(),
+        thread_priority::ThreadPriority::Min,
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+    )
 }
 
 #[cfg(test)]
@@ -115,15 +138,21 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn a_busy_guest_runs_at_the_lowest_priority() {
-        let nice = run(async {
+    async fn a_busy_guest_runs_at_the_idle_policy() {
+        use thread_priority::unix::{NormalThreadSchedulePolicy, ThreadSchedulePolicy, thread_schedule_policy};
+        let policy = run(async {
             let began = Instant::now();
             while began.elapsed() < 2 * INLINE_CPU {
                 tokio::task::yield_now().await;
             }
-            rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
+            thread_schedule_policy().unwrap()
         })
         .await;
-        assert_eq!(nice, GUEST_NICE);
+        assert_eq!(policy, ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle));
+        assert_ne!(
+            thread_schedule_policy().unwrap(),
+            policy,
+            "the caller's own thread is untouched"
+        );
     }
 }
