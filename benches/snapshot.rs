@@ -167,7 +167,11 @@ fn snapshots(c: &mut Criterion) {
 
 fn gpu_samples(c: &mut Criterion) {
     let timeout = Duration::from_secs(5);
-    let mut probe = GpuProbe::new("nvidia-smi", Path::new(citadel_collector::gpu::DRIVER_DIR), timeout);
+    let mut probe = GpuProbe::new(
+        citadel_collector::GpuSourceChoice::Auto,
+        "nvidia-smi",
+        Path::new(citadel_collector::gpu::DRIVER_DIR),
+    );
     if probe.source() != "nvml" || !citadel_collector::gpu::smi_available("nvidia-smi") {
         eprintln!(
             "gpu_sample skipped: needs NVML and nvidia-smi (source here: {})",

@@ -40,6 +40,7 @@ def main():
     params.port = args.port
     params.hostnames = ["127.0.0.1"]
     params.model_alias = ["smollm2"]
+    params.endpoint_slots = True  # GET /slots: the tests check a dropped stream frees its slot
     server = xllamacpp.Server(params)  # noqa: F841 (serves until the process exits)
 
     done = threading.Event()

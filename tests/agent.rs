@@ -171,7 +171,20 @@ async fn with_redis_the_node_takes_nexus_jobs_while_redis_is_down_and_each_job_o
     let mut conn = redis.conn();
     enqueue(&mut conn, "r-1", "echo", r#"{"text":"from redis"}"#);
     wait_status(&redis, "r-1", "completed", SETTLE).await;
-    nexus.push(json!({"id": "n-1", "type": "echo", "payload": {"text": "woken"}}));
+    let polls_before_wake = nexus.polls();
+    for n in 1..=3 {
+        nexus.push(json!({"id": format!("n-{n}"), "type": "echo", "payload": {"text": "woken"}}));
+    }
+    // A job of Redis's own goes through while the Nexus jobs wait unasked:
+    // with a poll every 50 ms, the node would have asked several times.
+    enqueue(&mut conn, "r-3", "slow", r#"{"ms":300,"chunks":1}"#);
+    wait_status(&redis, "r-3", "completed", SETTLE).await;
+    assert_eq!(
+        nexus.polls(),
+        polls_before_wake,
+        "while Redis answers, Nexus is asked only when the node is woken"
+    );
+    assert!(nexus.handed_out().is_empty());
     eventually_some(SETTLE, "a listener for the wake-up", || async {
         let listeners: u32 = redis::cmd("PUBLISH")
             .arg("wake:v1:node:test-node")
@@ -181,13 +194,17 @@ async fn with_redis_the_node_takes_nexus_jobs_while_redis_is_down_and_each_job_o
         (listeners > 0).then_some(())
     })
     .await;
-    reports(&nexus, 1).await;
+    // One wake-up drains every job Nexus has.
+    reports(&nexus, 3).await;
+    let mut handed_out = nexus.handed_out();
+    handed_out.sort();
+    assert_eq!(handed_out, ["n-1", "n-2", "n-3"]);
 
     // Redis goes away: the node polls Nexus.
     redis.kill();
     mode("nexus").await;
-    nexus.push(json!({"id": "n-2", "type": "echo", "payload": {"text": "while redis is down"}}));
-    reports(&nexus, 2).await;
+    nexus.push(json!({"id": "n-4", "type": "echo", "payload": {"text": "while redis is down"}}));
+    reports(&nexus, 4).await;
 
     // Redis is back: Redis again, and nothing was lost or done twice.
     redis.restart();
@@ -196,9 +213,16 @@ async fn with_redis_the_node_takes_nexus_jobs_while_redis_is_down_and_each_job_o
     enqueue(&mut conn, "r-2", "echo", r#"{"text":"redis again"}"#);
     wait_status(&redis, "r-2", "completed", SETTLE).await;
     assert_eq!(status(&mut conn, "r-1")["status"], "completed");
-    assert_eq!(nexus.handed_out(), ["n-1", "n-2"]);
-    let reported: Vec<String> = nexus.reports().into_iter().map(|(id, _)| id).collect();
-    assert_eq!(reported, ["n-1", "n-2"]);
+    let mut handed_out = nexus.handed_out();
+    handed_out.sort();
+    assert_eq!(
+        handed_out,
+        ["n-1", "n-2", "n-3", "n-4"],
+        "each Nexus job handed out once"
+    );
+    let mut reported: Vec<String> = nexus.reports().into_iter().map(|(id, _)| id).collect();
+    reported.sort();
+    assert_eq!(reported, ["n-1", "n-2", "n-3", "n-4"], "and reported once");
     assert_eq!(pending(&mut conn), 0);
     assert!(
         node.log()
@@ -277,4 +301,60 @@ async fn a_tenants_max_in_flight_holds_on_the_nexus_path_too() {
     assert!(peak >= 2, "jobs did run concurrently (peak {peak})");
     assert_eq!(solo_peak, 1, "tenant `solo` (max_in_flight = 1) never ran two at once");
     assert_eq!(reports(&nexus, jobs.len()).await.len(), jobs.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_refused_for_good_is_dropped_not_retried() {
+    let nexus = FakeNexus::start(Some(TOKEN)).await;
+    let state = tempfile::tempdir().unwrap();
+    nexus.reject_reports(1);
+    nexus.push(json!({"id": "n-refused", "type": "echo", "payload": {"text": "refused"}}));
+    let node = WorkerProcess::start_agent(&agent_config(&nexus, state.path()));
+    eventually_some(SETTLE, "the report refused", || async {
+        (nexus.report_attempts() >= 1).then_some(())
+    })
+    .await;
+    // The next job's report is taken: by then the refused one was not tried again.
+    nexus.push(json!({"id": "n-next", "type": "echo", "payload": {"text": "next"}}));
+    let reports = reports(&nexus, 1).await;
+    assert_eq!(reports[0].0, "n-next");
+    assert_eq!(
+        nexus.report_attempts(),
+        2,
+        "the refused report was dropped, not retried"
+    );
+    assert!(
+        std::fs::read_dir(state.path().join("nexus-pending"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "nothing kept to report again"
+    );
+    assert!(node.log().contains("n-refused"), "the drop is logged: {}", node.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_still_running_at_sigterm_is_interrupted_and_not_reported() {
+    let nexus = FakeNexus::start(Some(TOKEN)).await;
+    let state = tempfile::tempdir().unwrap();
+    let mut config = agent_config(&nexus, state.path());
+    config.worker.shutdown_grace_ms = 300;
+    config.handlers.insert("slow".into(), guest("slow"));
+    nexus.push(json!({"id": "n-long", "type": "slow", "payload": {"ms": 60000, "chunks": 60}}));
+    let mut node = WorkerProcess::start_agent(&config);
+    let base = node.status_url();
+    eventually_some(SETTLE, "the long job running", || async {
+        let status = node_status(&base).await?;
+        (status["worker"]["in_flight"] == 1).then_some(())
+    })
+    .await;
+    node.terminate();
+    assert!(node.wait(SETTLE).success(), "{}", node.log());
+    assert_eq!(nexus.report_attempts(), 0, "not reported: the API hands it out again");
+    assert!(
+        std::fs::read_dir(state.path().join("nexus-pending"))
+            .map(|mut entries| entries.next().is_none())
+            .unwrap_or(true),
+        "and not kept to be reported later"
+    );
 }

@@ -1,7 +1,8 @@
 //! The `citadel` binary as a user meets it: exit codes, one-line reasons,
 //! streamed chunks, JSON events, `component inspect`, configuration errors.
 
-use std::process::{Command, Output};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Output, Stdio};
 
 use citadel_tests::{citadel_bin, guest};
 use serde_json::Value;
@@ -308,4 +309,50 @@ fn log_format_json_writes_one_object_per_line() {
             .any(|line| line.contains(r#""target":"citadel_collector::gpu""#)),
         "the collector's line about the GPUs: {lines:?}"
     );
+}
+
+#[test]
+fn ctrl_c_cancels_the_running_job() {
+    let cache = tempfile::tempdir().unwrap();
+    let mut child = Command::new(citadel_bin())
+        .args([
+            "run",
+            "--json",
+            "--component",
+            &guest_arg("slow"),
+            "--payload",
+            r#"{"ms":60000,"chunks":600}"#,
+        ])
+        .env("CITADEL_SANDBOX__CACHE_DIR", cache.path())
+        .env_remove("CITADEL_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running citadel");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.contains(r#""type":"chunk""#), "the job is running: {first}");
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
+    let mut status = None;
+    citadel_tests::wait_until(
+        std::time::Duration::from_secs(10),
+        "citadel run to exit after Ctrl-C",
+        || {
+            status = child.try_wait().expect("try_wait");
+            status.is_some()
+        },
+    );
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let last: Value = serde_json::from_str(rest.lines().last().expect("a last event")).unwrap();
+    assert_eq!(
+        (last["type"].as_str(), last["data"]["class"].as_str()),
+        (Some("error"), Some("cancelled")),
+        "{rest}"
+    );
+    let chunks = 1 + rest.lines().filter(|line| line.contains(r#""type":"chunk""#)).count();
+    assert!(chunks < 600, "stopped mid-run ({chunks} of 600 chunks)");
+    assert_eq!(status.unwrap().code(), Some(1));
 }

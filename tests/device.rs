@@ -12,8 +12,8 @@ use std::time::Duration;
 use citadel_runtime::Config;
 use citadel_runtime::config::RestartPolicy;
 use citadel_tests::{
-    RedisServer, TestSlice, WorkerProcess, citadel_work_refusal, enqueue, events, eventually_some, node_status,
-    shell_service, status, try_get, worker_config,
+    NODE, RedisServer, TestSlice, WorkerProcess, citadel_work_refusal, enqueue, events, eventually_some, free_port,
+    node_status, shell_service, status, try_get, worker_config,
 };
 use serde_json::{Value, json};
 
@@ -303,5 +303,108 @@ async fn alert_on_high_temp_turns_health_red_while_a_gpu_is_hot() {
     assert!(
         body.contains("gpu 0: 91 °C, at or above 85 °C (alertOnHighTemp; telemetry.high_temp_celsius)"),
         "{body}"
+    );
+}
+
+/// A service's `health` in status.
+fn service_health(status: &Value, name: &str) -> String {
+    status["services"]
+        .as_array()
+        .and_then(|services| services.iter().find(|service| service["name"] == name))
+        .and_then(|service| service["health"].as_str())
+        .unwrap_or("absent")
+        .to_string()
+}
+
+#[tokio::test]
+async fn configs_for_other_nodes_are_skipped_a_joining_node_replays_none_and_health_checks_can_be_off() {
+    let redis = RedisServer::start();
+    let slice = TestSlice::new();
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut config = node_config(&redis, &slice, state.path());
+    let mut web = shell_service("web", &format!("exec python3 -m http.server {port} --bind 127.0.0.1"));
+    web.port = Some(port);
+    web.health_path = Some("/".into());
+    config.services = vec![web];
+    let node = WorkerProcess::start(&config);
+    let base = node.status_url();
+    eventually_some(SETTLE, "the web service healthy", || async {
+        let status = node_status(&base).await?;
+        (service_health(&status, "web") == "ok").then_some(())
+    })
+    .await;
+    let mut conn = redis.conn();
+
+    // A config for another node is acknowledged and not applied; the next
+    // one, read after it, is.
+    let other = device("not this node", &["web"]);
+    apply(
+        &mut conn,
+        "cfg-other",
+        &json!({ "config": other, "target_node": "another-node" }),
+    );
+    let mut off = device("health off", &["web"]);
+    off["healthMonitoringEnabled"] = json!(false);
+    apply(&mut conn, "cfg-mine", &json!({ "config": off, "target_node": NODE }));
+    assert_eq!(settled(&redis, "cfg-mine").await["status"], "completed");
+    assert!(status(&mut conn, "cfg-other").is_empty(), "nobody here ran it");
+    let status_now = eventually_some(SETTLE, "health unknown once monitoring is off", || async {
+        let status = node_status(&base).await?;
+        (service_health(&status, "web") == "unknown").then_some(status)
+    })
+    .await;
+    assert_eq!(status_now["node"]["name"], "health off", "never `not this node`");
+    assert_eq!(
+        service_state(&status_now, "web"),
+        "running",
+        "not probed, still running"
+    );
+    let group = format!("citadel-config-{NODE}");
+    let held: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+        .arg(CONFIG_QUEUE)
+        .arg(&group)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(held.count(), 0, "both acknowledged");
+
+    // A config for every node, then a node joins: it does not replay it.
+    apply(&mut conn, "cfg-all", &json!({ "config": device("everyone", &[]) }));
+    assert_eq!(settled(&redis, "cfg-all").await["status"], "completed");
+    let late_state = tempfile::tempdir().unwrap();
+    let mut late = node_config(&redis, &slice, late_state.path());
+    late.node.id = Some("late-node".into());
+    late.services.clear();
+    let late_node = WorkerProcess::start(&late);
+    let late_base = late_node.status_url();
+    eventually_some(SETTLE, "the late node's first status", || async {
+        node_status(&late_base).await
+    })
+    .await;
+    // The next config for every node reaches it (so its reader is at the
+    // queue's end), and is the first it applies.
+    apply(
+        &mut conn,
+        "cfg-after",
+        &json!({ "config": device("after the join", &[]) }),
+    );
+    eventually_some(
+        SETTLE,
+        "the late node to apply the config sent after it joined",
+        || async {
+            let status = node_status(&late_base).await?;
+            (status["node"]["name"] == "after the join").then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        late_node.log().matches("device configuration applied").count(),
+        1,
+        "only the config sent after it joined: {}",
+        late_node.log()
+    );
+    assert!(
+        !late_state.path().join("device-config.prev.json").exists(),
+        "no earlier config was ever written"
     );
 }

@@ -10,6 +10,7 @@ use citadel_tests::*;
 use citadel_transports::engines::{
     Engine, EngineConfig, EngineError, EngineKind, Finish, GenerationRequest, Input, Message, TokenStream,
 };
+use serde_json::Value;
 
 fn engine(kind: EngineKind, base_url: &str) -> Engine {
     Engine::new(EngineConfig {
@@ -186,16 +187,34 @@ async fn dropping_a_stream_stops_the_generation() {
         .await
         .unwrap();
     long.next().await.unwrap().expect("a token");
+    assert!(slot_busy(&llm.url()).await, "the engine's one slot generates");
     drop(long);
-    let started = Instant::now();
+    // The engine's slot is freed: llama.cpp's own `/slots` says so (had the
+    // generation gone on, it would stay busy for ~30 s of 1500 tokens).
+    eventually_some(
+        Duration::from_secs(10),
+        "the dropped stream's slot to be freed",
+        || async { (!slot_busy(&llm.url()).await).then_some(()) },
+    )
+    .await;
     let (tokens, _) = drain(engine.generate(&chat("Say hi", 4)).await.unwrap()).await;
     assert_eq!(tokens.len(), 4);
-    // Had the first kept going, 1500 tokens at ~50 tokens/s would be ~30 s.
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "waited {:?}: the first generation went on",
-        started.elapsed()
-    );
+}
+
+/// Whether any slot of the llama.cpp server at `base` is processing.
+async fn slot_busy(base: &str) -> bool {
+    let body = reqwest::get(format!("{base}/slots"))
+        .await
+        .expect("GET /slots")
+        .text()
+        .await
+        .expect("the slots");
+    let slots: Value = serde_json::from_str(&body).expect("slots as JSON");
+    slots
+        .as_array()
+        .expect("a list of slots")
+        .iter()
+        .any(|slot| slot["is_processing"] == true)
 }
 
 async fn fault(misbehaviour: Misbehaviour) -> EngineError {
@@ -285,7 +304,7 @@ async fn engines_are_services_in_status_and_a_dead_one_is_published_at_once() {
     pubsub.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let node = TestWorker::start_node(&config).await;
 
-    let health = |status: &serde_json::Value, name: &str| -> Option<String> {
+    let health = |status: &Value, name: &str| -> Option<String> {
         status["status"]["services"]
             .as_array()?
             .iter()
@@ -323,7 +342,7 @@ async fn engines_are_services_in_status_and_a_dead_one_is_published_at_once() {
 }
 
 /// The next status on `pubsub` that satisfies `wanted`.
-fn next_status(pubsub: &mut redis::PubSub<'_>, wanted: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+fn next_status(pubsub: &mut redis::PubSub<'_>, wanted: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         assert!(
@@ -331,7 +350,7 @@ fn next_status(pubsub: &mut redis::PubSub<'_>, wanted: impl Fn(&serde_json::Valu
             "timed out waiting for a status on the node's channel"
         );
         let Ok(message) = pubsub.get_message() else { continue };
-        let status: serde_json::Value = serde_json::from_str(&message.get_payload::<String>().unwrap()).unwrap();
+        let status: Value = serde_json::from_str(&message.get_payload::<String>().unwrap()).unwrap();
         if wanted(&status) {
             return status;
         }

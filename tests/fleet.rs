@@ -118,6 +118,23 @@ async fn a_publish_swaps_the_handler_between_jobs_and_rollback_swaps_it_back() {
     for id in ["long-1", "long-2", "long-3"] {
         wait_status(&redis, id, "running", WITHIN).await;
     }
+    // Meanwhile a producer enqueues a short job every 20 ms, across the publish.
+    let stop_producing = tokio_util::sync::CancellationToken::new();
+    let producer = tokio::spawn({
+        let client = redis.client();
+        let stop = stop_producing.clone();
+        async move {
+            let mut conn = client.get_connection().unwrap();
+            let mut ids = Vec::new();
+            while !stop.is_cancelled() {
+                let id = format!("steady-{}", ids.len());
+                enqueue(&mut conn, &id, GREET, r#"{"ms": 1, "text": "steady"}"#);
+                ids.push(id);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            ids
+        }
+    });
     publish(&redis, "echo", &[]);
     serving(&node, &v2).await;
     let after = greet(&redis, "v2-first", slow).await;
@@ -125,6 +142,25 @@ async fn a_publish_swaps_the_handler_between_jobs_and_rollback_swaps_it_back() {
         after,
         serde_json::from_str::<Value>(slow).unwrap(),
         "the new job ran v2 (echo)"
+    );
+    stop_producing.cancel();
+    let steady = producer.await.unwrap();
+    let mut on_new = 0;
+    for id in &steady {
+        let state = wait_status(&redis, id, "completed", WITHIN).await;
+        let result: Value = serde_json::from_str(&state["result"]).unwrap();
+        on_new += usize::from(result["text"] == "steady");
+        let ends = event_types(&mut redis.conn(), id)
+            .iter()
+            .filter(|kind| *kind == "end")
+            .count();
+        assert_eq!(ends, 1, "{id} ran once");
+    }
+    assert!(on_new > 0, "some of the {} steady jobs ran on v2", steady.len());
+    println!(
+        "{} jobs enqueued across the publish: {} on v1, {on_new} on v2, none failed",
+        steady.len(),
+        steady.len() - on_new
     );
     for id in ["long-1", "long-2", "long-3"] {
         let state = wait_status(&redis, id, "completed", WITHIN).await;

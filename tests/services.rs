@@ -318,3 +318,39 @@ async fn a_second_signal_kills_the_services_and_exits_at_once() {
         "processes left in the service's cgroup"
     );
 }
+
+#[tokio::test]
+async fn a_service_gets_the_nodes_environment_without_its_citadel_settings() {
+    let redis = RedisServer::start();
+    let slice = TestSlice::new();
+    let work = tempfile::tempdir().unwrap();
+    let written = work.path().join("env");
+    let mut printer = shell_service("printer", r#"env > "$OUT.tmp" && mv "$OUT.tmp" "$OUT"; exec sleep 600"#);
+    printer.env.insert("OUT".into(), written.display().to_string());
+    let config = node_config(&redis, &slice, vec![printer]);
+    let node = WorkerProcess::start_with_env(
+        &config,
+        "work",
+        &[
+            ("CITADEL_AGENT__TOKEN", "node-secret-token"),
+            ("SHARED_SETTING", "kept"),
+        ],
+    );
+    let env = eventually_some(SETTLE, "the service to write its environment", || async {
+        std::fs::read_to_string(&written).ok()
+    })
+    .await;
+    assert!(
+        env.lines().any(|line| line == "SHARED_SETTING=kept"),
+        "the node's environment: {env}"
+    );
+    assert!(
+        env.lines().any(|line| line == format!("OUT={}", written.display())),
+        "the service's own env: {env}"
+    );
+    assert!(!env.contains("CITADEL_"), "no CITADEL_* setting: {env}");
+    assert!(!env.contains("node-secret-token"), "{env}");
+    let mut node = node;
+    node.terminate();
+    assert!(node.wait(SETTLE).success(), "{}", node.log());
+}

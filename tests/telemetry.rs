@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use citadel_collector::status::{NodeIdentity, Reported, StatusMessage, status_message};
-use citadel_collector::{Collector, CollectorConfig, Hierarchy, Snapshot, Watch};
+use citadel_collector::{Collector, CollectorConfig, GpuSourceChoice, Hierarchy, Snapshot, Watch};
 use citadel_runtime::Config;
 use citadel_tests::*;
 use citadel_transports::http_guard::CONNECTIONS_PER_CLIENT;
@@ -256,15 +256,12 @@ async fn a_hanging_nvidia_smi_does_not_stall_collection() {
     let timeout = Duration::from_millis(300);
     let collector = Collector::new(CollectorConfig {
         probe_timeout: timeout,
+        gpu_source: GpuSourceChoice::NvidiaSmi,
         smi: smi.display().to_string(),
         ..CollectorConfig::default()
     })
     .await;
-    if collector.gpu_source() == "nvml" {
-        println!("NVML loads on this machine: the nvidia-smi fallback is not used");
-        return;
-    }
-    assert_eq!(collector.gpu_source(), "nvidia-smi");
+    assert_eq!(collector.gpu_source(), "nvidia-smi", "the fake, even where NVML loads");
     for _ in 0..3 {
         let snapshot = collector.collect(&[]).await;
         assert!(
@@ -317,11 +314,19 @@ async fn status_goes_to_the_redis_stream_and_channel_at_start_and_on_change() {
     let mut pubsub = subscriber.as_pubsub();
     pubsub.subscribe(format!("node:status:{NODE}")).unwrap();
     pubsub.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    let node = TestWorker::start_node(&node_config(&redis)).await;
+    // A GPU (the fake nvidia-smi), so that its fields are checked too.
+    let smi = FakeSmi::new(41);
+    let mut config = node_config(&redis);
+    config.telemetry.gpu_source = GpuSourceChoice::NvidiaSmi;
+    config.telemetry.nvidia_smi = smi.program().display().to_string();
+    let node = TestWorker::start_node(&config).await;
 
     // The first status, at start.
     let first = next_status(&mut pubsub, |_| true);
     assert_citadel_status_shape(&first, NODE);
+    let gpus = first["status"]["gpu"].as_array().unwrap();
+    assert_eq!(gpus.len(), 1, "the fake's one GPU: {gpus:?}");
+    assert_eq!(gpus[0]["temperature_celsius"], 41);
     assert_eq!(first["status"]["node"]["mode"], "redis");
     // A job finishing is a change: published at once, not in 600 s.
     enqueue(&mut conn, "job-status-1", "echo", r#"{"text":"a b"}"#);
@@ -472,10 +477,11 @@ async fn the_http_publisher_spools_through_an_outage_and_replays_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_pushes_status_over_http_and_jobs_do_not_wait_on_it() {
     let redis = RedisServer::start();
-    // The endpoint is down throughout: jobs must not notice.
-    let receiver = StatusReceiver::start(Answer::Unavailable).await;
+    // The endpoint takes each request and never answers: jobs must not notice.
+    let receiver = StatusReceiver::start(Answer::Hang).await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = node_config(&redis);
+    config.telemetry.http_timeout_ms = 1_000;
     // Citadel's endpoint is a template on the node id.
     config.telemetry.http_endpoint = Some(format!("{}/api/fabric/nodes/{{id}}/status", receiver.base()));
     config.telemetry.spool_dir = Some(dir.path().to_path_buf());
@@ -484,10 +490,20 @@ async fn a_node_pushes_status_over_http_and_jobs_do_not_wait_on_it() {
     for n in 0..5 {
         enqueue(&mut conn, &format!("job-http-{n}"), "echo", r#"{"text":"x"}"#);
     }
+    eventually(SETTLE, "the endpoint to be holding a request", || {
+        receiver.attempts() >= 1
+    })
+    .await;
     for n in 0..5 {
         wait_status(&redis, &format!("job-http-{n}"), "completed", SETTLE).await;
     }
-    eventually(SETTLE, "the endpoint to be tried", || receiver.attempts() >= 1).await;
+    assert!(receiver.accepted().is_empty(), "nothing was answered meanwhile");
+    receiver.answer(Answer::Unavailable);
+    let attempts = receiver.attempts();
+    eventually(SETTLE, "a retry after the hung request timed out", || {
+        receiver.attempts() > attempts
+    })
+    .await;
     receiver.answer(Answer::Accept);
     eventually(SETTLE, "a status with the five jobs to arrive", || {
         receiver
@@ -628,14 +644,15 @@ async fn health_names_a_failing_probe_and_the_status_still_flows() {
     std::fs::set_permissions(&smi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let redis = RedisServer::start();
     let mut config = node_config(&redis);
+    config.telemetry.gpu_source = GpuSourceChoice::NvidiaSmi;
     config.telemetry.nvidia_smi = smi.display().to_string();
     config.telemetry.probe_timeout_ms = 300;
     let node = TestWorker::start_node(&config).await;
-    if node.telemetry().gpu_source() == "nvml" {
-        println!("NVML loads on this machine: the nvidia-smi fallback is not used");
-        node.stop().await;
-        return;
-    }
+    assert_eq!(
+        node.telemetry().gpu_source(),
+        "nvidia-smi",
+        "the fake, even where NVML loads"
+    );
     let base = node.status_url();
     let unhealthy = eventually_some(SETTLE, "503 naming the GPU probe", || async {
         let (code, body) = get(&format!("{base}/health")).await;
@@ -944,6 +961,7 @@ async fn a_service_spanning_two_gpus_reports_its_use_summed_with_the_breakdown()
     let slice = TestSlice::new();
     let mut config = worker_config(&redis);
     config.node.cgroup_slice = Some(slice.name().into());
+    config.telemetry.gpu_source = GpuSourceChoice::NvidiaSmi;
     config.telemetry.nvidia_smi = smi.display().to_string();
     config.telemetry.status_interval_s = 1;
     let script = format!(
@@ -954,12 +972,11 @@ async fn a_service_spanning_two_gpus_reports_its_use_summed_with_the_breakdown()
     config.services = vec![shell_service("engine", &script)];
     let node = WorkerProcess::start(&config);
     let base = node.status_url();
-    let source =
-        eventually_some(SETTLE, "a first status", || async { node_status(&base).await }).await["gpu_source"].clone();
-    if source == "nvml" {
-        println!("NVML loads on this machine: the nvidia-smi fallback is not used");
-        return;
-    }
+    // The fake, even where NVML loads.
+    eventually_some(SETTLE, "a status read with the fake nvidia-smi", || async {
+        (node_status(&base).await?["gpu_source"] == "nvidia-smi").then_some(())
+    })
+    .await;
     let gpu = eventually_some(SETTLE, "the engine's GPU use in processes[]", || async {
         let status = node_status(&base).await?;
         let engine = status["processes"]

@@ -472,13 +472,22 @@ async fn a_redis_crash_and_restart_mid_run_loses_no_job() {
     let config = worker_config(&redis);
     let worker = TestWorker::start(&config);
     let mut conn = redis.conn();
-    let jobs: Vec<String> = (0..16).map(|n| format!("job-crash-{n}")).collect();
-    for job in &jobs {
+    // One long job first, so that it runs across the whole outage.
+    let mut jobs = vec!["job-crash-long".to_string()];
+    enqueue(&mut conn, &jobs[0], "slow", r#"{"ms":2500,"chunks":5}"#);
+    jobs.extend((0..16).map(|n| format!("job-crash-{n}")));
+    for job in &jobs[1..] {
         enqueue(&mut conn, job, "slow", r#"{"ms":300,"chunks":2}"#);
     }
-    wait_status(&redis, &jobs[1], "completed", SETTLE).await;
+    wait_status(&redis, &jobs[2], "completed", SETTLE).await;
+    assert_eq!(
+        status(&mut conn, &jobs[0])["status"],
+        "running",
+        "the long job spans the outage"
+    );
     redis.kill();
-    // Jobs keep running while Redis is gone; then it comes back with its AOF.
+    // Redis stays down for 800 ms (the outage itself) while jobs keep
+    // running; then it comes back with its AOF.
     tokio::time::sleep(Duration::from_millis(800)).await;
     redis.restart();
     let mut conn = redis.conn();
@@ -486,6 +495,11 @@ async fn a_redis_crash_and_restart_mid_run_loses_no_job() {
         wait_status(&redis, job, "completed", SETTLE).await;
     }
     eventually(SETTLE, "nothing pending", || pending(&mut conn) == 0).await;
+    for job in &jobs {
+        let types = event_types(&mut conn, job);
+        let ends = types.iter().filter(|kind| *kind == "end").count();
+        assert_eq!(ends, 1, "{job} ended exactly once: {types:?}");
+    }
     worker.stop().await;
 }
 
@@ -747,4 +761,31 @@ async fn per_node_groups_fan_out_and_the_targeted_node_runs_the_job() {
     );
     here.stop().await;
     there.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_node_leaves_the_backlog_in_redis() {
+    let redis = RedisServer::start();
+    let mut config = worker_config(&redis);
+    config.worker.concurrency = 2;
+    let worker = TestWorker::start(&config);
+    let mut conn = redis.conn();
+    let jobs: Vec<String> = (0..8).map(|n| format!("job-backlog-{n}")).collect();
+    for job in &jobs {
+        enqueue(&mut conn, job, "slow", r#"{"ms":300,"chunks":3}"#);
+    }
+    // Until the backlog is done, the node never holds more entries than it
+    // has slots: the rest wait in Redis, where another node could take them.
+    let mut most_held = 0;
+    eventually(SETTLE, "the backlog to drain", || {
+        most_held = most_held.max(pending(&mut conn));
+        jobs.iter()
+            .all(|job| status(&mut conn, job).get("status").map(String::as_str) == Some("completed"))
+    })
+    .await;
+    assert_eq!(
+        most_held, 2,
+        "at most worker.concurrency entries held, and the node used both slots"
+    );
+    worker.stop().await;
 }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 pub use cgroups::{CgroupStats, Hierarchy};
-pub use gpu::{Clocks, GpuInfo, GpuProbe, GpuProcess, GpuReport, GpuShare, GpuUsage};
+pub use gpu::{Clocks, GpuInfo, GpuProbe, GpuProcess, GpuReport, GpuShare, GpuSourceChoice, GpuUsage};
 pub use probe::CollectorError;
 pub use processes::{ProcReader, ProcessInfo};
 pub use system::{SystemInfo, SystemProbe};
@@ -40,6 +40,8 @@ const MAX_ERRORS_PER_PROBE: usize = 10;
 pub struct CollectorConfig {
     /// Longest any probe may take.
     pub probe_timeout: Duration,
+    /// Which GPU source to read.
+    pub gpu_source: GpuSourceChoice,
     /// The `nvidia-smi` program (fallback GPU source).
     pub smi: String,
     /// Paths whose filesystems are reported (besides `/`).
@@ -55,6 +57,7 @@ impl Default for CollectorConfig {
     fn default() -> Self {
         CollectorConfig {
             probe_timeout: Duration::from_secs(2),
+            gpu_source: GpuSourceChoice::Auto,
             smi: "nvidia-smi".into(),
             key_paths: Vec::new(),
             cgroups: None,
@@ -113,6 +116,8 @@ pub struct Collector {
     config: CollectorConfig,
     system: Arc<Mutex<Result<SystemProbe, String>>>,
     gpu: Arc<Mutex<GpuProbe>>,
+    /// The GPU source in use, readable while a sample holds the probe.
+    gpu_source: Arc<Mutex<&'static str>>,
     procs: Result<ProcReader, String>,
     hierarchy: Result<Hierarchy, String>,
     rates: Arc<Mutex<cgroups::Rates>>,
@@ -123,8 +128,8 @@ impl Collector {
     pub async fn new(config: CollectorConfig) -> Collector {
         let smi = config.smi.clone();
         let driver = config.driver_dir.clone();
-        let timeout = config.probe_timeout;
-        let gpu = tokio::task::spawn_blocking(move || GpuProbe::new(&smi, &driver, timeout))
+        let choice = config.gpu_source;
+        let gpu = tokio::task::spawn_blocking(move || GpuProbe::new(choice, &smi, &driver))
             .await
             .expect("GPU probe set-up");
         let key_paths = config.key_paths.clone();
@@ -135,6 +140,7 @@ impl Collector {
         };
         Collector {
             system: Arc::new(Mutex::new(system)),
+            gpu_source: Arc::new(Mutex::new(gpu.source())),
             gpu: Arc::new(Mutex::new(gpu)),
             procs: ProcReader::live(),
             hierarchy,
@@ -145,7 +151,7 @@ impl Collector {
 
     /// The GPU source in use (`nvml`, `nvidia-smi`, `none`).
     pub fn gpu_source(&self) -> &'static str {
-        self.gpu.try_lock().map(|gpu| gpu.source()).unwrap_or("busy")
+        *self.gpu_source.lock().expect("gpu source poisoned")
     }
 
     /// Take a snapshot of the machine and of `watches`.
@@ -224,17 +230,22 @@ impl Collector {
 
     /// Sample the GPUs alone (cheap with NVML: a few µs per GPU).
     pub async fn gpus(&self) -> Result<GpuReport, CollectorError> {
-        if let Some(smi) = self.gpu.try_lock().ok().and_then(|probe| probe.smi()) {
+        if self.gpu_source() == "nvidia-smi" {
+            let smi = gpu::Smi::new(&self.config.smi, self.config.probe_timeout);
             return smi.sample().await.map_err(|err| CollectorError::new("gpu", err));
         }
         let gpu = Arc::clone(&self.gpu);
+        let source = Arc::clone(&self.gpu_source);
         probe::blocking("gpu", self.config.probe_timeout, move || {
             // A GPU probe still hung from an earlier snapshot is reported,
             // not waited for (nor joined by another blocked thread).
             let mut probe = gpu
                 .try_lock()
                 .map_err(|_| "the previous GPU probe is still running (driver hung?)".to_string())?;
-            probe.sample_blocking()
+            let sampled = probe.sample_blocking();
+            // Sampling may have found a source that was missing before.
+            *source.lock().expect("gpu source poisoned") = probe.source();
+            sampled
         })
         .await
     }

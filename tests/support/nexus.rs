@@ -1,8 +1,9 @@
 //! A **fake** of Citadel's remote Nexus API (nothing real can run here):
 //! hyper on a loopback port, handing out the jobs the test queues on `GET
 //! /api/v1/jobs/next` (`204` when none) and recording the outcomes POSTed to
-//! `/api/v1/jobs/{id}/status` — or refusing them with `503` as many times
-//! as the test says, to inject a failing report endpoint.
+//! `/api/v1/jobs/{id}/status` — or refusing them with `503` (or for good,
+//! `422`) as many times as the test says, to inject a failing report
+//! endpoint.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -20,10 +21,12 @@ use crate::serve_loopback;
 #[derive(Default)]
 struct State {
     jobs: VecDeque<Value>,
+    polls: u64,
     handed_out: Vec<String>,
     reports: Vec<(String, Value)>,
     report_attempts: u64,
     refuse_reports: u64,
+    reject_reports: u64,
     token: Option<String>,
     unauthorized: u64,
 }
@@ -66,6 +69,11 @@ impl FakeNexus {
         self.state.lock().unwrap().refuse_reports = times;
     }
 
+    /// Refuse the next `times` reports for good (`422`).
+    pub fn reject_reports(&self, times: u64) {
+        self.state.lock().unwrap().reject_reports = times;
+    }
+
     /// Job ids handed out so far, in order.
     pub fn handed_out(&self) -> Vec<String> {
         self.state.lock().unwrap().handed_out.clone()
@@ -79,6 +87,11 @@ impl FakeNexus {
     /// Report requests received (accepted or refused).
     pub fn report_attempts(&self) -> u64 {
         self.state.lock().unwrap().report_attempts
+    }
+
+    /// `GET /api/v1/jobs/next` requests answered so far.
+    pub fn polls(&self) -> u64 {
+        self.state.lock().unwrap().polls
     }
 
     /// Calls refused for a missing or wrong token.
@@ -125,6 +138,7 @@ async fn answer(
         return reply(StatusCode::UNAUTHORIZED, r#"{"error":"unauthorized"}"#);
     }
     if method == Method::GET && path == "/api/v1/jobs/next" {
+        state.polls += 1;
         return match state.jobs.pop_front() {
             Some(job) => {
                 let id = job["id"]
@@ -146,6 +160,10 @@ async fn answer(
         if state.refuse_reports > 0 {
             state.refuse_reports -= 1;
             return reply(StatusCode::SERVICE_UNAVAILABLE, r#"{"error":"try later"}"#);
+        }
+        if state.reject_reports > 0 {
+            state.reject_reports -= 1;
+            return reply(StatusCode::UNPROCESSABLE_ENTITY, r#"{"error":"no such job"}"#);
         }
         let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         state.reports.push((id.to_string(), body));

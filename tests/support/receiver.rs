@@ -22,6 +22,8 @@ pub enum Answer {
     Unavailable,
     /// `400` (the message is refused for good).
     Reject,
+    /// Read the request, then never answer (a hung endpoint).
+    Hang,
 }
 
 #[derive(Default)]
@@ -121,11 +123,15 @@ async fn answer_request(
         match state.answer.expect("an answer") {
             Answer::Accept => {
                 state.accepted.push(String::from_utf8_lossy(&body).into_owned());
-                StatusCode::OK
+                Some(StatusCode::OK)
             }
-            Answer::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Answer::Reject => StatusCode::BAD_REQUEST,
+            Answer::Unavailable => Some(StatusCode::SERVICE_UNAVAILABLE),
+            Answer::Reject => Some(StatusCode::BAD_REQUEST),
+            Answer::Hang => None,
         }
+    };
+    let Some(status) = status else {
+        return std::future::pending().await;
     };
     Ok(Response::builder()
         .status(status)

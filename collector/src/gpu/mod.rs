@@ -162,29 +162,43 @@ enum Source {
     None(String),
 }
 
+/// Which GPU source the node reads (`telemetry.gpu_source`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GpuSourceChoice {
+    /// NVML, else `nvidia-smi`, else the driver's files, else none.
+    #[default]
+    Auto,
+    /// NVML only.
+    Nvml,
+    /// `nvidia-smi` only (when NVML misbehaves on a machine, or to test
+    /// the fallback where NVML loads).
+    NvidiaSmi,
+}
+
 /// How often an unavailable GPU source is looked for again.
 const RETRY_SOURCE_AFTER: Duration = Duration::from_secs(60);
 
 /// The GPU family's probe.
 pub struct GpuProbe {
+    choice: GpuSourceChoice,
     source: Source,
     looked_at: Instant,
     smi: String,
     driver: PathBuf,
-    timeout: Duration,
 }
 
 impl GpuProbe {
-    /// Find a source: NVML, else `smi` (the `nvidia-smi` program), else the
-    /// driver's files under `driver` (`/proc/driver/nvidia`), else none.
-    /// Blocking (NVML initialisation); `timeout` bounds `nvidia-smi` calls.
-    pub fn new(smi: &str, driver: &Path, timeout: Duration) -> GpuProbe {
+    /// Find the source `choice` allows: NVML, else `smi` (the `nvidia-smi`
+    /// program), else the driver's files under `driver`
+    /// (`/proc/driver/nvidia`), else none. Blocking (NVML initialisation).
+    pub fn new(choice: GpuSourceChoice, smi: &str, driver: &Path) -> GpuProbe {
         GpuProbe {
-            source: find_source(smi, driver),
+            choice,
+            source: find_source(choice, smi, driver),
             looked_at: Instant::now(),
             smi: smi.to_string(),
             driver: driver.to_path_buf(),
-            timeout,
         }
     }
 
@@ -199,21 +213,12 @@ impl GpuProbe {
         }
     }
 
-    /// The `nvidia-smi` source, when that is the one in use (it is sampled
-    /// asynchronously: a child process awaited with a timeout).
-    pub fn smi(&self) -> Option<Smi> {
-        matches!(self.source, Source::Smi).then(|| Smi {
-            program: self.smi.clone(),
-            timeout: self.timeout,
-        })
-    }
-
     /// Sample NVML (blocking), or report why there is no source. Looks for
     /// a source again when none was found a while ago.
     pub fn sample_blocking(&mut self) -> Result<GpuReport, String> {
         let lacking = matches!(self.source, Source::None(_) | Source::Driver(_));
         if lacking && self.looked_at.elapsed() >= RETRY_SOURCE_AFTER {
-            self.source = find_source(&self.smi, &self.driver);
+            self.source = find_source(self.choice, &self.smi, &self.driver);
             self.looked_at = Instant::now();
         }
         match &mut self.source {
@@ -268,17 +273,35 @@ impl Smi {
     }
 }
 
-fn find_source(smi: &str, driver: &Path) -> Source {
+/// NVML, or why not.
+fn try_nvml() -> Result<Source, String> {
     #[cfg(feature = "nvml")]
-    let nvml_error = match nvml::NvmlSource::init() {
-        Ok(source) => return Source::Nvml(Box::new(source)),
-        Err(err) => err,
-    };
+    return nvml::NvmlSource::init().map(|source| Source::Nvml(Box::new(source)));
     #[cfg(not(feature = "nvml"))]
-    let nvml_error = "built without NVML support".to_string();
+    Err("built without NVML support".to_string())
+}
+
+fn find_source(choice: GpuSourceChoice, smi: &str, driver: &Path) -> Source {
+    let nvml_error = match choice {
+        GpuSourceChoice::NvidiaSmi => "not tried: telemetry.gpu_source = \"nvidia-smi\"".to_string(),
+        GpuSourceChoice::Auto | GpuSourceChoice::Nvml => match try_nvml() {
+            Ok(source) => return source,
+            Err(err) => err,
+        },
+    };
+    if choice == GpuSourceChoice::Nvml {
+        let reason = format!("telemetry.gpu_source = \"nvml\", and NVML is unavailable ({nvml_error})");
+        tracing::warn!(%reason, "no GPUs reported");
+        return Source::None(reason);
+    }
     if smi::available(smi) {
         tracing::info!(nvml = %nvml_error, "NVML unavailable; reading GPUs with nvidia-smi");
         return Source::Smi;
+    }
+    if choice == GpuSourceChoice::NvidiaSmi {
+        let reason = format!("telemetry.gpu_source = \"nvidia-smi\", and `{smi}` does not answer");
+        tracing::warn!(%reason, "no GPUs reported");
+        return Source::None(reason);
     }
     let files = DriverFiles::new(driver);
     if files.present() {

@@ -95,3 +95,39 @@ impl ArtifactCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_its_directory_private_and_refuses_one_others_can_write() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("cache");
+        let cache = ArtifactCache::open(&dir, "engine").unwrap();
+        assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        assert!(
+            cache.path(&Digest::of(b"x")).starts_with(&dir),
+            "artifacts live only in it"
+        );
+
+        let shared = root.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = ArtifactCache::open(&shared, "engine").unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(err.to_string().contains("writable by others (mode 777)"), "{err}");
+        assert!(err.to_string().contains("chmod 700"), "{err}");
+    }
+
+    #[test]
+    fn a_damaged_artifact_is_discarded_not_loaded() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = ArtifactCache::open(root.path(), "engine").unwrap();
+        let digest = Digest::of(b"component");
+        fs::write(cache.path(&digest), b"not a compiled component").unwrap();
+        let engine = Engine::default();
+        assert!(cache.load(&engine, &digest).is_none());
+        assert!(!cache.path(&digest).exists(), "removed, to be recompiled");
+    }
+}

@@ -34,7 +34,11 @@ pub struct TelemetryConfig {
     pub high_temp_celsius: u32,
     /// Filesystems reported besides `/` (any path on them).
     pub key_paths: Vec<PathBuf>,
-    /// The `nvidia-smi` program, used only when NVML cannot be loaded.
+    /// Which GPU source to read: `auto` (NVML, else `nvidia-smi`, else the
+    /// driver's files), `nvml` or `nvidia-smi`.
+    pub gpu_source: citadel_collector::GpuSourceChoice,
+    /// The `nvidia-smi` program, used when NVML cannot be loaded (or
+    /// `gpu_source` says so).
     pub nvidia_smi: String,
     /// Entries `node:status:stream` keeps (about: `MAXLEN ~`); Citadel's
     /// own publisher keeps ~1000.
@@ -91,6 +95,7 @@ impl Default for TelemetryConfig {
             probe_timeout_ms: 2_000,
             high_temp_celsius: 85,
             key_paths: Vec::new(),
+            gpu_source: citadel_collector::GpuSourceChoice::Auto,
             nvidia_smi: "nvidia-smi".into(),
             status_stream_maxlen: citadel_transports::wire::NODE_STATUS_STREAM_MAXLEN,
             http_endpoint: None,

@@ -82,6 +82,7 @@ pub enum NodeError {
 pub async fn collector(telemetry: &TelemetryConfig) -> Collector {
     Collector::new(CollectorConfig {
         probe_timeout: Duration::from_millis(telemetry.probe_timeout_ms),
+        gpu_source: telemetry.gpu_source,
         smi: telemetry.nvidia_smi.clone(),
         key_paths: telemetry.key_paths.clone(),
         ..CollectorConfig::default()

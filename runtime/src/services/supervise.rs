@@ -182,9 +182,7 @@ pub(super) async fn supervise(
             state.pid = None;
             state.last_exit = Some(description.clone());
         });
-        if started.elapsed() >= STABLE_AFTER {
-            waits.reset();
-        }
+        after_run(&mut waits, started.elapsed());
         if restart {
             wait_to_restart(&mut waits, &stop, &mut wanted).await;
         } else {
@@ -354,6 +352,13 @@ async fn empty_group(cgroup: Option<&Arc<ServiceCgroup>>) {
     }
 }
 
+/// Count a run that lasted `ran`: one that was stable starts the waits over.
+fn after_run(waits: &mut citadel_transports::backoff::Waits, ran: Duration) {
+    if ran >= STABLE_AFTER {
+        waits.reset();
+    }
+}
+
 /// Wait out the next backoff delay; `false` when the node stops or the
 /// service is no longer wanted first.
 async fn wait_to_restart(
@@ -415,5 +420,31 @@ impl HealthProbe {
 
     async fn check(&self) -> bool {
         matches!(self.client.get(&self.url).send().await, Ok(response) if response.status().is_success())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The next wait lies in [base, 2 × base): the base doubles, jitter adds
+    /// up to as much again.
+    fn assert_next(waits: &mut citadel_transports::backoff::Waits, base_s: u64) {
+        let wait = waits.next_delay();
+        let base = Duration::from_secs(base_s);
+        assert!(wait >= base && wait < 2 * base, "{wait:?} for a base of {base:?}");
+    }
+
+    #[test]
+    fn restarts_wait_a_second_doubling_to_a_minute_and_start_over_after_a_stable_run() {
+        let mut waits = RESTART_BACKOFF.start();
+        for base in [1, 2, 4, 8, 16, 32, 60, 60, 60] {
+            assert_next(&mut waits, base);
+        }
+        after_run(&mut waits, STABLE_AFTER - Duration::from_secs(1));
+        assert_next(&mut waits, 60);
+        after_run(&mut waits, STABLE_AFTER);
+        assert_next(&mut waits, 1);
+        assert_next(&mut waits, 2);
     }
 }
