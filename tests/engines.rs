@@ -187,34 +187,18 @@ async fn dropping_a_stream_stops_the_generation() {
         .await
         .unwrap();
     long.next().await.unwrap().expect("a token");
-    assert!(slot_busy(&llm.url()).await, "the engine's one slot generates");
+    assert_eq!(llm.generating().await, 1, "the engine's one slot generates");
     drop(long);
     // The engine's slot is freed: llama.cpp's own `/slots` says so (had the
     // generation gone on, it would stay busy for ~30 s of 1500 tokens).
     eventually_some(
         Duration::from_secs(10),
         "the dropped stream's slot to be freed",
-        || async { (!slot_busy(&llm.url()).await).then_some(()) },
+        || async { (llm.generating().await == 0).then_some(()) },
     )
     .await;
     let (tokens, _) = drain(engine.generate(&chat("Say hi", 4)).await.unwrap()).await;
     assert_eq!(tokens.len(), 4);
-}
-
-/// Whether any slot of the llama.cpp server at `base` is processing.
-async fn slot_busy(base: &str) -> bool {
-    let body = reqwest::get(format!("{base}/slots"))
-        .await
-        .expect("GET /slots")
-        .text()
-        .await
-        .expect("the slots");
-    let slots: Value = serde_json::from_str(&body).expect("slots as JSON");
-    slots
-        .as_array()
-        .expect("a list of slots")
-        .iter()
-        .any(|slot| slot["is_processing"] == true)
 }
 
 async fn fault(misbehaviour: Misbehaviour) -> EngineError {

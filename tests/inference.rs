@@ -5,7 +5,7 @@
 //! and usage metered per tenant.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use citadel_runtime::capabilities::inference::{Engines, GenerationRecord, InferenceObserver};
 use citadel_runtime::config::EngineSettings;
@@ -252,10 +252,13 @@ async fn an_engine_that_is_down_makes_the_job_unavailable() {
     assert!(report.outcome.as_ref().unwrap_err().recoverable(), "retried later");
 }
 
-/// Whether the one-slot engine at `url` answers a short request promptly
-/// (it would not while an abandoned generation kept running).
-async fn engine_is_free(executor: &Executor) -> Duration {
-    let started = Instant::now();
+/// The engine's slot is freed (llama.cpp's own `/slots`: no generation
+/// left running) and a short request is served again.
+async fn engine_is_free(executor: &Executor, llm: &LlmEngine) {
+    eventually_some(Duration::from_secs(10), "the engine's slot to be freed", || async {
+        (llm.generating().await == 0).then_some(())
+    })
+    .await;
     let (report, _) = run(
         executor,
         &load("llm-chat"),
@@ -263,7 +266,6 @@ async fn engine_is_free(executor: &Executor) -> Duration {
     )
     .await;
     result_of(&report);
-    started.elapsed()
 }
 
 const LONG: &str = r#"{"model": "smollm2", "messages": [{"role": "user", "content": "Write a long story about a dragon."}], "max_tokens": 1500, "temperature": 0}"#;
@@ -278,11 +280,7 @@ async fn the_deadline_and_cancellation_stop_a_generation_mid_stream() {
     let (report, chunks) = run(&executor, &component, job("acme", LONG, Some(Duration::from_secs(2)))).await;
     assert_eq!(failure(&report).0, "deadline");
     assert!(!chunks.is_empty(), "tokens streamed until the deadline");
-    let waited = engine_is_free(&executor).await;
-    assert!(
-        waited < Duration::from_secs(10),
-        "the engine kept generating for {waited:?}"
-    );
+    engine_is_free(&executor, &llm).await;
 
     // Cancellation once the first tokens are out.
     let cancel = CancellationToken::new();
@@ -299,11 +297,7 @@ async fn the_deadline_and_cancellation_stop_a_generation_mid_stream() {
     canceller.await.unwrap();
     assert_eq!(failure(&report).0, "cancelled");
     assert!(!chunks.is_empty());
-    let waited = engine_is_free(&executor).await;
-    assert!(
-        waited < Duration::from_secs(10),
-        "the engine kept generating for {waited:?}"
-    );
+    engine_is_free(&executor, &llm).await;
     let outcomes: Vec<String> = recorded
         .0
         .lock()
@@ -428,4 +422,54 @@ async fn an_ollama_engine_serves_jobs_in_its_own_wire_format() {
         (recorded[0].0.as_str(), recorded[0].1.as_str(), recorded[0].2.as_str()),
         ("narrow", "ollama", "ok")
     );
+}
+
+/// The most slots of `llm` generating at once while `jobs` run side by side
+/// on `executor`, sampled every 10 ms.
+async fn most_generating_at_once(executor: &Executor, llm: &LlmEngine, jobs: usize) -> usize {
+    let component = load("llm-chat");
+    let payload = r#"{"model": "smollm2", "messages": [{"role": "user", "content": "Count to twenty."}], "max_tokens": 48, "temperature": 0}"#;
+    let all = futures_util::future::join_all((0..jobs).map(|_| run(executor, &component, job("acme", payload, None))));
+    tokio::pin!(all);
+    let mut most = 0;
+    loop {
+        tokio::select! {
+            reports = &mut all => {
+                for (report, _) in reports {
+                    result_of(&report);
+                }
+                return most;
+            }
+            generating = llm.generating() => most = most.max(generating),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engines_max_concurrency_queues_the_requests_beyond_it() {
+    // An engine with two slots: the node may use both, or hold itself to one.
+    let llm = LlmEngine::start(2);
+    let (both, _) = node(vec![settings("llama", &llm.url(), &["smollm2"])]);
+    assert_eq!(
+        most_generating_at_once(&both, &llm, 2).await,
+        2,
+        "max_concurrency = 2 uses both slots"
+    );
+    let mut one = settings("llama", &llm.url(), &["smollm2"]);
+    one.max_concurrency = 1;
+    let (queued, recorded) = node(vec![one]);
+    assert_eq!(
+        most_generating_at_once(&queued, &llm, 2).await,
+        1,
+        "with max_concurrency = 1 the second request waits its turn"
+    );
+    let outcomes: Vec<String> = recorded
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|record| record.2.clone())
+        .collect();
+    assert_eq!(outcomes, ["ok", "ok"], "both served, neither refused");
 }

@@ -774,6 +774,7 @@ async fn a_full_node_leaves_the_backlog_in_redis() {
     for job in &jobs {
         enqueue(&mut conn, job, "slow", r#"{"ms":300,"chunks":3}"#);
     }
+    wait_status(&redis, &jobs[0], "running", SETTLE).await;
     // Until the backlog is done, the node never holds more entries than it
     // has slots: the rest wait in Redis, where another node could take them.
     let mut most_held = 0;

@@ -85,6 +85,23 @@ impl LlmEngine {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// How many of its slots are generating now (llama.cpp's own `GET /slots`).
+    pub async fn generating(&self) -> usize {
+        let body = reqwest::get(format!("{}/slots", self.url()))
+            .await
+            .expect("GET /slots")
+            .text()
+            .await
+            .expect("the slots");
+        let slots: Value = serde_json::from_str(&body).expect("slots as JSON");
+        slots
+            .as_array()
+            .expect("a list of slots")
+            .iter()
+            .filter(|slot| slot["is_processing"] == true)
+            .count()
+    }
+
     /// Kill it (SIGKILL) now.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

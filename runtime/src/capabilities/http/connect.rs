@@ -145,6 +145,9 @@ pub(super) async fn open(
 
 #[cfg(test)]
 mod tests {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
     use super::*;
 
     fn destination(uri: &str) -> Result<Destination, HttpError> {
@@ -174,5 +177,78 @@ mod tests {
             destination("ftp://files.test/"),
             Err(HttpError::HttpProtocolError)
         ));
+    }
+
+    /// A TLS server on loopback presenting a certificate for `names`,
+    /// signed by `ca`; it answers one handshake.
+    async fn tls_server(ca: &Issuer<'static, KeyPair>, names: &[&str]) -> u16 {
+        let key = KeyPair::generate().unwrap();
+        let params = CertificateParams::new(names.iter().map(|name| name.to_string()).collect::<Vec<_>>()).unwrap();
+        let cert = params.signed_by(&key, ca).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+            while let Ok((tcp, _)) = listener.accept().await {
+                let _ = acceptor.accept(tcp).await;
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn tls_checks_the_name_asked_for_against_the_trusted_roots() {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let ca = Issuer::new(ca_params, ca_key);
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca_cert.der().clone()).unwrap();
+        let client = Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        );
+        let job = JobContext {
+            job_id: Arc::from("tls-test"),
+            tenant: "acme".into(),
+            log: crate::sandbox::joblog::JobLog::new(1 << 16),
+            connections: Arc::new(tokio::sync::Semaphore::new(8)),
+        };
+        let egress = Egress::parse(
+            &["https://localhost:*".to_string()],
+            &["127.0.0.0/8".to_string(), "::1".to_string()],
+        )
+        .unwrap();
+        let connect = |port: u16| {
+            let destination = destination(&format!("https://localhost:{port}/")).unwrap();
+            let (job, egress, client) = (&job, &egress, Arc::clone(&client));
+            async move { open(job, &destination, egress, Duration::from_secs(5), || Ok(client)).await }
+        };
+
+        let right_name = tls_server(&ca, &["localhost"]).await;
+        assert!(
+            connect(right_name).await.is_ok(),
+            "a certificate for the name asked for"
+        );
+
+        let wrong_name = tls_server(&ca, &["other.test"]).await;
+        match connect(wrong_name).await {
+            Err(HttpError::Tls(err)) => assert!(err.to_string().contains("certificate"), "{err}"),
+            Err(other) => panic!("expected a TLS error, got {other:?}"),
+            Ok(_) => panic!("a certificate for another name was accepted"),
+        }
     }
 }
