@@ -441,3 +441,55 @@ async fn a_node_without_handlers_starts_when_they_can_be_published() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("no handlers"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_types_history_keeps_the_last_twenty_newest_first() {
+    let redis = RedisServer::start();
+    let registry = Registry::new(&redis.endpoint());
+    let digests: Vec<String> = (0..25)
+        .map(|n| Digest::of(format!("component {n}").as_bytes()).to_string())
+        .collect();
+    for digest in &digests {
+        registry.publish(GREET, b"bytes", &record(digest, None)).await.unwrap();
+    }
+    let history: Vec<String> = registry
+        .history(GREET)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|record| record.digest)
+        .collect();
+    let newest_twenty: Vec<String> = digests.iter().rev().take(20).cloned().collect();
+    assert_eq!(history, newest_twenty);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_rereads_the_registry_when_its_subscription_reconnects() {
+    let mut redis = RedisServer::start_persistent();
+    let node = WorkerProcess::start(&fleet_config(&redis, &[]));
+    publish(&redis, "slow", &[]);
+    serving(&node, &digest_of("slow")).await;
+    // A change written without its announcement (as a lost message would
+    // leave it): the registry holds echo, the node still serves slow.
+    let echo = digest_of("echo");
+    let bytes = std::fs::read(guest("echo")).unwrap();
+    let mut conn = redis.conn();
+    let _: () = redis::cmd("SET")
+        .arg(citadel_transports::redis::registry::component_key(&echo))
+        .arg(bytes)
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(citadel_transports::redis::registry::HANDLERS_KEY)
+        .arg(GREET)
+        .arg(serde_json::to_string(&record(&echo, None)).unwrap())
+        .query(&mut conn)
+        .unwrap();
+    // Redis restarts: the node's subscription reconnects and it reads the
+    // registry again, long before its once-a-minute resync.
+    redis.kill();
+    redis.restart();
+    serving(&node, &echo).await;
+    let after = greet(&redis, "after-reconnect", r#"{"text": "echoed"}"#).await;
+    assert_eq!(after["text"], "echoed", "the job ran the handler the registry holds");
+}
