@@ -61,13 +61,18 @@ async fn settled(redis: &RedisServer, job_id: &str) -> std::collections::HashMap
     .await
 }
 
-fn service_state(status: &Value, name: &str) -> String {
+/// The `field` of service `name` in status (`absent` when it is not there).
+fn service_field(status: &Value, name: &str, field: &str) -> String {
     status["services"]
         .as_array()
         .and_then(|services| services.iter().find(|service| service["name"] == name))
-        .and_then(|service| service["status"].as_str())
+        .and_then(|service| service[field].as_str())
         .unwrap_or("absent")
         .to_string()
+}
+
+fn service_state(status: &Value, name: &str) -> String {
+    service_field(status, name, "status")
 }
 
 /// How often the one-shot service has run.
@@ -306,16 +311,6 @@ async fn alert_on_high_temp_turns_health_red_while_a_gpu_is_hot() {
     );
 }
 
-/// A service's `health` in status.
-fn service_health(status: &Value, name: &str) -> String {
-    status["services"]
-        .as_array()
-        .and_then(|services| services.iter().find(|service| service["name"] == name))
-        .and_then(|service| service["health"].as_str())
-        .unwrap_or("absent")
-        .to_string()
-}
-
 #[tokio::test]
 async fn configs_for_other_nodes_are_skipped_a_joining_node_replays_none_and_health_checks_can_be_off() {
     let redis = RedisServer::start();
@@ -331,7 +326,7 @@ async fn configs_for_other_nodes_are_skipped_a_joining_node_replays_none_and_hea
     let base = node.status_url();
     eventually_some(SETTLE, "the web service healthy", || async {
         let status = node_status(&base).await?;
-        (service_health(&status, "web") == "ok").then_some(())
+        (service_field(&status, "web", "health") == "ok").then_some(())
     })
     .await;
     let mut conn = redis.conn();
@@ -351,7 +346,7 @@ async fn configs_for_other_nodes_are_skipped_a_joining_node_replays_none_and_hea
     assert!(status(&mut conn, "cfg-other").is_empty(), "nobody here ran it");
     let status_now = eventually_some(SETTLE, "health unknown once monitoring is off", || async {
         let status = node_status(&base).await?;
-        (service_health(&status, "web") == "unknown").then_some(status)
+        (service_field(&status, "web", "health") == "unknown").then_some(status)
     })
     .await;
     assert_eq!(status_now["node"]["name"], "health off", "never `not this node`");
