@@ -248,6 +248,16 @@ def fuzz_table(summary):
           f"= {summary['inputs']} inputs tried, no panic, every refusal named.")
 
 
+def latency_rows(baseline_label, solo, phases):
+    """Another tenant's trivial-job latency: its baseline alone, then each
+    (label, summary, p99 ratio) phase."""
+    print("| another tenant's trivial job, enqueue → `end` | p50 | p99 | p99 vs alone |")
+    print("|---|---:|---:|---:|")
+    print(f"| {baseline_label} ({solo['jobs']} jobs) | {solo['p50_ms']:.1f} ms | {solo['p99_ms']:.1f} ms | baseline |")
+    for label, phase, ratio in phases:
+        print(f"| {label} ({phase['jobs']} jobs) | {phase['p50_ms']:.1f} ms | {phase['p99_ms']:.1f} ms | {ratio:.2f}× |")
+
+
 def hostile_table(summary):
     solo, attacked = summary["victim_solo"], summary["victim_under_attack"]
     classes = {}
@@ -255,61 +265,40 @@ def hostile_table(summary):
         classes.setdefault(attack["class"], []).append(attack["guest"])
     print(f"\nHostile guests: {summary['attacks']} attacks at once on one node, each failing its own job once "
           f"(never retried, never `host_error`); another tenant's trivial jobs meanwhile:\n")
-    print("| another tenant's trivial job, enqueue → `end` | p50 | p99 | p99 vs alone |")
-    print("|---|---:|---:|---:|")
-    print(f"| alone (baseline, {solo['jobs']} jobs) | {solo['p50_ms']:.1f} ms | {solo['p99_ms']:.1f} ms | baseline |")
-    print(f"| during the attacks ({attacked['jobs']} jobs) | {attacked['p50_ms']:.1f} ms | "
-          f"{attacked['p99_ms']:.1f} ms | {attacked['p99_ms'] / solo['p99_ms']:.2f}× |")
+    latency_rows("alone, the baseline", solo, [("during the attacks", attacked, attacked["p99_ms"] / solo["p99_ms"])])
     print(f"\nNode peak RSS through it all: {summary['node_peak_rss_mib']} MiB. Classes: "
           + "; ".join(f"`{name}` ({', '.join(sorted(set(guests)))})" for name, guests in sorted(classes.items())) + ".")
 
 
 def neighbours_table(summary):
-    solo = summary["solo"]
     print(f"\nNoisy neighbours (`concurrency = {summary['concurrency']}`, 2 cores; the flooding tenant has no "
           f"`max_in_flight`):\n")
-    print("| another tenant's trivial job, enqueue → `end` | p50 | p99 | p99 vs alone |")
-    print("|---|---:|---:|---:|")
-    print(f"| alone (baseline: the faster p99 of before and after, {solo['jobs']} jobs) | {solo['p50_ms']:.1f} ms | "
-          f"{solo['p99_ms']:.1f} ms | baseline |")
-    for spinners in (4, 8):
-        phase = summary[f"spinners_{spinners}"]
-        print(f"| beside {spinners} spinning jobs ({phase['jobs']} jobs) | {phase['p50_ms']:.1f} ms | "
-              f"{phase['p99_ms']:.1f} ms | {summary[f'p99_ratio_{spinners}']:.2f}× |")
+    phases = [(f"beside {n} spinning jobs", summary[f"spinners_{n}"], summary[f"p99_ratio_{n}"]) for n in (4, 8)]
+    latency_rows("alone, the baseline: the faster p99 of before and after", summary["solo"], phases)
+
+
+# Each saved measurement and its table, in the order scripts/bench passes
+# them (after the criterion directory); a missing file prints nothing.
+TABLES = [
+    ("queues", queue_tables),
+    ("telemetry", telemetry_table),
+    ("inference", inference_table),
+    ("fleet", fleet_table),
+    ("monitor", monitor_table),
+    ("dashboard", dashboard_table),
+    ("soak", soak_table),
+    ("fuzz", fuzz_table),
+    ("hostile", hostile_table),
+    ("neighbours", neighbours_table),
+]
 
 
 def main():
     criterion_table(pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/criterion"))
-    queues = pathlib.Path(sys.argv[2] if len(sys.argv) > 2 else "target/bench/queues.json")
-    if queues.exists():
-        queue_tables(json.loads(queues.read_text()))
-    telemetry = pathlib.Path(sys.argv[3] if len(sys.argv) > 3 else "target/bench/telemetry.json")
-    if telemetry.exists():
-        telemetry_table(json.loads(telemetry.read_text()))
-    inference = pathlib.Path(sys.argv[4] if len(sys.argv) > 4 else "target/bench/inference.json")
-    if inference.exists():
-        inference_table(json.loads(inference.read_text()))
-    fleet = pathlib.Path(sys.argv[5] if len(sys.argv) > 5 else "target/bench/fleet.json")
-    if fleet.exists():
-        fleet_table(json.loads(fleet.read_text()))
-    monitor = pathlib.Path(sys.argv[6] if len(sys.argv) > 6 else "target/bench/monitor.json")
-    if monitor.exists():
-        monitor_table(json.loads(monitor.read_text()))
-    dashboard = pathlib.Path(sys.argv[7] if len(sys.argv) > 7 else "target/bench/dashboard.json")
-    if dashboard.exists():
-        dashboard_table(json.loads(dashboard.read_text()))
-    soak = pathlib.Path(sys.argv[8] if len(sys.argv) > 8 else "target/bench/soak.json")
-    if soak.exists():
-        soak_table(json.loads(soak.read_text()))
-    fuzz = pathlib.Path(sys.argv[9] if len(sys.argv) > 9 else "target/bench/fuzz.json")
-    if fuzz.exists():
-        fuzz_table(json.loads(fuzz.read_text()))
-    hostile = pathlib.Path(sys.argv[10] if len(sys.argv) > 10 else "target/bench/hostile.json")
-    if hostile.exists():
-        hostile_table(json.loads(hostile.read_text()))
-    neighbours = pathlib.Path(sys.argv[11] if len(sys.argv) > 11 else "target/bench/neighbours.json")
-    if neighbours.exists():
-        neighbours_table(json.loads(neighbours.read_text()))
+    for position, (name, table) in enumerate(TABLES, start=2):
+        path = pathlib.Path(sys.argv[position] if len(sys.argv) > position else f"target/bench/{name}.json")
+        if path.exists():
+            table(json.loads(path.read_text()))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ use citadel_runtime::config::{EngineSettings, RestartPolicy};
 use citadel_tests::{
     ACCESS_TOKEN, CitadelProducer, DEVICE_CODE, FakeControlPlane, FakeNexus, LlmEngine, NODE, RedisServer, TestSlice,
     TokenAnswer, USER_CODE, WorkerProcess, citadel_bin, eventually_some, free_port, node_status, shell_service,
-    stream_entries, worker_config,
+    stream_entries, with_policy, worker_config,
 };
 use citadel_transports::engines::{Backend, EngineKind};
 use serde_json::{Value, json};
@@ -56,13 +56,10 @@ fn status_entries(conn: &mut redis::Connection) -> Vec<HashMap<String, String>> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_citadel_producer_gets_tokens_for_every_backend_the_node_serves() {
     let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
     let mut config = worker_config(&redis);
+    let _policy = with_policy(&mut config, POLICY);
     // No [handlers] at all: Citadel's job types are built in.
     config.handlers.clear();
-    config.policy = Some(policy);
     config.telemetry.status_interval_s = 1;
     config.telemetry.min_change_interval_ms = 100;
     // The engine is called `local`; Citadel sends the kind, `llamacpp`.

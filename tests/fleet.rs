@@ -311,15 +311,11 @@ async fn a_node_down_during_a_publish_starts_on_the_current_handler_and_nodes_co
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_of_a_tenant_allowed_to_pin_runs_the_component_it_names() {
     let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        "[tenants.pinner]\ncapabilities = [\"log\", \"stream\"]\nallow_pin = true\n",
-    )
-    .unwrap();
     let mut config = fleet_config(&redis, &[]);
-    config.policy = Some(policy);
+    let _policy = with_policy(
+        &mut config,
+        "[tenants.pinner]\ncapabilities = [\"log\", \"stream\"]\nallow_pin = true\n",
+    );
     let node = WorkerProcess::start(&config);
     let (v1, v2) = (digest_of("slow"), digest_of("echo"));
     publish(&redis, "slow", &[]);

@@ -13,7 +13,7 @@ use std::time::Duration;
 use citadel_runtime::sandbox::joblog::Source;
 use citadel_tests::{
     QUEUE, RedisServer, Victim, WorkerProcess, class, dead_letters, enqueue_fields, event_types, events, eventually,
-    executor, guest, job, latency_summary, load, pending, run, save_report, wait_status, worker_config,
+    executor, guest, job, latency_summary, load, pending, run, save_report, wait_status, with_policy, worker_config,
 };
 use serde_json::{Value, json};
 
@@ -168,11 +168,8 @@ fn peak_rss_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_node_every_attack_fails_once_while_another_tenant_keeps_running() {
     let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
     let mut config = worker_config(&redis);
-    config.policy = Some(policy);
+    let _policy = with_policy(&mut config, POLICY);
     config.worker.concurrency = 8;
     for attack in ATTACKS {
         config.handlers.insert(attack.guest.into(), guest(attack.guest));

@@ -334,11 +334,8 @@ async fn an_engine_killed_mid_stream_fails_the_job_with_a_clear_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn llm_inference_jobs_stream_real_tokens_through_redis() {
     let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
     let mut config = worker_config(&redis);
-    config.policy = Some(policy);
+    let _policy = with_policy(&mut config, POLICY);
     config.engines = vec![settings("llama", &LlmEngine::shared().url(), &["smollm2"])];
     // No [handlers] entry: with engines configured, `llm_inference` goes to
     // the built-in llm-chat (target/guests beside the binary's directory).

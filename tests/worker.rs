@@ -552,16 +552,12 @@ async fn jobs_for_another_node_are_acknowledged_not_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_caps_are_never_exceeded() {
     let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        "[tenants.solo]\ncapabilities = [\"stream\"]\nmax_in_flight = 1\n",
-    )
-    .unwrap();
     let mut config = worker_config(&redis);
+    let _policy = with_policy(
+        &mut config,
+        "[tenants.solo]\ncapabilities = [\"stream\"]\nmax_in_flight = 1\n",
+    );
     config.worker.concurrency = 3;
-    config.policy = Some(policy);
     let worker = TestWorker::start(&config);
     // Every event of every job, in the order they were published.
     let mut pubsub = redis.client().get_async_pubsub().await.unwrap();

@@ -68,6 +68,16 @@ pub fn worker_config_for(url: &str) -> Config {
     config
 }
 
+/// Give `config` the tenant policy `toml`, written to a file in a fresh
+/// directory (kept for as long as the returned guard lives).
+pub fn with_policy(config: &mut Config, toml: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, toml).expect("write the policy");
+    config.policy = Some(policy);
+    dir
+}
+
 /// A node for the fleet tests, named `id`: heartbeats every 200 ms, status
 /// on change (at most every 100 ms) and every 10 minutes, liveness 2 s.
 pub fn fleet_node_config(redis: &RedisServer, id: &str) -> Config {

@@ -177,16 +177,20 @@ impl Dispatcher {
     pub async fn admit(&self, spec: &JobSpec, stop: &CancellationToken) -> Admission {
         match self.try_admit(spec) {
             Ok(admission) => admission,
-            Err(Busy(handler)) => {
-                let limit = self.executor.policy().tenant(&spec.tenant).1.max_in_flight;
-                match self.tenants.take(&spec.tenant, limit, stop).await {
-                    Some(slot) => Admission::Admitted(Admitted {
-                        handler,
-                        _tenant_slot: slot,
-                    }),
-                    None => Admission::Stopped,
-                }
-            }
+            Err(busy) => self.wait_for_slot(spec, busy, stop).await,
+        }
+    }
+
+    /// After [`Dispatcher::try_admit`] found the job's tenant busy: wait
+    /// for its slot until `stop`.
+    pub async fn wait_for_slot(&self, spec: &JobSpec, Busy(handler): Busy, stop: &CancellationToken) -> Admission {
+        let limit = self.executor.policy().tenant(&spec.tenant).1.max_in_flight;
+        match self.tenants.take(&spec.tenant, limit, stop).await {
+            Some(slot) => Admission::Admitted(Admitted {
+                handler,
+                _tenant_slot: slot,
+            }),
+            None => Admission::Stopped,
         }
     }
 

@@ -65,15 +65,19 @@ impl Shared {
     fn seen(&self, tenant: &str) -> bool {
         let now = Instant::now();
         let mut seen = self.seen.lock().expect("tenant slots poisoned");
-        if !seen.contains_key(tenant) && seen.len() >= MAX_RECENT {
-            seen.retain(|_, at| now.duration_since(*at) < RECENT);
+        if let Some(at) = seen.get_mut(tenant) {
+            *at = now;
+        } else {
+            if seen.len() >= MAX_RECENT {
+                seen.retain(|_, at| now.duration_since(*at) < RECENT);
+            }
             if seen.len() >= MAX_RECENT
                 && let Some(oldest) = seen.iter().min_by_key(|(_, at)| **at).map(|(name, _)| name.clone())
             {
                 seen.remove(&oldest);
             }
+            seen.insert(tenant.to_string(), now);
         }
-        seen.insert(tenant.to_string(), now);
         seen.iter()
             .any(|(name, at)| name != tenant && now.duration_since(*at) < RECENT)
     }
@@ -149,14 +153,14 @@ impl TenantSlots {
         let others_recent = self.0.seen(tenant);
         let mut tenants = self.0.tenants.lock().expect("tenant slots poisoned");
         let limit = self.0.limit(&tenants, tenant, configured, others_recent);
-        let usage = tenants.entry(tenant.to_string()).or_default();
-        if usage.running >= limit {
-            if usage.idle() {
-                tenants.remove(tenant);
+        match tenants.get_mut(tenant) {
+            Some(usage) if usage.running >= limit => return None,
+            None if limit == 0 => return None,
+            Some(usage) => usage.running += 1,
+            None => {
+                tenants.insert(tenant.to_string(), Usage { running: 1, waiting: 0 });
             }
-            return None;
         }
-        usage.running += 1;
         Some(TenantSlot {
             slots: Arc::clone(&self.0),
             tenant: tenant.to_string(),

@@ -87,14 +87,15 @@ impl Shared {
         node_slot: &mut Option<OwnedSemaphorePermit>,
         cancel: &CancellationToken,
     ) -> Admission {
-        if let Ok(admission) = self.dispatch.try_admit(spec) {
-            return admission;
-        }
+        let busy = match self.dispatch.try_admit(spec) {
+            Ok(admission) => return admission,
+            Err(busy) => busy,
+        };
         let parked = self.slots.try_park();
         if parked.is_some() {
             *node_slot = None;
         }
-        let admission = self.dispatch.admit(spec, cancel).await;
+        let admission = self.dispatch.wait_for_slot(spec, busy, cancel).await;
         if parked.is_some() && matches!(admission, Admission::Admitted(_)) {
             match self.slots.reserve(cancel).await {
                 Some(permit) => *node_slot = Some(permit),
