@@ -122,13 +122,15 @@ pub struct JobControl<'a> {
     pub recovery: Recovery,
 }
 
-/// A job that ran.
-#[derive(Debug)]
+/// A job that ran. It still holds its tenant's slot: the source drops it
+/// once the outcome is settled, so the tenant's next job never starts (and
+/// says so) before this one's end is written.
 pub struct Ran {
     /// What it left behind.
     pub report: JobReport,
     /// How it ended.
     pub outcome: JobOutcome,
+    _tenant_slot: TenantSlot,
 }
 
 /// Runs the node's jobs, whatever their source: handlers, tenant slots,
@@ -214,7 +216,7 @@ impl Dispatcher {
     }
 
     /// Run an admitted job, its chunks to `sink`; the tenant's slot is
-    /// held until it ends.
+    /// held until the returned [`Ran`] is dropped.
     pub async fn run(
         &self,
         admitted: Admitted,
@@ -229,7 +231,8 @@ impl Dispatcher {
             observer.started(&job.info());
         }
         let started = Instant::now();
-        let report = match admitted.handler {
+        let Admitted { handler, _tenant_slot } = admitted;
+        let report = match handler {
             Handler::Component(component) => match self.handlers.pinned(&spec, self.executor.policy()).await {
                 Ok(pinned) => {
                     let component = pinned.as_ref().unwrap_or(&component);
@@ -251,6 +254,10 @@ impl Dispatcher {
         if let Some((observer, job)) = &observed {
             observer.finished(&job.info(), outcome, started.elapsed());
         }
-        Ran { report, outcome }
+        Ran {
+            report,
+            outcome,
+            _tenant_slot,
+        }
     }
 }

@@ -8,7 +8,7 @@
 //! in the last [`RECENT`], never the node's last slot (jobs are not
 //! pre-empted, so a tenant that took them all would shut the others out for
 //! as long as its jobs run). A node that only ever serves one tenant keeps
-//! every slot for it. A job holds its tenant's slot while it runs; every
+//! every slot for it. A job holds its tenant's slot until its outcome is settled; every
 //! release wakes the waiters to look again.
 
 use std::collections::HashMap;
