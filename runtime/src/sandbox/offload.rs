@@ -141,8 +141,11 @@ mod tests {
     async fn a_busy_guest_runs_at_the_idle_policy() {
         use thread_priority::unix::{NormalThreadSchedulePolicy, ThreadSchedulePolicy, thread_schedule_policy};
         let policy = run(async {
+            // Busy in its polls (time between polls is not the guest's).
             let began = Instant::now();
-            while began.elapsed() < 2 * INLINE_CPU {
+            while began.elapsed() < 3 * INLINE_CPU {
+                let slice = Instant::now();
+                while slice.elapsed() < Duration::from_micros(500) {}
                 tokio::task::yield_now().await;
             }
             thread_schedule_policy().unwrap()
