@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""End-to-end queue benchmark: citadel vs Celery, RQ and Dramatiq.
+"""End-to-end queue benchmark: citadel vs its floor, Celery, RQ and Dramatiq.
 
 Every system gets its own fresh run against the same local redis-server
 (TCP loopback), the same number of no-op jobs, pre-enqueued before its
@@ -8,12 +8,18 @@ worker starts. A job is done when its worker has finished it: for citadel
 acknowledgement) when the consumer group has read and acknowledged it, for
 the peers when the task body has incremented a Redis counter. The rate is
 measured from the first finished job to the last, so worker start-up does
-not count.
+not count; only completed jobs count (citadel's status hashes say which),
+the others are reported.
+
+The floor (benches/queue_floor.rs) does exactly citadel's Redis work per
+job, built by the same code, with nothing else and the fewest round trips:
+what this box's Redis allows. A lone job's round trip (enqueue -> `end` on
+Pub/Sub, one at a time) is measured through citadel and the floor.
 
 Then chunk latency: the `ticker` handler emits chunks stamped with the wall
 clock at emit; a redis-py subscriber records how long each took to arrive.
-The baseline, in the same run, is a plain PUBLISH of a timestamp from Python
-to the same subscriber.
+The baseline, in the same run, is a plain PUBLISH of a timestamp from
+another Python process to the same subscriber.
 
 Prints a JSON summary to stdout (and to --out); scripts/bench-table.py
 turns it into the README table.
@@ -96,21 +102,34 @@ def stop(procs):
             proc.kill()
 
 
-def bench_citadel(args, server, workdir, fleet_events=True):
-    """citadel work on the queue; `fleet_events` off runs the same node
-    without its citadel:v1:events writes (their cost, same run)."""
-    r = server.client
-    r.flushall()
+def enqueue_noops(r, jobs, queue="bench"):
     pipe = r.pipeline(transaction=False)
-    for n in range(args.jobs):
-        pipe.xadd("jobs:v1:bench", {"jobId": f"job-{n}", "type": "noop", "payload": "{}"})
+    for n in range(jobs):
+        pipe.xadd(f"jobs:v1:{queue}", {"jobId": f"job-{n}", "type": "noop", "payload": "{}"})
     pipe.execute()
+
+
+def citadel_worker(args, server, workdir, queue, fleet_events=True):
     env = dict(os.environ, CITADEL_SANDBOX__CACHE_DIR=str(workdir / "cache"), CITADEL_LOG="warn",
                CITADEL_TELEMETRY__EVENTS="true" if fleet_events else "false")
-    worker = subprocess.Popen(
-        [args.citadel, "work", "--redis-url", server.url, "--queue", "bench", "--concurrency", str(args.citadel_concurrency),
+    return subprocess.Popen(
+        [args.citadel, "work", "--redis-url", server.url, "--queue", queue, "--concurrency", str(args.citadel_concurrency),
          "--handler", f"noop={args.guests}/echo.wasm", "--node-id", "bench"],
         env=env, stdout=subprocess.DEVNULL)
+
+
+def floor_worker(args, server, queue):
+    return subprocess.Popen([args.floor, "--redis-url", server.url, "--queue", queue], stdout=subprocess.DEVNULL)
+
+
+def bench_consumer(args, server, start):
+    """Pre-enqueue the no-op jobs, start the consumer (`start()`), and time
+    it: jobs/s from the first acknowledged job to the last, counting only
+    the completed ones (their status hashes), failures reported apart."""
+    r = server.client
+    r.flushall()
+    enqueue_noops(r, args.jobs)
+    worker = start()
 
     def done():
         try:
@@ -122,12 +141,81 @@ def bench_citadel(args, server, workdir, fleet_events=True):
 
     try:
         rate = measure(done, args.jobs, args.timeout)
+        outcomes = statuses(r, args.jobs)
         if args.cpu:
             ticks = sum(int(field) for field in pathlib.Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13])
-            print(f"  citadel worker CPU: {ticks / os.sysconf('SC_CLK_TCK') / args.jobs * 1e6:.0f} µs per job", file=sys.stderr)
-        return rate
+            switches = 0
+            for task in pathlib.Path(f"/proc/{worker.pid}/task").iterdir():
+                for line in (task / "status").read_text().splitlines():
+                    if line.endswith("ctxt_switches:") or "ctxt_switches:" in line:
+                        switches += int(line.split()[1])
+            print(f"  worker CPU: {ticks / os.sysconf('SC_CLK_TCK') / args.jobs * 1e6:.0f} µs per job, "
+                  f"{switches / args.jobs:.1f} context switches per job (live threads)", file=sys.stderr)
+        # Only completed jobs count: a failed or dead-lettered job is
+        # settled too, but it is not work done.
+        completed = outcomes.get("completed", 0)
+        return {"jobs_per_s": rate * completed / args.jobs, "completed": completed,
+                "not_completed": {status: n for status, n in outcomes.items() if status != "completed"}}
     finally:
         stop([worker])
+
+
+def bench_citadel(args, server, workdir, fleet_events=True):
+    """citadel work on the queue; `fleet_events` off runs the same node
+    without its citadel:v1:events writes (their cost, same run)."""
+    return bench_consumer(args, server, lambda: citadel_worker(args, server, workdir, "bench", fleet_events))
+
+
+def bench_floor(args, server, workdir):
+    """The floor: the same Redis work per job, nothing else (benches/queue_floor.rs)."""
+    return bench_consumer(args, server, lambda: floor_worker(args, server, "bench"))
+
+
+def bench_lone(args, server, workdir):
+    """A lone job's round trip at low load: enqueue -> its `end` on
+    Pub/Sub, one job at a time, through citadel and through the floor."""
+    r = server.client
+    results = {}
+    for name, start in (("citadel", lambda: citadel_worker(args, server, workdir, "lone")),
+                        ("floor", lambda: floor_worker(args, server, "lone"))):
+        r.flushall()
+        worker = start()
+        try:
+            pubsub = r.pubsub(ignore_subscribe_messages=True)
+            samples = []
+            for n in range(args.lone_jobs + 20):
+                job = f"lone-{n}"
+                pubsub.subscribe(f"stream:v1:{job}")
+                pubsub.get_message(timeout=1.0)
+                sent = time.perf_counter_ns()
+                r.xadd("jobs:v1:lone", {"jobId": job, "type": "noop", "payload": "{}"})
+                deadline = time.time() + args.timeout
+                while True:
+                    message = pubsub.get_message(timeout=1.0)
+                    if message and json.loads(message["data"])["type"] == "end":
+                        break
+                    if time.time() > deadline:
+                        raise RuntimeError(f"{name}: no end for {job} after {args.timeout}s")
+                if n >= 20:  # the first ones warm up (component load, connections)
+                    samples.append(time.perf_counter_ns() - sent)
+                pubsub.unsubscribe(f"stream:v1:{job}")
+            pubsub.close()
+            results[name] = percentiles(samples)
+        finally:
+            stop([worker])
+    return results
+
+
+def statuses(r, jobs):
+    """How many of the bench's jobs ended in each status (their status hashes)."""
+    pipe = r.pipeline(transaction=False)
+    for n in range(jobs):
+        pipe.hget(f"job:job-{n}:status", "status")
+    counts = {}
+    for status in pipe.execute():
+        status = status.decode() if status else "none"
+        counts[status] = counts.get(status, 0) + 1
+    return counts
 
 
 def python_env(workdir, url):
@@ -212,6 +300,16 @@ def subscribe(r, channel, expected, latencies, ready):
     pubsub.close()
 
 
+BASELINE_PUBLISHER = """
+import sys, time, redis
+url, chunks, interval_us = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+publisher = redis.Redis.from_url(url)
+for _ in range(chunks):
+    publisher.publish("raw", str(time.time_ns()))
+    time.sleep(interval_us / 1e6)
+"""
+
+
 def bench_latency(args, server, workdir):
     r = server.client
     r.flushall()
@@ -221,10 +319,10 @@ def bench_latency(args, server, workdir):
     thread = threading.Thread(target=subscribe, args=(redis.Redis.from_url(server.url), "raw", chunks, baseline, ready))
     thread.start()
     ready.wait()
-    publisher = redis.Redis.from_url(server.url)
-    for _ in range(chunks):
-        publisher.publish("raw", str(time.time_ns()))
-        time.sleep(interval_us / 1e6)
+    # From its own process, as citadel's chunks come from the worker's: a
+    # publisher sharing the subscriber's process and GIL would slow the
+    # baseline and flatter citadel.
+    subprocess.run([sys.executable, "-c", BASELINE_PUBLISHER, server.url, str(chunks), str(interval_us)], check=True)
     thread.join(timeout=60)
 
     env = dict(os.environ, CITADEL_SANDBOX__CACHE_DIR=str(workdir / "cache"), CITADEL_LOG="warn")
@@ -251,13 +349,16 @@ def bench_latency(args, server, workdir):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--citadel", required=True)
+    parser.add_argument("--floor", required=True, help="the floor consumer (target/release/citadel-queue-floor)")
+    parser.add_argument("--lone-jobs", type=int, default=200)
     parser.add_argument("--guests", required=True)
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--chunks", type=int, default=2000)
     parser.add_argument("--citadel-concurrency", type=int, default=16)
     parser.add_argument("--timeout", type=int, default=300)
     parser.add_argument("--only", nargs="*",
-                        default=["citadel", "citadel_no_events", "celery", "rq", "rq_simple", "dramatiq", "latency"])
+                        default=["floor", "citadel", "citadel_no_events", "celery", "rq", "rq_simple", "dramatiq", "lone",
+                                 "latency"])
     parser.add_argument("--out", help="also write the JSON summary here")
     parser.add_argument("--cpu", action="store_true", help="print citadel's CPU time per job (diagnostic)")
     args = parser.parse_args()
@@ -267,9 +368,10 @@ def main():
     try:
         rq_simple = lambda args, server, workdir: bench_rq(args, server, workdir, "rq.worker.SimpleWorker")
         no_events = lambda args, server, workdir: bench_citadel(args, server, workdir, fleet_events=False)
-        for name, bench in (("citadel", bench_citadel), ("citadel_no_events", no_events), ("celery", bench_celery),
+        for name, bench in (("floor", bench_floor), ("citadel", bench_citadel), ("citadel_no_events", no_events), ("celery", bench_celery),
                             ("rq", bench_rq),
-                            ("rq_simple", rq_simple), ("dramatiq", bench_dramatiq), ("latency", bench_latency)):
+                            ("rq_simple", rq_simple), ("dramatiq", bench_dramatiq), ("lone", bench_lone),
+                            ("latency", bench_latency)):
             if name in args.only:
                 print(f"running {name}...", file=sys.stderr, flush=True)
                 results[name] = bench(args, server, workdir)

@@ -88,14 +88,32 @@ impl Batch {
         Ok(values)
     }
 
+    /// Add `other`'s commands after this batch's.
+    pub fn append(&mut self, other: Batch) {
+        self.cmds.extend(other.cmds);
+    }
+
     /// Send this batch on its own; the replies of its commands.
     pub async fn send(&self, conn: &Connection) -> RedisResult<Vec<Value>> {
-        let mut pipe = redis::pipe();
-        self.append_to(&mut pipe);
-        let mut conn = conn.clone();
-        let replies: Vec<RedisResult<Value>> = pipe.ignore_errors().query_async(&mut conn).await?;
-        self.results(replies)
+        let mut results = send_together(conn, std::slice::from_ref(self)).await?;
+        results.pop().unwrap_or_else(|| Ok(Vec::new()))
     }
+}
+
+/// Send `batches` in one pipeline (one write, one read); each batch's
+/// replies, or its first error. The outer error: the round trip failed.
+pub async fn send_together(conn: &Connection, batches: &[Batch]) -> RedisResult<Vec<RedisResult<Vec<Value>>>> {
+    let mut pipe = redis::pipe();
+    for batch in batches {
+        batch.append_to(&mut pipe);
+    }
+    let mut conn = conn.clone();
+    let replies: Vec<RedisResult<Value>> = pipe.ignore_errors().query_async(&mut conn).await?;
+    let mut replies = replies.into_iter();
+    Ok(batches
+        .iter()
+        .map(|batch| batch.results(replies.by_ref().take(batch.reply_count()).collect()))
+        .collect())
 }
 
 type Request = (Batch, oneshot::Sender<RedisResult<Vec<Value>>>);
@@ -142,22 +160,15 @@ async fn commit_loop(conn: Connection, mut queue: mpsc::UnboundedReceiver<Reques
                 Err(_) => break,
             }
         }
-        let mut pipe = redis::pipe();
-        for (batch, _) in &group {
-            batch.append_to(&mut pipe);
-        }
-        let mut conn = conn.clone();
-        let sent: RedisResult<Vec<RedisResult<Value>>> = pipe.ignore_errors().query_async(&mut conn).await;
-        match sent {
-            Ok(replies) => {
-                let mut replies = replies.into_iter();
-                for (batch, done) in group {
-                    let own: Vec<RedisResult<Value>> = replies.by_ref().take(batch.reply_count()).collect();
-                    let _ = done.send(batch.results(own));
+        let (batches, dones): (Vec<Batch>, Vec<_>) = group.into_iter().unzip();
+        match send_together(&conn, &batches).await {
+            Ok(results) => {
+                for (result, done) in results.into_iter().zip(dones) {
+                    let _ = done.send(result);
                 }
             }
             Err(err) => {
-                for (_, done) in group {
+                for done in dones {
                     let _ = done.send(Err(err.clone()));
                 }
             }

@@ -221,6 +221,39 @@ impl EventPublisher {
         worker_id: &str,
         started: Option<(&FleetPublisher, &FleetEvent)>,
     ) -> redis::RedisResult<bool> {
+        let mut batch = Batch::new();
+        self.start_in(
+            &mut batch, job_id, ray_id, claimed, start, message_id, worker_id, started,
+        );
+        let replies = match self.committer.send(batch.clone()).await {
+            // Redis restarted (or flushed its scripts): load it and go again.
+            Err(err) if err.code() == Some("NOSCRIPT") => {
+                let mut load = Batch::new();
+                load.push(Self::load_start_script());
+                load.append(batch);
+                self.committer.send(load).await?.split_off(1)
+            }
+            other => other?,
+        };
+        let cancelled: i64 = redis::from_redis_value(replies.into_iter().next().unwrap_or(Value::Nil))?;
+        Ok(cancelled == 0)
+    }
+
+    /// Add what [`EventPublisher::start`] sends to `batch` (its one reply:
+    /// 0 started, 1 cancel flag set). The script must be loaded: a reply
+    /// `NOSCRIPT` asks for [`EventPublisher::load_start_script`] first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_in(
+        &self,
+        batch: &mut Batch,
+        job_id: &str,
+        ray_id: Option<&str>,
+        claimed: EventKind,
+        start: EventKind,
+        message_id: &str,
+        worker_id: &str,
+        started: Option<(&FleetPublisher, &FleetEvent)>,
+    ) {
         let now = SystemTime::now();
         let meta = self.meta();
         let claimed = JobEvent {
@@ -263,20 +296,12 @@ impl EventPublisher {
             .arg(fleet_max)
             .arg(&fleet_fields[..])
             .arg(status_fields(JobStatus::Running, message_id, worker_id));
-        let mut batch = Batch::new();
-        batch.push(evalsha.clone());
-        let replies = match self.committer.send(batch).await {
-            // Redis restarted (or flushed its scripts): load it and go again.
-            Err(err) if err.code() == Some("NOSCRIPT") => {
-                let mut load = Batch::new();
-                load.push(redis::cmd("SCRIPT").arg("LOAD").arg(START_SCRIPT).to_owned());
-                load.push(evalsha);
-                self.committer.send(load).await?.split_off(1)
-            }
-            other => other?,
-        };
-        let cancelled: i64 = redis::from_redis_value(replies.into_iter().next().unwrap_or(Value::Nil))?;
-        Ok(cancelled == 0)
+        batch.push(evalsha);
+    }
+
+    /// `SCRIPT LOAD` of the start script.
+    pub fn load_start_script() -> redis::Cmd {
+        redis::cmd("SCRIPT").arg("LOAD").arg(START_SCRIPT).to_owned()
     }
 
     /// A job's recorded status and last error.

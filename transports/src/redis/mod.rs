@@ -29,7 +29,7 @@ pub mod registry;
 mod sentinel;
 mod wake;
 
-pub use batch::{Batch, Committer};
+pub use batch::{Batch, Committer, send_together};
 pub use cancel::CancelFlags;
 pub use connection::Connection;
 pub use endpoint::{Endpoint, EndpointError, RedisSettings, Refused, ShownUrl};
