@@ -8,6 +8,9 @@
 //! - `native`: the same work as a plain Rust function (the floor);
 //! - `process_per_job`: spawning `citadel run` for each job (what isolation
 //!   by process costs).
+//!
+//! With the node's allocator (mimalloc, as the `citadel` binary), for every
+//! variant alike.
 
 use std::process::Command;
 use std::time::Duration;
@@ -22,6 +25,9 @@ use citadel_runtime::{Allocation, Chunk, JobSpec};
 use criterion::{Criterion, criterion_group, criterion_main};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const PAYLOAD: &str = r#"{"text":"hello world"}"#;
 

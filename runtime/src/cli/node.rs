@@ -118,9 +118,13 @@ pub(super) async fn run_node(
             return Err(failure);
         }
     }
-    node.run(stop)
+    // On the runtime's workers, not the thread blocked on the command: the
+    // tasks the node wakes are then woken from a worker, without a
+    // cross-thread hand-off (and a futex wake-up) each.
+    let ran = tokio::spawn(node.run(stop))
         .await
-        .map_err(|err| Failure::job(format!("worker failed: {err}")))
+        .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()));
+    ran.map_err(|err| Failure::job(format!("worker failed: {err}")))
 }
 
 /// On SIGTERM/SIGINT fire `stop` (drain); on a second, kill the services
