@@ -1,12 +1,22 @@
 #!/usr/bin/env python3
-"""Print the README benchmark tables from criterion's estimates and the
-queue benchmark's JSON summary.
+"""The README's benchmark tables, from one run of scripts/bench.
+
+Gathers criterion's medians (target/criterion) and every end-to-end bench's
+JSON summary (target/bench/*.json) into one run, saves it (--save
+docs/bench/run.json), prints every table, and rewrites the README's
+generated blocks (--readme README.md: between `<!-- bench:NAME -->` and
+`<!-- /bench:NAME -->`), so no table in the README is edited by hand.
+`--load docs/bench/run.json --readme README.md` renders a saved run again.
 
 Each row is a measurement of this run with its ratio to the baseline of its
 group, measured in the same run (never a lone absolute time).
 """
+import argparse
+import contextlib
+import io
 import json
 import pathlib
+import re
 import sys
 
 # group -> (baseline, [(bench, label)])
@@ -64,20 +74,26 @@ CRITERION = {
 }
 
 QUEUES = [
-    ("celery", "Celery 5.7, prefork, 2 processes"),
-    ("rq", "RQ 3.0, 2 workers (default: fork per job)"),
-    ("rq_simple", "RQ 3.0, 2 SimpleWorkers (no fork)"),
-    ("dramatiq", "Dramatiq 2.2, 2 processes × 8 threads"),
+    ("floor", "floor: citadel's Redis work per job and nothing else (`benches/queue_floor.rs`, 64 per read)"),
     ("citadel", "citadel work, 16 concurrent jobs, one process"),
     ("citadel_no_events", "the same with fleet events off (`telemetry.events = false`)"),
+    ("dramatiq", "Dramatiq 2.2, 2 processes × 8 threads"),
+    ("rq_simple", "RQ 3.0, 2 SimpleWorkers (no fork)"),
+    ("rq", "RQ 3.0, 2 workers (default: fork per job)"),
+    ("celery", "Celery 5.7, prefork, 2 processes"),
 ]
 
 
-def median_ns(root, group, bench):
-    path = root / group / bench / "new" / "estimates.json"
-    if not path.exists():
-        return None
-    return json.loads(path.read_text())["median"]["point_estimate"]
+def criterion_medians(root):
+    """{group: {bench: median ns}} of every bench in the CRITERION list
+    that has estimates under `root` (criterion's output directory)."""
+    medians = {}
+    for group, (_, rows) in CRITERION.items():
+        for bench, _ in rows:
+            path = root / group / bench / "new" / "estimates.json"
+            if path.exists():
+                medians.setdefault(group, {})[bench] = json.loads(path.read_text())["median"]["point_estimate"]
+    return medians
 
 
 def human(ns):
@@ -87,56 +103,97 @@ def human(ns):
     return f"{ns:.3g} ns"
 
 
-def criterion_table(root):
+def criterion_table(medians):
     print("| measurement | median | vs baseline |")
     print("| --- | ---: | ---: |")
     for group, (baseline, rows) in CRITERION.items():
-        base = median_ns(root, group, baseline)
+        base = medians.get(group, {}).get(baseline)
         for bench, label in rows:
-            value = median_ns(root, group, bench)
+            value = medians.get(group, {}).get(bench)
             if value is None or base is None:
                 continue
             note = "baseline" if bench == baseline else f"{value / base:.3g}×"
             print(f"| {group}: {label} | {human(value)} | {note} |")
-    snapshot_cpu = median_ns(root, "snapshot_cpu", "node_snapshot")
+    snapshot_cpu = medians.get("snapshot_cpu", {}).get("node_snapshot")
     if snapshot_cpu is not None:
         print(f"| collector at a 1 s status interval: share of one core | {snapshot_cpu / 1e9 * 100:.3f} % | |")
 
 
+def rate_of(result):
+    """jobs/s of a queue result (a number, or citadel's dict with its
+    completed and not-completed counts)."""
+    return result["jobs_per_s"] if isinstance(result, dict) else result
+
+
 def queue_tables(summary):
     jobs = summary.get("jobs")
-    celery = summary.get("celery")
-    print(f"\n| no-op jobs through one local Redis ({jobs} jobs each) | jobs/s | vs Celery |")
-    print("| --- | ---: | ---: |")
+    rates = {name: rate_of(summary[name]) for name, _ in QUEUES if summary.get(name) is not None}
+    floor, celery = rates.get("floor"), rates.get("celery")
+    print(f"\n| no-op jobs through one local Redis ({jobs} jobs each; completed jobs only) | jobs/s | of the floor | vs Celery |")
+    print("| --- | ---: | ---: | ---: |")
     for name, label in QUEUES:
-        rate = summary.get(name)
-        if rate is None:
+        if name not in rates:
             continue
-        note = "baseline" if name == "celery" else (f"{rate / celery:.3g}×" if celery else "")
-        print(f"| {label} | {rate:,.0f} | {note} |")
-    if summary.get("citadel") and summary.get("citadel_no_events"):
-        cost = 1 - summary["citadel"] / summary["citadel_no_events"]
-        print(f"| cost of the job events on citadel's jobs/s (the two rows above) | {cost * 100:+.1f} % | |")
+        rate = rates[name]
+        result = summary[name]
+        if isinstance(result, dict) and result.get("not_completed"):
+            label += " — not completed: " + ", ".join(f"{n} {status}" for status, n in result["not_completed"].items())
+        of_floor = "floor" if name == "floor" else (f"{rate / floor * 100:.0f} %" if floor else "")
+        vs_celery = "baseline" if name == "celery" else (f"{rate / celery:.3g}×" if celery else "")
+        print(f"| {label} | {rate:,.0f} | {of_floor} | {vs_celery} |")
+    if rates.get("citadel") and rates.get("dramatiq"):
+        print(f"| citadel vs Dramatiq | {rates['citadel'] / rates['dramatiq']:.2f}× | | |")
+    if rates.get("citadel") and rates.get("citadel_no_events"):
+        cost = 1 - rates["citadel"] / rates["citadel_no_events"]
+        print(f"| cost of the job events on citadel's jobs/s (the two citadel rows) | {cost * 100:+.1f} % | | |")
+    lone = summary.get("lone")
+    if lone:
+        base, ours = lone["floor"], lone["citadel"]
+        print("\n| a lone job's round trip at low load (enqueue → `end` on Pub/Sub) | p50 | p99 |")
+        print("| --- | ---: | ---: |")
+        print(f"| floor (the same Redis work, nothing else) | {base['p50_ms']:.3f} ms | {base['p99_ms']:.3f} ms |")
+        print(f"| citadel work (sandboxed `echo`) | {ours['p50_ms']:.3f} ms | {ours['p99_ms']:.3f} ms |")
+        print(f"| citadel added over the floor | {ours['p50_ms'] - base['p50_ms']:+.3f} ms "
+              f"| {ours['p99_ms'] - base['p99_ms']:+.3f} ms |")
     latency = summary.get("latency")
     if latency:
         base, ours = latency["baseline"], latency["citadel"]
         print("\n| chunk latency (emit → redis-py subscriber) | p50 | p99 |")
         print("| --- | ---: | ---: |")
-        print(f"| baseline: Python PUBLISH → same subscriber | {base['p50_ms']:.3f} ms | {base['p99_ms']:.3f} ms |")
+        print(f"| baseline: Python PUBLISH from another process → same subscriber | {base['p50_ms']:.3f} ms | {base['p99_ms']:.3f} ms |")
         print(f"| citadel: guest `emit` → subscriber | {ours['p50_ms']:.3f} ms | {ours['p99_ms']:.3f} ms |")
         print(f"| citadel added over the baseline | {ours['p50_ms'] - base['p50_ms']:+.3f} ms "
               f"| {ours['p99_ms'] - base['p99_ms']:+.3f} ms |")
 
 
+def recovery_table(summary):
+    ttl, poll = summary["liveness_ttl_ms"], summary["cancel_poll_ms"]
+    print(f"\n| recovery, release nodes, default settings | median | max | median vs baseline |")
+    print("| --- | ---: | ---: | ---: |")
+    print(f"| baseline: the liveness TTL a dead worker's jobs wait out by design | {ttl} ms | | baseline |")
+    print(f"| `kill -9` of a node running 2 jobs → both started again on another ({summary['resume_rounds']} rounds) "
+          f"| {summary['resume_median_ms']:.0f} ms | {summary['resume_max_ms']:.0f} ms "
+          f"| {summary['resume_median_ms'] / ttl:.2f}× |")
+    print(f"| baseline: the cancel flag poll (`worker.cancel_poll_ms`) | {poll} ms | | baseline |")
+    print(f"| cancel flag set → the running job's `cancelled` event ({summary['cancels']} jobs) "
+          f"| {summary['cancel_median_ms']:.0f} ms | {summary['cancel_max_ms']:.0f} ms "
+          f"| {summary['cancel_median_ms'] / poll:.2f}× |")
+
+
 def telemetry_table(summary):
-    print(f"\n| idle `citadel work` node, CPU over {summary['window_s']:.0f} s | share of one core | vs baseline |")
+    pairs = summary.get("pairs", 1)
+    print(f"\n| idle `citadel work` node, CPU ({pairs} alternating runs of {summary['window_s']:.0f} s each, "
+          f"read in {summary.get('resolution', 'clock ticks')}) | share of one core | vs baseline |")
     print("| --- | ---: | ---: |")
     base = summary["idle_node_status_hourly_core_share"]
     ours = summary["idle_node_status_every_second_core_share"]
     print(f"| baseline: status every hour | {base * 100:.3f} % | baseline |")
     print(f"| status every second | {ours * 100:.3f} % | {ours / base:.3g}× |" if base else
           f"| status every second | {ours * 100:.3f} % | |")
-    print(f"| telemetry at a 1 s interval (the difference) | {(ours - base) * 100:.3f} % | |")
+    difference = summary["telemetry_at_1s_core_share"]
+    ci = summary.get("telemetry_at_1s_ci95_core_share")
+    interval = f" (95 % CI {ci[0] * 100:.3f} … {ci[1] * 100:.3f} %)" if ci else ""
+    print(f"| telemetry at a 1 s interval: the difference, mean of the pairs{interval} | {difference * 100:.3f} % | |")
 
 
 def inference_table(summary):
@@ -177,6 +234,11 @@ def fleet_table(summary):
     print(f"| rollback to a component the node compiled before | {summary['swap_cached_ms']:.1f} ms "
           f"| {summary['swap_cached_ms'] / job:.3g}× |")
     print(f"| (`citadel component publish` itself: local check and compile, Redis write) | {summary['publish_cli_ms']:.1f} ms | |")
+    if "outcomes" in summary:
+        outcomes = summary["outcomes"]
+        others = ", ".join(f"{n} {status}" for status, n in outcomes.items() if status != "completed") or "none"
+        print(f"| jobs enqueued during the swaps: completed / failed or unfinished | "
+              f"{outcomes.get('completed', 0)} of {summary['jobs']} | {others} |")
 
 
 def monitor_table(summary):
@@ -279,26 +341,79 @@ def neighbours_table(summary):
 
 # Each saved measurement and its table, in the order scripts/bench passes
 # them (after the criterion directory); a missing file prints nothing.
-TABLES = [
-    ("queues", queue_tables),
-    ("telemetry", telemetry_table),
-    ("inference", inference_table),
-    ("fleet", fleet_table),
-    ("monitor", monitor_table),
-    ("dashboard", dashboard_table),
-    ("soak", soak_table),
-    ("fuzz", fuzz_table),
-    ("hostile", hostile_table),
-    ("neighbours", neighbours_table),
-]
+TABLES = {
+    "criterion": criterion_table,
+    "queues": queue_tables,
+    "recovery": recovery_table,
+    "telemetry": telemetry_table,
+    "inference": inference_table,
+    "fleet": fleet_table,
+    "monitor": monitor_table,
+    "dashboard": dashboard_table,
+    "soak": soak_table,
+    "fuzz": fuzz_table,
+    "hostile": hostile_table,
+    "neighbours": neighbours_table,
+}
+
+
+def gather(criterion_root, bench_dir):
+    """One run's results: criterion's medians and each end-to-end bench's
+    JSON summary (those this run produced)."""
+    run = {}
+    medians = criterion_medians(criterion_root)
+    if medians:
+        run["criterion"] = medians
+    for name in TABLES:
+        path = bench_dir / f"{name}.json"
+        if name != "criterion" and path.exists():
+            run[name] = json.loads(path.read_text())
+    return run
+
+
+def render(name, summary):
+    """The markdown of one table group."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        TABLES[name](summary)
+    return out.getvalue().strip("\n")
+
+
+def rewrite_readme(readme, run):
+    """Replace each `<!-- bench:NAME -->` … `<!-- /bench:NAME -->` block of
+    `readme` with the table NAME of `run`; a block this run has no data for
+    is left as it was, and named."""
+    text = readme.read_text()
+    for name in TABLES:
+        block = re.compile(rf"(<!-- bench:{name} -->\n).*?(\n<!-- /bench:{name} -->)", re.S)
+        if not block.search(text):
+            continue
+        if name not in run:
+            print(f"README block `{name}` kept: this run has no `{name}` results", file=sys.stderr)
+            continue
+        text = block.sub(lambda match: match.group(1) + render(name, run[name]) + match.group(2), text)
+    readme.write_text(text)
 
 
 def main():
-    criterion_table(pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/criterion"))
-    for position, (name, table) in enumerate(TABLES, start=2):
-        path = pathlib.Path(sys.argv[position] if len(sys.argv) > position else f"target/bench/{name}.json")
-        if path.exists():
-            table(json.loads(path.read_text()))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--criterion", default="target/criterion", type=pathlib.Path,
+                        help="criterion's output directory")
+    parser.add_argument("--bench-dir", default="target/bench", type=pathlib.Path,
+                        help="where the end-to-end benches wrote their JSON")
+    parser.add_argument("--save", type=pathlib.Path, help="write this run's results here (one JSON file)")
+    parser.add_argument("--load", type=pathlib.Path, help="render a saved run instead of gathering one")
+    parser.add_argument("--readme", type=pathlib.Path, help="rewrite this file's bench blocks from the run")
+    args = parser.parse_args()
+    run = json.loads(args.load.read_text()) if args.load else gather(args.criterion, args.bench_dir)
+    if args.save:
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        args.save.write_text(json.dumps(run, indent=1, sort_keys=True) + "\n")
+    for name in TABLES:
+        if name in run:
+            print(render(name, run[name]) + "\n")
+    if args.readme:
+        rewrite_readme(args.readme, run)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ job's completion (fetch, digest and signature checks, compile, swap, the
 job). Then `citadel component rollback` points the job type back at echo,
 which the node has compiled before: `swap_cached`. The baseline, in the
 same run, is the same enqueue-to-completion path on a handler that does not
-change (`job`).
+change (`job`). Every job enqueued during the run is accounted for at the
+end by its final status: any that failed or never finished is reported.
 
 Prints a JSON summary (and writes --out) for scripts/bench-table.py.
 """
@@ -103,6 +104,24 @@ class Node:
             time.sleep(0.002)
         raise RuntimeError("the new handler never served a job")
 
+    def outcomes(self, timeout=30):
+        """Every job enqueued so far, by final status, once none is still
+        running (or `timeout` passed: those count as `unfinished`)."""
+        deadline = time.perf_counter() + timeout
+        while True:
+            pipe = self.r.pipeline(transaction=False)
+            for n in range(1, self.jobs + 1):
+                pipe.hget(f"job:job-{n}:status", "status")
+            statuses = [status.decode() if status else "unfinished" for status in pipe.execute()]
+            unsettled = [s for s in statuses if s in ("unfinished", "running", "retrying")]
+            if not unsettled or time.perf_counter() > deadline:
+                counts = {}
+                for status in statuses:
+                    status = "unfinished" if status in ("running", "retrying") else status
+                    counts[status] = counts.get(status, 0) + 1
+                return counts
+            time.sleep(0.05)
+
     def job_time(self):
         job = self.enqueue()
         started = time.perf_counter()
@@ -135,12 +154,14 @@ def main():
                 node.cli("rollback", "--job-type", "bench")
                 cached_s.append(node.until_served(lambda result: "word_count" not in result))
                 job_s.extend(node.job_time() for _ in range(5))
+            outcomes = node.outcomes()
         finally:
             stop([node.proc])
             server.stop()
     ms = lambda samples: round(statistics.median(samples) * 1000, 1)
     summary = {"rounds": args.rounds, "swap_compile_ms": ms(compile_s), "swap_compile_max_ms": round(max(compile_s) * 1000, 1),
-               "swap_cached_ms": ms(cached_s), "publish_cli_ms": ms(publish_s), "job_ms": ms(job_s)}
+               "swap_cached_ms": ms(cached_s), "publish_cli_ms": ms(publish_s), "job_ms": ms(job_s),
+               "jobs": sum(outcomes.values()), "outcomes": outcomes}
     print(json.dumps(summary))
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(summary))

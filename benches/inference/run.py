@@ -14,7 +14,8 @@ SSE, each token the wall-clock time of its emit in ns, at `--rate` tokens/s
   and emitted back (`complete` + `next` + `emit`).
 
 Latency = receive time - emit time, p50/p99. Throughput: tokens/s from the
-first chunk to the last, with the source unthrottled. Then one run of the
+first token received to the last, on every path (the same window), with the
+source unthrottled. Then one run of the
 splice path against the real llama.cpp engine (`--llm URL`), where the
 latency is measured from the engine's own SSE, read alongside.
 
@@ -136,7 +137,8 @@ def read_sse(url, body, on_data):
 
 
 def direct(url, tokens):
-    latencies = []
+    """Read the engine's SSE directly: (latencies, receive times) of its tokens."""
+    latencies, times = [], []
 
     def on_data(data):
         received = time.time_ns()
@@ -145,9 +147,10 @@ def direct(url, tokens):
         content = (choices[0].get("delta") or {}).get("content")
         if content:
             latencies.append(received - int(content))
+            times.append(received)
 
     read_sse(url, {"model": "synthetic", "messages": [], "max_tokens": tokens, "stream": True}, on_data)
-    return latencies
+    return latencies, times
 
 
 def job_chunks(r, job_id, payload, expected, stamped=True):
@@ -225,7 +228,7 @@ def main():
     procs = []
     try:
         paced, paced_url = start_source(args.rate)
-        results["direct"] = percentiles(direct(paced_url, args.tokens))
+        results["direct"] = percentiles(direct(paced_url, args.tokens)[0])
         procs.append(node(args, workdir, server, paced_url))
         base = {"model": "synthetic", "messages": [{"role": "user", "content": "go"}]}
         job_chunks(r, "warm", dict(base, max_tokens=50), 50)
@@ -238,9 +241,9 @@ def main():
 
         paced.kill()
         fast, fast_url = start_source(0)
-        started = time.time_ns()
-        count = len(direct(fast_url, args.throughput_tokens))
-        results["direct_tokens_per_s"] = count / ((time.time_ns() - started) / 1e9)
+        # Every path over the same window: first token received to last.
+        _, times = direct(fast_url, args.throughput_tokens)
+        results["direct_tokens_per_s"] = (len(times) - 1) / ((times[-1] - times[0]) / 1e9)
         procs.append(node(args, workdir, server, fast_url))
         job_chunks(r, "warm2", dict(base, max_tokens=50), 50)
         for name, extra in (("splice", {}), ("pull", {"splice": False})):
