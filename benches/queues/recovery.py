@@ -38,8 +38,9 @@ def node(args, server, workdir, name):
                CITADEL_WORKER__CANCEL_POLL_MS=str(CANCEL_POLL_MS), CITADEL_WORKER__SHUTDOWN_GRACE_MS="0")
     return subprocess.Popen(
         [args.citadel, "work", "--redis-url", server.url, "--queue", "recovery", "--node-id", name,
+         "--status-addr", "127.0.0.1:0",
          "--handler", f"slow={args.guests}/slow.wasm"],
-        env=env, stdout=subprocess.DEVNULL)
+        env=env, stdout=subprocess.DEVNULL, stderr=open(workdir / f"{name}.log", "a"))
 
 
 class Events:
@@ -48,10 +49,17 @@ class Events:
     def __init__(self, server):
         self.pubsub = server.client.pubsub(ignore_subscribe_messages=True)
         self.pubsub.psubscribe("stream:v1:*")
-        self.seen = []
+        self.unclaimed, self.last = [], None
 
     def until(self, predicate, timeout=60):
-        """Read events until `predicate(event)` holds; the arrival time."""
+        """The arrival time of the first event not yet taken for which
+        `predicate(event)` holds, reading more until one does (events that
+        arrived meanwhile are kept for later calls)."""
+        for index, (arrived, event) in enumerate(self.unclaimed):
+            if predicate(event):
+                del self.unclaimed[index]
+                self.last = event
+                return arrived
         deadline = time.perf_counter() + timeout
         while time.perf_counter() < deadline:
             message = self.pubsub.get_message(timeout=1.0)
@@ -59,10 +67,11 @@ class Events:
                 continue
             arrived = time.perf_counter()
             event = json.loads(message["data"])
-            self.seen.append(event)
             if predicate(event):
+                self.last = event
                 return arrived
-        raise RuntimeError(f"timed out waiting for an event; last ones: {self.seen[-5:]}")
+            self.unclaimed.append((arrived, event))
+        raise RuntimeError(f"timed out waiting for an event; last ones: {self.unclaimed[-5:]}")
 
 
 def enqueue(server, job, ms):
@@ -83,17 +92,19 @@ def resume_round(args, server, workdir, n):
             events.until(lambda event, job=job: event["jobId"] == job and event["type"] == "start")
         survivor = node(args, server, workdir, "survivor")
         deadline = time.time() + 30
-        while len(server.client.keys("citadel:v1:consumer:*")) < 2:
+        # The survivor's own liveness key: it is up and sweeping.
+        while not server.client.keys("citadel:v1:consumer:citadel-workers:survivor-*"):
             if time.time() > deadline:
-                raise RuntimeError("the second node never beat")
+                raise RuntimeError("the second node never beat: " + (workdir / "survivor.log").read_text()[-2000:])
             time.sleep(0.01)
         doomed.send_signal(signal.SIGKILL)
         doomed.wait()
         killed = time.perf_counter()
         waiting = set(jobs)
         while waiting:
-            last = events.until(lambda event: event["type"] == "start" and event["jobId"] in waiting)
-            waiting.discard(events.seen[-1]["jobId"])
+            last = events.until(lambda event: event["type"] == "start" and event["jobId"] in waiting
+                                and event["data"]["meta"]["node_id"] == "survivor")
+            waiting.discard(events.last["jobId"])
         return last - killed
     finally:
         stop([proc for proc in (doomed, survivor) if proc])
