@@ -16,7 +16,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use citadel_runtime::config::TelemetryConfig;
 use citadel_runtime::dispatch::JobInfo;
 use citadel_runtime::dispatch::fleet::{Ended, JobEvents};
@@ -25,48 +25,30 @@ use citadel_transports::redis::{
     ReplayConfig, send_together,
 };
 use citadel_transports::wire::{self, EventKind, JobStatus, NodeMeta};
+use clap::Parser;
 
 /// What one run does.
+#[derive(Parser)]
+#[command(about = "The queue benchmark's floor: citadel's Redis work per no-op job, and nothing else")]
 struct Args {
+    /// The Redis to read jobs from.
+    #[arg(long)]
     redis_url: String,
+    /// The queue (`jobs:v1:<queue>`).
+    #[arg(long, default_value = "bench")]
     queue: String,
+    /// The consumer group.
+    #[arg(long, default_value = "citadel-workers")]
     group: String,
+    /// Entries per read (their starts and their settles each go in one pipeline).
+    #[arg(long, default_value_t = 64)]
     batch: usize,
-    jobs: u64,
-    fleet_events: bool,
-}
-
-impl Args {
-    fn parse() -> anyhow::Result<Args> {
-        let mut args = Args {
-            redis_url: String::new(),
-            queue: "bench".into(),
-            group: "citadel-workers".into(),
-            batch: 64,
-            jobs: u64::MAX,
-            fleet_events: true,
-        };
-        let mut given = std::env::args().skip(1);
-        while let Some(flag) = given.next() {
-            let mut value = || given.next().with_context(|| format!("{flag} needs a value"));
-            match flag.as_str() {
-                "--redis-url" => args.redis_url = value()?,
-                "--queue" => args.queue = value()?,
-                "--group" => args.group = value()?,
-                "--batch" => args.batch = value()?.parse().context("--batch: a number of entries")?,
-                "--jobs" => args.jobs = value()?.parse().context("--jobs: a number of jobs")?,
-                "--no-fleet-events" => args.fleet_events = false,
-                other => bail!(
-                    "unknown argument {other}; usage: citadel-queue-floor --redis-url URL [--queue Q] [--group G] \
-                     [--batch N] [--jobs N] [--no-fleet-events]"
-                ),
-            }
-        }
-        if args.redis_url.is_empty() {
-            bail!("--redis-url is required");
-        }
-        Ok(args)
-    }
+    /// Exit after this many jobs (without it: run until killed).
+    #[arg(long)]
+    jobs: Option<u64>,
+    /// Leave out the fleet's job events (`telemetry.events = false`).
+    #[arg(long)]
+    no_fleet_events: bool,
 }
 
 /// The node's Redis writers, configured as `citadel work`'s defaults.
@@ -117,7 +99,7 @@ impl Floor {
         let status_ttl = Duration::from_secs(worker.status_ttl_s);
         let events = EventPublisher::new(conn.clone(), committer, meta, replay, status_ttl);
         let telemetry = TelemetryConfig::default();
-        let fleet = args.fleet_events.then(|| {
+        let fleet = (!args.no_fleet_events).then(|| {
             let publisher = FleetPublisher::start(conn.clone(), telemetry.events_stream_maxlen);
             JobEvents::new(publisher, "floor", &telemetry)
         });
@@ -201,7 +183,7 @@ impl Floor {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse()?;
+    let args = Args::parse();
     let floor = Floor::new(&args)?;
     floor.queues.ensure_groups().await?;
     let mut load = Batch::new();
@@ -209,10 +191,9 @@ async fn main() -> anyhow::Result<()> {
     load.send(&floor.conn).await?;
     let started = SystemTime::now();
     let mut served = 0u64;
-    while served < args.jobs {
-        let count = args
-            .batch
-            .min(usize::try_from(args.jobs - served).unwrap_or(usize::MAX));
+    let jobs = args.jobs.unwrap_or(u64::MAX);
+    while served < jobs {
+        let count = args.batch.min(usize::try_from(jobs - served).unwrap_or(usize::MAX));
         let deliveries = floor.queues.read(count).await?;
         floor.serve(&deliveries).await?;
         served += deliveries.len() as u64;

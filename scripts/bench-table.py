@@ -148,22 +148,24 @@ def queue_tables(summary):
         print(f"| cost of the job events on citadel's jobs/s (the two citadel rows) | {cost * 100:+.1f} % | | |")
     lone = summary.get("lone")
     if lone:
-        base, ours = lone["floor"], lone["citadel"]
-        print("\n| a lone job's round trip at low load (enqueue → `end` on Pub/Sub) | p50 | p99 |")
-        print("| --- | ---: | ---: |")
-        print(f"| floor (the same Redis work, nothing else) | {base['p50_ms']:.3f} ms | {base['p99_ms']:.3f} ms |")
-        print(f"| citadel work (sandboxed `echo`) | {ours['p50_ms']:.3f} ms | {ours['p99_ms']:.3f} ms |")
-        print(f"| citadel added over the floor | {ours['p50_ms'] - base['p50_ms']:+.3f} ms "
-              f"| {ours['p99_ms'] - base['p99_ms']:+.3f} ms |")
+        added_table("a lone job's round trip at low load (enqueue → `end` on Pub/Sub)",
+                    ("floor (the same Redis work, nothing else)", lone["floor"]),
+                    ("citadel work (sandboxed `echo`)", lone["citadel"]), "citadel added over the floor")
     latency = summary.get("latency")
     if latency:
-        base, ours = latency["baseline"], latency["citadel"]
-        print("\n| chunk latency (emit → redis-py subscriber) | p50 | p99 |")
-        print("| --- | ---: | ---: |")
-        print(f"| baseline: Python PUBLISH from another process → same subscriber | {base['p50_ms']:.3f} ms | {base['p99_ms']:.3f} ms |")
-        print(f"| citadel: guest `emit` → subscriber | {ours['p50_ms']:.3f} ms | {ours['p99_ms']:.3f} ms |")
-        print(f"| citadel added over the baseline | {ours['p50_ms'] - base['p50_ms']:+.3f} ms "
-              f"| {ours['p99_ms'] - base['p99_ms']:+.3f} ms |")
+        added_table("chunk latency (emit → redis-py subscriber)",
+                    ("baseline: Python PUBLISH from another process → same subscriber", latency["baseline"]),
+                    ("citadel: guest `emit` → subscriber", latency["citadel"]), "citadel added over the baseline")
+
+
+def added_table(title, baseline, ours, added_label):
+    """p50/p99 of a baseline and of citadel's path, and what citadel adds."""
+    (base_label, base), (ours_label, ours) = baseline, ours
+    print(f"\n| {title} | p50 | p99 |")
+    print("| --- | ---: | ---: |")
+    for label, row in ((base_label, base), (ours_label, ours)):
+        print(f"| {label} | {row['p50_ms']:.3f} ms | {row['p99_ms']:.3f} ms |")
+    print(f"| {added_label} | {ours['p50_ms'] - base['p50_ms']:+.3f} ms | {ours['p99_ms'] - base['p99_ms']:+.3f} ms |")
 
 
 def recovery_table(summary):

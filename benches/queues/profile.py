@@ -19,7 +19,7 @@ import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from run import RedisServer, citadel_worker, enqueue_noops, stop  # noqa: E402
+from run import RedisServer, acknowledged, citadel_worker, enqueue_noops, stop  # noqa: E402
 
 
 def main():
@@ -39,21 +39,15 @@ def main():
         server = RedisServer(workdir)
         r = server.client
         worker = citadel_worker(args, server, workdir, "bench")
+        done = lambda: acknowledged(r)
         try:
-            def done():
-                groups = [g for g in r.xinfo_groups("jobs:v1:bench") if g["name"] == b"citadel-workers"]
-                return 0 if not groups else (groups[0]["entries-read"] or 0) - groups[0]["pending"]
-
             # Warm up (component load, connections), then record the drain.
             enqueue_noops(r, 2000)
             deadline = time.time() + 120
             while done() < 2000 and time.time() < deadline:
                 time.sleep(0.05)
             base = done()
-            pipe = r.pipeline(transaction=False)
-            for n in range(args.jobs):
-                pipe.xadd("jobs:v1:bench", {"jobId": f"profiled-{n}", "type": "noop", "payload": "{}"})
-            pipe.execute()
+            enqueue_noops(r, args.jobs, prefix="profiled")
             data = workdir / "perf.data"
             perf = subprocess.Popen(["perf", "record", "-F", "999", "--call-graph", "dwarf,32768", "-o", str(data),
                                      "-p", str(worker.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -102,10 +102,10 @@ def stop(procs):
             proc.kill()
 
 
-def enqueue_noops(r, jobs, queue="bench"):
+def enqueue_noops(r, jobs, queue="bench", prefix="job"):
     pipe = r.pipeline(transaction=False)
     for n in range(jobs):
-        pipe.xadd(f"jobs:v1:{queue}", {"jobId": f"job-{n}", "type": "noop", "payload": "{}"})
+        pipe.xadd(f"jobs:v1:{queue}", {"jobId": f"{prefix}-{n}", "type": "noop", "payload": "{}"})
     pipe.execute()
 
 
@@ -130,17 +130,8 @@ def bench_consumer(args, server, start):
     r.flushall()
     enqueue_noops(r, args.jobs)
     worker = start()
-
-    def done():
-        try:
-            groups = r.xinfo_groups("jobs:v1:bench")
-        except redis.ResponseError:
-            return 0
-        group = next((g for g in groups if g["name"] == b"citadel-workers"), None)
-        return 0 if group is None else (group["entries-read"] or 0) - group["pending"]
-
     try:
-        rate = measure(done, args.jobs, args.timeout)
+        rate = measure(lambda: acknowledged(r), args.jobs, args.timeout)
         outcomes = statuses(r, args.jobs)
         if args.cpu:
             ticks = sum(int(field) for field in pathlib.Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13])
@@ -204,6 +195,16 @@ def bench_lone(args, server, workdir):
         finally:
             stop([worker])
     return results
+
+
+def acknowledged(r, queue="bench"):
+    """Entries of `jobs:v1:<queue>` the consumer group has read and settled."""
+    try:
+        groups = r.xinfo_groups(f"jobs:v1:{queue}")
+    except redis.ResponseError:
+        return 0
+    group = next((g for g in groups if g["name"] == b"citadel-workers"), None)
+    return 0 if group is None else (group["entries-read"] or 0) - group["pending"]
 
 
 def statuses(r, jobs):

@@ -122,16 +122,15 @@ async fn authorize(config: &Config) -> Result<Credential, Failure> {
     .map_err(Failure::input)?;
     let code = client.request_code().await.map_err(Failure::job)?;
     show(&code);
-    let interval = std::sync::Mutex::new(code.interval);
+    let interval = std::cell::Cell::new(code.interval);
     let granted = client
         .wait_for_approval(&code, |poll| match poll {
             Poll::Pending => {}
             Poll::SlowDown => {
-                let mut interval = interval.lock().expect("poll interval poisoned");
-                *interval += Duration::from_secs(5);
+                interval.set(interval.get() + Duration::from_secs(5));
                 output::line(format!(
                     "the control plane asked for slower polling: asking every {} s",
-                    interval.as_secs()
+                    interval.get().as_secs()
                 ));
             }
             Poll::Trouble => tracing::warn!("the token endpoint did not answer as expected; asking again"),
