@@ -1,10 +1,13 @@
 //! Per-job overhead of a trivial `echo` job (`{"text":"hello world"}`: parse
-//! the payload, stream two chunks, return the payload), five ways:
-//! - `pooling`: the sandbox's path (pooling allocator, cached InstancePre, a
-//!   fresh Store per job, limits, captured stdio, chunk channel);
+//! the payload, stream two chunks, return the payload), six ways:
+//! - `pooling`: the sandbox's path as the node runs it (pooling allocator,
+//!   the tenant's kept instance with the job's limits, captured stdio,
+//!   chunk channel; a fresh instance every 100 jobs);
+//! - `fresh`: the same with a fresh instance for every job (a new Store
+//!   from the cached InstancePre, `jobs_per_instance = 1`);
 //! - `dispatcher`: the same job as every source runs it, through the
 //!   dispatcher (handler lookup, tenant slot, pin check, outcome);
-//! - `on_demand`: the same with mmap-per-instance allocation;
+//! - `on_demand`: a fresh instance per job with mmap-per-instance allocation;
 //! - `native`: the same work as a plain Rust function (the floor);
 //! - `process_per_job`: spawning `citadel run` for each job (what isolation
 //!   by process costs).
@@ -18,7 +21,7 @@ use std::time::Duration;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use citadel_benches::{citadel_bin, executor, guest};
+use citadel_benches::{citadel_bin, executor, executor_keeping, guest};
 use citadel_runtime::dispatch::{Admission, Dispatcher, JobControl, Recovery};
 use citadel_runtime::handlers::HandlerTable;
 use citadel_runtime::{Allocation, Chunk, JobSpec};
@@ -69,8 +72,9 @@ fn per_job(c: &mut Criterion) {
 
     // The sandbox alone, then the same executor through the dispatcher.
     let pooled = Arc::new(executor(Allocation::Pooling));
-    let on_demand = Arc::new(executor(Allocation::OnDemand));
-    for (name, executor) in [("pooling", &pooled), ("on_demand", &on_demand)] {
+    let fresh = Arc::new(executor_keeping(Allocation::Pooling, 1));
+    let on_demand = Arc::new(executor_keeping(Allocation::OnDemand, 1));
+    for (name, executor) in [("pooling", &pooled), ("fresh", &fresh), ("on_demand", &on_demand)] {
         let echo = executor.components().load_file(&guest("echo")).unwrap();
         group.bench_function(name, |b| {
             b.iter(|| {

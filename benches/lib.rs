@@ -21,7 +21,16 @@ pub fn sandbox_config() -> SandboxConfig {
 
 /// An executor with the default policy on an engine using `allocation`.
 pub fn executor(allocation: Allocation) -> Executor {
-    let engine = SandboxEngine::new(&sandbox_config(), allocation).expect("engine");
+    executor_keeping(allocation, SandboxConfig::default().jobs_per_instance)
+}
+
+/// The same, an instance serving at most `jobs_per_instance` jobs.
+pub fn executor_keeping(allocation: Allocation, jobs_per_instance: u32) -> Executor {
+    let config = SandboxConfig {
+        jobs_per_instance,
+        ..sandbox_config()
+    };
+    let engine = SandboxEngine::new(&config, allocation).expect("engine");
     let store = ComponentStore::new(engine, None).expect("component store");
     Executor::new(Arc::new(store), Policy::default())
 }

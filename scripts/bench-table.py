@@ -21,11 +21,12 @@ import sys
 
 # group -> (baseline, [(bench, label)])
 CRITERION = {
-    "echo_job": ("pooling", [
+    "echo_job": ("native", [
         ("native", "native Rust function, same work (floor)"),
-        ("pooling", "citadel: pooling + cached InstancePre"),
+        ("pooling", "citadel: the tenant's kept instance (default, `jobs_per_instance = 100`)"),
+        ("fresh", "citadel: a fresh instance from the cached InstancePre (`jobs_per_instance = 1`)"),
         ("dispatcher", "citadel: the same through the dispatcher (handler, tenant slot, outcome)"),
-        ("on_demand", "citadel: on-demand allocation"),
+        ("on_demand", "citadel: a fresh instance, on-demand allocation"),
         ("process_per_job", "one process per job (`citadel run`)"),
     ]),
     "extract_load": ("cached_load", [
@@ -126,11 +127,12 @@ def rate_of(result):
 
 
 def queue_tables(summary):
-    jobs = summary.get("jobs")
+    jobs, slow, rounds = summary.get("jobs"), summary.get("slow_jobs"), summary.get("rounds", 1)
     rates = {name: rate_of(summary[name]) for name, _ in QUEUES if summary.get(name) is not None}
     floor, celery = rates.get("floor"), rates.get("celery")
-    print(f"\n| no-op jobs through one local Redis ({jobs} jobs each; completed jobs only) | jobs/s | of the floor | vs Celery |")
-    print("| --- | ---: | ---: | ---: |")
+    print(f"\n| no-op jobs through one local Redis ({jobs:,} jobs a run, RQ {slow:,}; completed jobs only; "
+          f"the median of {rounds} interleaved runs) | jobs/s | runs, min–max | of the floor | vs Celery |")
+    print("| --- | ---: | ---: | ---: | ---: |")
     for name, label in QUEUES:
         if name not in rates:
             continue
@@ -140,12 +142,14 @@ def queue_tables(summary):
             label += " — not completed: " + ", ".join(f"{n} {status}" for status, n in result["not_completed"].items())
         of_floor = "floor" if name == "floor" else (f"{rate / floor * 100:.0f} %" if floor else "")
         vs_celery = "baseline" if name == "celery" else (f"{rate / celery:.3g}×" if celery else "")
-        print(f"| {label} | {rate:,.0f} | {of_floor} | {vs_celery} |")
+        runs = result.get("runs", [rate]) if isinstance(result, dict) else [rate]
+        spread = f"{min(runs):,.0f}–{max(runs):,.0f}"
+        print(f"| {label} | {rate:,.0f} | {spread} | {of_floor} | {vs_celery} |")
     if rates.get("citadel") and rates.get("dramatiq"):
-        print(f"| citadel vs Dramatiq | {rates['citadel'] / rates['dramatiq']:.2f}× | | |")
+        print(f"| citadel vs Dramatiq | {rates['citadel'] / rates['dramatiq']:.2f}× | | | |")
     if rates.get("citadel") and rates.get("citadel_no_events"):
         cost = 1 - rates["citadel"] / rates["citadel_no_events"]
-        print(f"| cost of the job events on citadel's jobs/s (the two citadel rows) | {cost * 100:+.1f} % | | |")
+        print(f"| cost of the job events on citadel's jobs/s (the two citadel rows) | {cost * 100:+.1f} % | | | |")
     lone = summary.get("lone")
     if lone:
         added_table("a lone job's round trip at low load (enqueue → `end` on Pub/Sub)",

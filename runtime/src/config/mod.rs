@@ -250,6 +250,15 @@ impl Config {
                 problem: format!("must be between 1 and 4096, got {}", sandbox.max_memory_mib),
             });
         }
+        if !(1..=1_000_000).contains(&sandbox.jobs_per_instance) {
+            return Err(ConfigError::Invalid {
+                key: "sandbox.jobs_per_instance",
+                problem: format!(
+                    "must be between 1 (a fresh instance for every job) and 1000000, got {}",
+                    sandbox.jobs_per_instance
+                ),
+            });
+        }
         if !(64..=16384).contains(&sandbox.max_wasm_stack_kib) {
             return Err(ConfigError::Invalid {
                 key: "sandbox.max_wasm_stack_kib",

@@ -19,6 +19,10 @@ pub struct SandboxConfig {
     pub max_memory_mib: u32,
     /// Wasm stack per job, KiB; deeper recursion traps as a stack overflow.
     pub max_wasm_stack_kib: u32,
+    /// Jobs one instance of a component serves, one after another, for one
+    /// tenant before it is dropped (its memory carries over between them);
+    /// 1 makes a fresh instance for every job.
+    pub jobs_per_instance: u32,
     /// Where compiled components are cached (`{digest}-{engine}.cwasm`);
     /// `none` disables the disk cache.
     pub cache_dir: Option<PathBuf>,
@@ -31,6 +35,7 @@ impl Default for SandboxConfig {
             max_instances: 64,
             max_memory_mib: 512,
             max_wasm_stack_kib: 512,
+            jobs_per_instance: 100,
             cache_dir: default_cache_dir(),
         }
     }

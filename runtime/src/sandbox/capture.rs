@@ -25,22 +25,37 @@ const MAX_LINE_BYTES: usize = 4096;
 /// Bytes the guest may write per call (`check-write` permit).
 const WRITE_PERMIT: usize = 64 * 1024;
 
-/// One captured stream (stdout or stderr) of one job.
+/// One captured stream (stdout or stderr) of an instance, into the log of
+/// the job it runs now.
 #[derive(Clone)]
 pub struct Captured {
-    log: JobLog,
     source: Source,
-    pending: Arc<Mutex<Vec<u8>>>,
+    target: Arc<Mutex<Target>>,
+}
+
+/// Where a captured stream writes, and its unfinished line.
+struct Target {
+    log: JobLog,
+    pending: Vec<u8>,
 }
 
 impl Captured {
     /// Capture into `log`, recording lines as coming from `source`.
     pub fn new(log: JobLog, source: Source) -> Captured {
         Captured {
-            log,
             source,
-            pending: Arc::default(),
+            target: Arc::new(Mutex::new(Target {
+                log,
+                pending: Vec::new(),
+            })),
         }
+    }
+
+    /// From now on, write into `log` (the next job on a kept instance):
+    /// every handle the guest holds on this stream follows.
+    pub fn redirect(&self, log: JobLog) {
+        self.flush_partial();
+        self.target.lock().expect("capture poisoned").log = log;
     }
 
     fn level(&self) -> Level {
@@ -51,13 +66,13 @@ impl Captured {
         }
     }
 
-    /// Log one line; blank lines carry nothing and are skipped.
-    fn record(&self, line: &[u8]) {
+    /// Log one line into `log`; blank lines carry nothing and are skipped.
+    fn record(&self, log: &JobLog, line: &[u8]) {
         let message = String::from_utf8_lossy(line).trim_end_matches('\r').to_string();
         if message.trim().is_empty() {
             return;
         }
-        self.log.push(LogRecord {
+        log.push(LogRecord {
             level: self.level(),
             source: self.source,
             message,
@@ -66,18 +81,19 @@ impl Captured {
     }
 
     fn write_bytes(&self, bytes: &[u8]) {
-        let mut pending = self.pending.lock().expect("capture poisoned");
+        let mut target = self.target.lock().expect("capture poisoned");
+        let Target { log, pending } = &mut *target;
         pending.extend_from_slice(bytes);
         let mut start = 0;
         while start < pending.len() {
             let window = &pending[start..pending.len().min(start + MAX_LINE_BYTES)];
             match window.iter().position(|byte| *byte == b'\n') {
                 Some(newline) => {
-                    self.record(&window[..newline]);
+                    self.record(log, &window[..newline]);
                     start += newline + 1;
                 }
                 None if window.len() == MAX_LINE_BYTES => {
-                    self.record(window);
+                    self.record(log, window);
                     start += MAX_LINE_BYTES;
                 }
                 None => break,
@@ -88,9 +104,10 @@ impl Captured {
 
     /// Record a final line that had no newline.
     pub fn flush_partial(&self) {
-        let line = std::mem::take(&mut *self.pending.lock().expect("capture poisoned"));
+        let mut target = self.target.lock().expect("capture poisoned");
+        let line = std::mem::take(&mut target.pending);
         if !line.is_empty() {
-            self.record(&line);
+            self.record(&target.log, &line);
         }
     }
 }
@@ -181,7 +198,25 @@ mod tests {
         captured.write_bytes(&written);
         let messages: Vec<usize> = log.snapshot().iter().map(|record| record.message.len()).collect();
         assert_eq!(messages, [MAX_LINE_BYTES, 10, 5, MAX_LINE_BYTES, MAX_LINE_BYTES]);
-        assert!(captured.pending.lock().unwrap().is_empty());
+        assert!(captured.target.lock().unwrap().pending.is_empty());
+    }
+
+    #[test]
+    fn a_redirected_stream_writes_into_the_next_jobs_log() {
+        let (first, second) = (JobLog::new(1 << 20), JobLog::new(1 << 20));
+        let captured = Captured::new(first.clone(), Source::Stdout);
+        let held_by_the_guest = captured.clone();
+        held_by_the_guest.write_bytes(b"one\nunfinished");
+        captured.redirect(second.clone());
+        held_by_the_guest.write_bytes(b"two\n");
+        let messages = |log: &JobLog| {
+            log.snapshot()
+                .into_iter()
+                .map(|record| record.message)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(messages(&first), ["one", "unfinished"]);
+        assert_eq!(messages(&second), ["two"]);
     }
 
     #[test]

@@ -5,12 +5,14 @@
 //! Every job runs in its own `Store` on this engine; see [`super::executor`].
 
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::config::SandboxConfig;
+use crate::sandbox::warm::InstancePool;
 
 /// Guard pages and host frames need room beyond the wasm stack on the fiber
 /// each job runs on.
@@ -34,12 +36,13 @@ pub enum Allocation {
     OnDemand,
 }
 
-/// The node's wasmtime engine and what is needed to key artifacts compiled
-/// by it.
+/// The node's wasmtime engine, what is needed to key artifacts compiled by
+/// it, and the instances kept between jobs on it.
 #[derive(Clone)]
 pub struct SandboxEngine {
     engine: Engine,
     compatibility: String,
+    instances: Arc<InstancePool>,
 }
 
 impl SandboxEngine {
@@ -62,7 +65,18 @@ impl SandboxEngine {
         let compatibility = format!("{:016x}", hasher.finish());
         let tick = Duration::from_millis(config.epoch_tick_ms);
         spawn_ticker(&engine, tick)?;
-        Ok(SandboxEngine { engine, compatibility })
+        let slots = (allocation == Allocation::Pooling).then_some(config.max_instances);
+        let instances = Arc::new(InstancePool::new(config.jobs_per_instance, slots));
+        Ok(SandboxEngine {
+            engine,
+            compatibility,
+            instances,
+        })
+    }
+
+    /// The instances kept between jobs (`warm.rs`).
+    pub fn instances(&self) -> &InstancePool {
+        &self.instances
     }
 
     /// The wasmtime engine.

@@ -1,7 +1,8 @@
 //! Running one job: admit the component for the job's tenant (refusing
-//! imports beyond the grant before anything runs), instantiate it from a
-//! cached `InstancePre` into a fresh `Store` with the job's limits, call
-//! `handle`, and classify how it ended.
+//! imports beyond the grant before anything runs), take an instance kept
+//! from the same tenant's last job of the component or instantiate it from
+//! a cached `InstancePre` into a fresh `Store` ([`crate::sandbox::warm`]),
+//! give it the job's limits, call `handle`, and classify how it ended.
 //!
 //! Deadlines and cancellation: the engine's epoch ticker interrupts the
 //! guest every tick; the store's epoch callback then either traps (deadline
@@ -50,6 +51,7 @@ use crate::sandbox::limits::JobLimits;
 use crate::sandbox::offload;
 use crate::sandbox::output::OutputLimitExceeded;
 use crate::sandbox::state::JobState;
+use crate::sandbox::warm::{Instance, Owner};
 
 /// Why the epoch callback stopped a guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -218,6 +220,11 @@ impl Executor {
                 };
             }
         };
+        let owner = Owner {
+            digest: component.digest,
+            tenant: grant.tenant().to_string(),
+            capabilities: grant.capabilities(),
+        };
         let admission = Admission {
             pre,
             grant,
@@ -225,12 +232,27 @@ impl Executor {
             log,
             started,
         };
-        let engine = self.components.engine().engine().clone();
+        let sandbox = self.components.engine();
+        let instances = sandbox.instances();
+        let _running = instances.running();
+        let kept = instances.take(&owner);
         // Whatever ends this call (a dropped job included) ends the guest.
         let stop = cancel.child_token();
         let _stop_when_dropped = stop.clone().drop_guard();
-        let guest = execute(engine, self.resources.clone(), admission, job, chunks, stop);
-        offload::run(guest.instrument(span)).await
+        let guest = execute(
+            sandbox.engine().clone(),
+            self.resources.clone(),
+            admission,
+            kept,
+            job,
+            chunks,
+            stop,
+        );
+        let Executed { report, returned } = offload::run(guest.instrument(span)).await;
+        if let Some(instance) = returned.and_then(|instance| instance.after_job(instances.jobs_per_instance())) {
+            instances.keep(owner, instance);
+        }
+        report
     }
 
     /// Check the component's imports against the grant and what the node
@@ -275,17 +297,26 @@ impl Executor {
     }
 }
 
-/// Instantiate and call the admitted component in a fresh store (owning
-/// everything it uses, so that it can move to a thread of its own:
-/// [`offload`]).
+/// What [`execute`] hands back: the job's report, and its instance when
+/// the guest's call returned (only then may it serve another job).
+struct Executed {
+    report: JobReport,
+    returned: Option<Instance>,
+}
+
+/// Call the admitted component, on the kept instance when there is one,
+/// else in a fresh store (owning everything it uses, so that it can move to
+/// a thread of its own: [`offload`]); the instance comes back with the
+/// report.
 async fn execute(
     engine: Engine,
     resources: NodeResources,
     admission: Admission,
+    kept: Option<Instance>,
     job: JobSpec,
     chunks: Option<mpsc::Sender<Chunk>>,
     cancel: CancellationToken,
-) -> JobReport {
+) -> Executed {
     let cancel = &cancel;
     let Admission {
         pre,
@@ -295,28 +326,19 @@ async fn execute(
         started,
     } = admission;
     let deadline = started + limits.timeout;
-    let stdout = Captured::new(log.clone(), Source::Stdout);
-    let stderr = Captured::new(log.clone(), Source::Stderr);
-    // Nothing inherited: no env, args, preopened dirs or network; stdin
-    // closed; stdout/stderr into the job's log.
-    let wasi = WasiCtxBuilder::new()
-        .stdout(stdout.clone())
-        .stderr(stderr.clone())
-        .allow_tcp(false)
-        .allow_udp(false)
-        .max_random_size(limits.max_random_bytes)
-        .build();
-    let state = JobState::new(
-        Arc::from(job.id.as_str()),
-        grant,
-        &limits,
-        log.clone(),
-        chunks,
-        resources,
-        wasi,
-    );
-    let mut store = Store::new(&engine, state);
-    store.limiter(|state| &mut state.limiter);
+    let job_id = Arc::from(job.id.as_str());
+    let mut instance = match kept {
+        Some(mut kept) => {
+            kept.stdout.redirect(log.clone());
+            kept.stderr.redirect(log.clone());
+            kept.store
+                .data_mut()
+                .begin_job(job_id, grant, &limits, log.clone(), chunks, resources);
+            kept
+        }
+        None => fresh_instance(&engine, job_id, grant, &limits, &log, chunks, resources),
+    };
+    let store = &mut instance.store;
     let interrupt = cancel.clone();
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
@@ -348,12 +370,16 @@ async fn execute(
     // more than that.
     store.set_hostcall_fuel(limits.memory_bytes.max(MIN_HOSTCALL_FUEL));
     let ended = {
+        let Instance { store, handler, .. } = &mut instance;
         let call = async {
-            let handler = match pre.instantiate_async(&mut store).await {
-                Ok(handler) => handler,
-                Err(error) => return Ended::Instantiation(error),
+            let handler = match handler {
+                Some(handler) => handler,
+                None => match pre.instantiate_async(&mut *store).await {
+                    Ok(instantiated) => handler.insert(instantiated),
+                    Err(error) => return Ended::Instantiation(error),
+                },
             };
-            match handler.call_handle(&mut store, &record).await {
+            match handler.call_handle(&mut *store, &record).await {
                 Ok(returned) => Ended::Returned(returned),
                 Err(error) => Ended::Call(error),
             }
@@ -365,20 +391,52 @@ async fn execute(
             ended = call => ended,
         }
     };
-    stdout.flush_partial();
-    stderr.flush_partial();
-    let state = store.data_mut();
+    instance.stdout.flush_partial();
+    instance.stderr.flush_partial();
+    let returned = matches!(ended, Ended::Returned(_));
+    let state = instance.store.data_mut();
     let outcome = classify(ended, state, &limits);
     if let Err(err) = &outcome {
         tracing::debug!(class = err.class(), error = %err, "job failed");
     }
-    JobReport {
+    let report = JobReport {
         outcome,
         chunks: state.stream.chunks(),
         streamed_bytes: state.stream.bytes(),
         elapsed: started.elapsed(),
         log: log.snapshot(),
+    };
+    Executed {
+        report,
+        returned: returned.then_some(instance),
     }
+}
+
+/// A store for a job on no kept instance: nothing inherited (no env,
+/// args, preopened dirs or network; stdin closed), stdout/stderr into the
+/// job's log.
+fn fresh_instance(
+    engine: &Engine,
+    job_id: Arc<str>,
+    grant: Grant,
+    limits: &JobLimits,
+    log: &JobLog,
+    chunks: Option<mpsc::Sender<Chunk>>,
+    resources: NodeResources,
+) -> Instance {
+    let stdout = Captured::new(log.clone(), Source::Stdout);
+    let stderr = Captured::new(log.clone(), Source::Stderr);
+    let wasi = WasiCtxBuilder::new()
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .max_random_size(limits.max_random_bytes)
+        .build();
+    let state = JobState::new(job_id, grant, limits, log.clone(), chunks, resources, wasi);
+    let mut store = Store::new(engine, state);
+    store.limiter(|state| &mut state.limiter);
+    Instance::new(store, stdout, stderr)
 }
 
 /// A host call refused because the guest asked for more than a job may

@@ -61,11 +61,14 @@ impl JobLimits {
     }
 }
 
-/// Caps memory and table growth of one store and remembers a memory hit.
+/// Caps memory and table growth of one store, remembers a memory hit, and
+/// whether a memory or table grew past the size it was created with (an
+/// instance that grew is not kept for another job: `warm.rs`).
 #[derive(Debug)]
 pub struct StoreLimiter {
     memory_bytes: usize,
     memory_hit: bool,
+    grew: bool,
 }
 
 impl StoreLimiter {
@@ -74,7 +77,19 @@ impl StoreLimiter {
         StoreLimiter {
             memory_bytes,
             memory_hit: false,
+            grew: false,
         }
+    }
+
+    /// The same store's next job: allowing `memory_bytes`, no hit yet.
+    pub fn begin_job(&mut self, memory_bytes: usize) {
+        self.memory_bytes = memory_bytes;
+        self.memory_hit = false;
+    }
+
+    /// Whether a memory or table grew after it was created.
+    pub fn grew(&self) -> bool {
+        self.grew
     }
 
     /// Whether the guest asked for more memory than allowed.
@@ -89,18 +104,22 @@ impl StoreLimiter {
 }
 
 impl ResourceLimiter for StoreLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.memory_bytes {
             // Refuse the growth (the guest sees a failed allocation and
             // usually aborts); remember why for the job's error.
             self.memory_hit = true;
             return Ok(false);
         }
+        // Creating a memory is "growing" from zero.
+        self.grew |= current > 0 && desired > current;
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = desired <= MAX_TABLE_ELEMENTS;
+        self.grew |= allowed && current > 0 && desired > current;
+        Ok(allowed)
     }
 }
 
@@ -132,5 +151,17 @@ mod tests {
         assert!(!limiter.memory_hit());
         assert!(!limiter.memory_growing(1 << 20, 2 << 20, None).unwrap());
         assert!(limiter.memory_hit());
+        limiter.begin_job(4 << 20);
+        assert!(!limiter.memory_hit());
+    }
+
+    #[test]
+    fn growth_counts_only_after_creation() {
+        let mut limiter = StoreLimiter::new(4 << 20);
+        assert!(limiter.memory_growing(0, 1 << 20, None).unwrap());
+        assert!(limiter.table_growing(0, 10, None).unwrap());
+        assert!(!limiter.grew(), "creating a memory or table is not growth");
+        assert!(limiter.memory_growing(1 << 20, 2 << 20, None).unwrap());
+        assert!(limiter.grew());
     }
 }

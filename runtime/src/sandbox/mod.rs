@@ -1,4 +1,5 @@
-//! The sandbox: one job = one wasmtime `Store`, under hard limits.
+//! The sandbox: a job runs in a wasmtime `Store` of its own at a time,
+//! under hard limits.
 //!
 //! - [`engine`]: the one wasmtime `Engine`, its epoch ticker and pooling;
 //! - [`executor`]: admits a component for the job's tenant, instantiates
@@ -7,7 +8,8 @@
 //! - [`limits`]: the job's limits and the store limiter enforcing them;
 //! - [`output`]: the output budget and the chunk stream's pacing;
 //! - [`joblog`], [`capture`]: the job's log and its captured stdout/stderr;
-//! - [`offload`]: a guest that proves CPU-bound moves off the I/O threads.
+//! - [`offload`]: a guest that proves CPU-bound moves off the I/O threads;
+//! - [`warm`]: instances kept between jobs of one component and tenant.
 
 pub mod capture;
 pub mod engine;
@@ -17,6 +19,7 @@ pub mod limits;
 pub mod offload;
 pub mod output;
 pub mod state;
+pub mod warm;
 
 pub use engine::{Allocation, SandboxEngine};
 pub use executor::Executor;

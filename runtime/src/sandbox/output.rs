@@ -86,6 +86,11 @@ impl StreamState {
         }
     }
 
+    /// Let go of the sink: whoever reads the chunks sees the stream end.
+    pub fn close(&mut self) {
+        self.sink = None;
+    }
+
     /// The per-chunk cap, bytes.
     pub fn max_chunk_bytes(&self) -> u32 {
         self.max_chunk_bytes

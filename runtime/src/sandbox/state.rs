@@ -1,6 +1,9 @@
-//! The per-job store data: everything a job's host calls can touch. One
-//! `JobState` per `Store`, one `Store` per job, dropped when the job ends
-//! (which is also how a job is cancelled).
+//! The store data: everything a job's host calls can touch. One `JobState`
+//! per `Store`; a store serves one job at a time, and its per-job parts
+//! (id, grant, log, output budget, chunk sink, HTTP state) are replaced
+//! when a kept instance takes its next job (`warm.rs`). A store is dropped
+//! when a job ends any other way than by returning (which is also how a job
+//! is cancelled).
 
 use std::sync::Arc;
 
@@ -67,6 +70,38 @@ impl JobState {
             http: None,
             table,
         }
+    }
+}
+
+impl JobState {
+    /// Make this (kept) store's state the next job's: its id, grant,
+    /// limits, log, chunk sink and node resources; nothing of the previous
+    /// job's host-side state remains.
+    pub(crate) fn begin_job(
+        &mut self,
+        job_id: Arc<str>,
+        grant: Grant,
+        limits: &JobLimits,
+        log: JobLog,
+        chunks: Option<mpsc::Sender<Chunk>>,
+        node: NodeResources,
+    ) {
+        self.job_id = job_id;
+        self.grant = grant;
+        self.limiter.begin_job(limits.memory_bytes);
+        self.log = log;
+        self.output = OutputBudget::new(limits.max_output_bytes);
+        self.stream = StreamState::new(chunks, limits.max_chunk_bytes, limits.max_chunks_per_second);
+        self.node = node;
+        self.http = None;
+        self.table.set_max_capacity(limits.max_resource_handles);
+    }
+
+    /// The job is over: let go of what belongs to it alone (its chunk sink,
+    /// whose receiver waits for it to close; its HTTP state).
+    pub(crate) fn end_job(&mut self) {
+        self.stream.close();
+        self.http = None;
     }
 }
 
