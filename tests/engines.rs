@@ -340,3 +340,57 @@ fn next_status(pubsub: &mut redis::PubSub<'_>, wanted: impl Fn(&Value) -> bool) 
         }
     }
 }
+
+/// An engine that answers one generation on a connection, keeps the
+/// connection alive, and then closes it when the next request arrives on it
+/// (the race of a server closing an idle keep-alive connection just as the
+/// client reuses it). Returns its URL and the count of connections it took.
+async fn engine_closing_kept_connections() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let connections = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&connections);
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let body = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n\
+                            data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n\
+                            data: [DONE]\n\n";
+                let mut request = vec![0u8; 64 * 1024];
+                // The first request (headers and a small JSON body in one read
+                // on loopback) is answered; the next one on the connection is not.
+                if socket.read(&mut request).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                );
+                socket.write_all(head.as_bytes()).await.unwrap();
+                socket.write_all(body.as_bytes()).await.unwrap();
+                let _ = socket.read(&mut request).await;
+                // Dropped: closed without an answer.
+            });
+        }
+    });
+    (url, connections)
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_the_engine_closed_is_retried_on_a_fresh_one() {
+    let (url, connections) = engine_closing_kept_connections().await;
+    let engine = engine(EngineKind::OpenAi, &url);
+    for _ in 0..3 {
+        let (tokens, finish) = drain(engine.generate(&chat("Say hi", 8)).await.expect("answered")).await;
+        assert_eq!((tokens, finish.reason.as_str()), (vec!["Hi".to_string()], "stop"));
+    }
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "each later request found its connection closed and went again on a new one"
+    );
+}

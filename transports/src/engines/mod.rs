@@ -261,7 +261,19 @@ impl Engine {
             EngineKind::Ollama => ollama::request(request),
         };
         let started = Instant::now();
-        let send = self.client.post(self.url(path)).json(&body).send();
+        let url = self.url(path);
+        let send = async {
+            match self.client.post(&url).json(&body).send().await {
+                // The engine closed the kept-alive connection as the request
+                // went out: nothing was answered, so the request goes again
+                // on a fresh connection.
+                Err(err) if closed_before_answering(&err) => {
+                    tracing::debug!(engine = %self.config.name, error = %describe(&err), "stale connection; sending again");
+                    self.client.post(&url).json(&body).send().await
+                }
+                sent => sent,
+            }
+        };
         let response = tokio::time::timeout(self.config.token_timeout, send)
             .await
             .map_err(|_| EngineError::Stalled {
@@ -326,6 +338,19 @@ impl Engine {
 }
 
 /// A transport error in words (reqwest's own omit the cause).
+/// Whether the connection closed before any of the response arrived: the
+/// race of reusing a kept-alive connection the server has just closed.
+fn closed_before_answering(err: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(hyper) = cause.downcast_ref::<hyper::Error>() {
+            return hyper.is_incomplete_message();
+        }
+        source = cause.source();
+    }
+    false
+}
+
 fn describe(err: &reqwest::Error) -> String {
     let mut text = err.to_string();
     let mut source = std::error::Error::source(err);
