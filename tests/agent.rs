@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use citadel_runtime::Config;
 use citadel_tests::{
-    FakeNexus, RedisServer, WorkerProcess, enqueue, eventually_some, guest, node_status, pending, status, wait_status,
-    worker_config,
+    FakeNexus, RedisServer, WorkerProcess, enqueue, eventually, eventually_some, guest, node_status, pending, status,
+    wait_status, worker_config,
 };
 use serde_json::{Value, json};
 
@@ -104,13 +104,13 @@ async fn a_failing_report_endpoint_is_retried_and_the_job_runs_once() {
     );
     assert_eq!(nexus.report_attempts(), 4, "three refused, then taken");
     assert_eq!(nexus.handed_out(), ["n-1"]);
-    assert!(
-        std::fs::read_dir(state.path().join("nexus-pending"))
-            .unwrap()
-            .next()
-            .is_none(),
-        "a reported outcome is not kept"
-    );
+    // The node forgets an outcome once Nexus has answered its report,
+    // which is just after Nexus has it.
+    let kept = state.path().join("nexus-pending");
+    eventually(SETTLE, "a reported outcome is not kept", || {
+        std::fs::read_dir(&kept).unwrap().next().is_none()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
