@@ -754,6 +754,7 @@ async fn the_monitor_drops_slow_headers_and_bodies_and_caps_connections_per_clie
         monitor.api_keys = vec![READ_KEY.into()];
         monitor.header_timeout_ms = 500;
         monitor.body_timeout_ms = 500;
+        monitor.connections_per_client = 4;
     });
     let addr = monitor.base.trim_start_matches("http://").to_string();
 
@@ -784,10 +785,10 @@ async fn the_monitor_drops_slow_headers_and_bodies_and_caps_connections_per_clie
     assert_eq!(code, 200);
     assert_eq!(events["events"], json!([]), "nothing stored");
 
-    // One client holding CONNECTIONS_PER_CLIENT live streams is turned away
-    // on the next; others are not affected.
+    // One client holding `connections_per_client` live streams is turned
+    // away on the next; another address is not affected.
     let mut streams = Vec::new();
-    for _ in 0..citadel_transports::http_guard::CONNECTIONS_PER_CLIENT {
+    for _ in 0..4 {
         let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
         let request = format!("GET /v1/stream HTTP/1.1\r\nhost: citadel\r\nx-api-key: {READ_KEY}\r\n\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
@@ -804,6 +805,20 @@ async fn the_monitor_drops_slow_headers_and_bodies_and_caps_connections_per_clie
         closed_within(&mut over, SETTLE).await.as_deref(),
         Some(""),
         "over the cap: closed unanswered"
+    );
+    let other = tokio::net::TcpSocket::new_v4().unwrap();
+    other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = other.connect(addr.parse().unwrap()).await.unwrap();
+    other
+        .write_all(b"GET /v1/health HTTP/1.1\r\nhost: citadel\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = closed_within(&mut other, SETTLE)
+        .await
+        .expect("another address is served");
+    assert!(
+        answer.starts_with("HTTP/1.1 "),
+        "another address is answered: {answer:?}"
     );
     drop(streams.pop());
     let mut served = None;

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use citadel_transports::http_guard;
 use serde::{Deserialize, Serialize};
 
 /// The monitor's settings.
@@ -56,6 +57,10 @@ pub struct MonitorConfig {
     pub max_body_bytes: usize,
     /// A client's request headers must arrive within this, ms (slowloris).
     pub header_timeout_ms: u64,
+    /// Open connections one client address may hold (each dashboard page
+    /// holds one live stream). Behind a reverse proxy every client shares
+    /// the proxy's address: raise it to what the proxy fans in.
+    pub connections_per_client: usize,
     /// A request's body must arrive within this, ms.
     pub body_timeout_ms: u64,
     /// Most events in one `POST /v1/events/batch`.
@@ -138,6 +143,7 @@ impl Default for MonitorConfig {
             retention_days: 30,
             max_body_bytes: 1 << 20,
             header_timeout_ms: 10_000,
+            connections_per_client: 32,
             body_timeout_ms: 30_000,
             max_batch: 1000,
             checks: Vec::new(),
@@ -203,6 +209,16 @@ impl MonitorConfig {
             return invalid(
                 "header_timeout_ms",
                 format!("must be between 100 and 600000, got {}", self.header_timeout_ms),
+            );
+        }
+        if !(1..=http_guard::CONNECTIONS_TOTAL).contains(&self.connections_per_client) {
+            return invalid(
+                "connections_per_client",
+                format!(
+                    "must be between 1 and {}, got {}",
+                    http_guard::CONNECTIONS_TOTAL,
+                    self.connections_per_client
+                ),
             );
         }
         if !(100..=600_000).contains(&self.body_timeout_ms) {

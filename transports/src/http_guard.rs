@@ -30,12 +30,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Serve HTTP/1.1 on `listener` until `stop`, a fresh `service()` per
-/// admitted connection: connections over the caps are closed unanswered,
+/// connection `guard` admits: connections over its caps are closed unanswered,
 /// request headers are due within `header_timeout`; on stop, open
 /// connections get `SHUTDOWN_GRACE` to finish. `what` names the server in
 /// its log.
 pub async fn serve<S, B>(
     listener: TcpListener,
+    guard: ConnectionGuard,
     header_timeout: Duration,
     what: &'static str,
     service: impl Fn() -> S,
@@ -49,7 +50,6 @@ pub async fn serve<S, B>(
     B::Error: Into<BoxError>,
 {
     let graceful = GracefulShutdown::new();
-    let guard = ConnectionGuard::new();
     let builder = http1_builder(header_timeout);
     loop {
         let (stream, peer) = tokio::select! {
@@ -113,7 +113,8 @@ impl ConnectionGuard {
         ConnectionGuard::with_caps(CONNECTIONS_PER_CLIENT, CONNECTIONS_TOTAL)
     }
 
-    /// Other caps (tests).
+    /// Other caps (a monitor behind a reverse proxy, where every client
+    /// shares the proxy's address; tests).
     pub fn with_caps(per_client: usize, total: usize) -> ConnectionGuard {
         ConnectionGuard {
             inner: Arc::new(Counts {

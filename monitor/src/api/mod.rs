@@ -117,13 +117,15 @@ pub fn router(monitor: Arc<Monitor>) -> Router {
 }
 
 /// Serve the API on `listener` until `stop`: connections capped per client
-/// and in all, request headers due within `monitor.header_timeout_ms`
-/// (`citadel_transports::http_guard`).
+/// (`monitor.connections_per_client`) and in all, request headers due within
+/// `monitor.header_timeout_ms` (`citadel_transports::http_guard`).
 pub async fn serve(monitor: Arc<Monitor>, listener: tokio::net::TcpListener, stop: CancellationToken) {
     let header_timeout = Duration::from_millis(monitor.config.header_timeout_ms);
+    let guard =
+        http_guard::ConnectionGuard::with_caps(monitor.config.connections_per_client, http_guard::CONNECTIONS_TOTAL);
     let app = router(monitor);
     let service = move || TowerToHyperService::new(app.clone());
-    http_guard::serve(listener, header_timeout, "the API server", service, stop).await;
+    http_guard::serve(listener, guard, header_timeout, "the API server", service, stop).await;
 }
 
 async fn health(State(monitor): State<Arc<Monitor>>) -> Json<Value> {

@@ -126,6 +126,7 @@ impl StatusServer {
         };
         http_guard::serve(
             self.listener,
+            http_guard::ConnectionGuard::new(),
             self.access.header_timeout,
             "status server",
             service,
