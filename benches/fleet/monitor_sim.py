@@ -83,13 +83,16 @@ def status_message(node, gpus):
 class Stream(threading.Thread):
     """One live-stream client; `record` keeps (arrival, event, data)."""
 
-    def __init__(self, port, record=False):
+    def __init__(self, port, record=False, source="127.0.0.1"):
         super().__init__(daemon=True)
-        self.port, self.record, self.seen = port, record, []
+        self.port, self.record, self.seen, self.source = port, record, [], source
         self.connected = threading.Event()
 
     def run(self):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+        # Each client from a loopback address of its own, as users of a
+        # dashboard come from their own machines (the monitor caps
+        # connections per client address).
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600, source_address=(self.source, 0))
         conn.request("GET", "/v1/stream")
         response = conn.getresponse()
         self.connected.set()
@@ -155,12 +158,12 @@ def percentile(values, q):
 def passive_clients(port, count):
     """Hold `count` live-stream clients open, reading, until killed (its
     own process: their reading never takes the heartbeat driver's turn)."""
-    clients = [Stream(port) for _ in range(count)]
+    clients = [Stream(port, source=f"127.0.{1 + index // 250}.{1 + index % 250}") for index in range(count)]
     for client in clients:
         client.start()
     for client in clients:
         client.connected.wait(30)
-    print("connected", flush=True)
+    print(sum(client.connected.is_set() for client in clients), flush=True)
     threading.Event().wait()
 
 
@@ -231,7 +234,9 @@ def main():
         recorder.connected.wait(30)
         passive = subprocess.Popen([sys.executable, __file__, "--passive-clients", str(api_port), str(args.clients - 1)],
                                    stdout=subprocess.PIPE, text=True)
-        passive.stdout.readline()
+        connected = int(passive.stdout.readline())
+        if connected != args.clients - 1:
+            raise RuntimeError(f"only {connected} of {args.clients - 1} passive clients got a live stream")
         deadline = time.time() + 120
         while time.time() < deadline:
             up = json.loads(get(api_port, "/v1/status/summary"))["nodes"].get("up", 0)
