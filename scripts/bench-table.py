@@ -391,13 +391,13 @@ def rewrite_readme(readme, run):
     is left as it was, and named."""
     text = readme.read_text()
     for name in TABLES:
-        block = re.compile(rf"(<!-- bench:{name} -->\n).*?(\n<!-- /bench:{name} -->)", re.S)
+        block = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)
         if not block.search(text):
             continue
         if name not in run:
             print(f"README block `{name}` kept: this run has no `{name}` results", file=sys.stderr)
             continue
-        text = block.sub(lambda match: match.group(1) + render(name, run[name]) + match.group(2), text)
+        text = block.sub(lambda match: match.group(1) + render(name, run[name]) + "\n" + match.group(2), text)
     readme.write_text(text)
 
 
