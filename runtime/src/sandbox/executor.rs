@@ -249,7 +249,7 @@ impl Executor {
             stop,
         );
         let Executed { report, returned } = offload::run(guest.instrument(span)).await;
-        if let Some(instance) = returned.and_then(|instance| instance.after_job(instances.jobs_per_instance())) {
+        if let Some(instance) = returned {
             instances.keep(owner, instance);
         }
         report

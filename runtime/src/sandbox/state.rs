@@ -71,9 +71,7 @@ impl JobState {
             table,
         }
     }
-}
 
-impl JobState {
     /// Make this (kept) store's state the next job's: its id, grant,
     /// limits, log, chunk sink and node resources; nothing of the previous
     /// job's host-side state remains.

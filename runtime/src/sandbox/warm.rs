@@ -80,7 +80,7 @@ impl Instance {
 
     /// The job that ran on it returned: the instance back, if it may serve
     /// another (see the module's rules), `None` when it is to be dropped.
-    pub(crate) fn after_job(mut self, jobs_per_instance: u32) -> Option<Instance> {
+    fn after_job(mut self, jobs_per_instance: u32) -> Option<Instance> {
         self.jobs += 1;
         let state = self.store.data_mut();
         state.end_job();
@@ -159,11 +159,6 @@ impl InstancePool {
         }
     }
 
-    /// Jobs an instance serves at most.
-    pub fn jobs_per_instance(&self) -> u32 {
-        self.jobs_per_instance
-    }
-
     /// Count a job as running until the guard is dropped.
     pub(crate) fn running(&self) -> Running<'_> {
         self.running.fetch_add(1, Ordering::Relaxed);
@@ -198,8 +193,12 @@ impl InstancePool {
         taken
     }
 
-    /// Keep `instance` for `owner`'s next job.
+    /// Keep `instance`, whose job returned, for `owner`'s next job if it
+    /// may serve another (see the module's rules); drop it otherwise.
     pub(crate) fn keep(&self, owner: Owner, instance: Instance) {
+        let Some(instance) = instance.after_job(self.jobs_per_instance) else {
+            return;
+        };
         let mut idle = self.idle.lock().expect("instance pool poisoned");
         idle.push_back(Idle {
             owner,
